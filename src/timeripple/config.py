@@ -1,0 +1,464 @@
+"""`TimeRippleConfig`: the validated, versioned configuration of TimeRipple, its commented YAML form,
+and the bundled per-model configs (``hunyuan_video``, ``wan2.1``, ``wan2.2``, ``cogvideox``,
+``open_sora_plan``).
+
+YAML is only ever a saved config: it is read with ``yaml.safe_load`` (no Python tags), unknown keys and
+wrong types are rejected with the key's name, and every field is written with a comment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import math
+import os
+import textwrap
+from importlib import resources
+from numbers import Integral, Real
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import yaml
+
+from . import schedule
+from ._validation import type_error, value_error
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TimeRippleConfig", "load_config", "list_configs"]
+
+CONFIG_VERSION = 1
+AXES = ("t", "y", "x")
+MODES = ("channel", "token")
+TOKEN_CRITERIA = ("strict", "fraction", "rms")
+
+# field -> comment written above it in YAML (meaning and unit)
+_FIELD_DOCS = {
+    "version": "Config format version (integer). Only 1 exists.",
+    "name": "Label of this config, e.g. the bundled name (string or null).",
+    "model_family": "Model family the values were tuned for: wan, hunyuan_video, cogvideox, "
+    "open_sora_plan, ltx, mochi (string or null; informational only).",
+    "mode": "channel = the paper's channel-wise reuse (the quality reference; savings are counted); "
+    "token = whole-token reuse that skips attention rows/columns (savings are measurable in time).",
+    "threshold_start": "Threshold theta at ramp_start_step. A window of values is reused when their "
+    "population std is below theta. Unit: raw values of the post-norm, post-RoPE q/k. "
+    "Larger = more reuse, more error.",
+    "threshold_end": "Threshold theta reached at ramp_end_step and held until the second-to-last step "
+    "(same unit as threshold_start).",
+    "ramp_start_step": "First step that reuses (0-indexed, counted at reference_num_steps steps); "
+    "steps before it run dense attention.",
+    "ramp_end_step": "Step (0-indexed, at reference_num_steps steps) where the linear ramp from "
+    "threshold_start reaches threshold_end. Must be < reference_num_steps.",
+    "reference_num_steps": "Step count that ramp_start_step/ramp_end_step refer to. For a run of n steps "
+    "a position s becomes floor(s * n / reference_num_steps + 0.5) (proportional, rounded half up).",
+    "fixed_threshold": "If set, this theta on every non-dense step instead of the ramp (the paper's "
+    "Tbl. 3 'fixed' variant); dense steps are unchanged. Same unit as threshold_start; null = ramp.",
+    "dense_last_step": "Run the last denoising step with dense attention (true/false).",
+    "window": "Window size K: number of consecutive positions along an axis whose std is checked "
+    "(integer >= 2; larger = fewer windows pass).",
+    "axes": "Axes checked for reuse: t (frames), y (rows), x (columns) of the latent token grid.",
+    "priority": "Order in which passing axes pick the source of a reused value (a permutation of t, y, x).",
+    "axis_threshold_scale": "Per-axis multiplier on the scheduled theta, e.g. {t: 1.0, y: 0.5, x: 0.5}; "
+    "axes not listed use 1.0; null = one shared theta (the paper's default).",
+    "channel_alpha": "Per-channel adaptive threshold tau = channel_alpha * mean_c |Delta_c| (the paper's "
+    "Tbl. 4; dimensionless, > 0); null = off.",
+    "token_criterion": "Token mode only: strict = every channel below theta; fraction = at least "
+    "token_fraction of the channels; rms = sqrt(mean_c Delta_c^2) below theta.",
+    "token_fraction": "Token mode, criterion fraction: share of channels that must pass (0 < f <= 1).",
+    "budget": "Token mode only: reuse this fraction of the eligible tokens per head and side, those with "
+    "the smallest Delta (0 < b <= 1); null = the threshold alone decides.",
+}
+
+
+def _check_real(name: str, value, *, allow_none: bool = False) -> Optional[float]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        expected = "a float or None" if allow_none else "a float"
+        raise type_error(name, value, expected, f"write `{name}` as a number, e.g. 0.4")
+    value = float(value)
+    if not math.isfinite(value):
+        raise value_error(name, value, "must be finite", f"set `{name}` to a finite number")
+    return value
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise type_error(name, value, "an int", f"write `{name}` as a whole number >= {minimum}")
+    if value < minimum:
+        raise value_error(name, value, f"must be >= {minimum}", f"set `{name}` to at least {minimum}")
+    return int(value)
+
+
+def _check_choice(name: str, value, choices: Tuple[str, ...]) -> str:
+    if not isinstance(value, str):
+        raise type_error(name, value, f"one of {choices} (a string)", f"set `{name}` to one of {choices}")
+    if value not in choices:
+        raise value_error(name, value, f"must be one of {choices}", f"set `{name}` to one of {choices}")
+    return value
+
+
+def _check_axes(name: str, value, *, permutation: bool) -> Tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise type_error(name, value, "a list or tuple of axis names", f"write e.g. `{name}: [t, y, x]`")
+    value = tuple(value)
+    for axis in value:
+        if not isinstance(axis, str):
+            raise type_error(f"{name} entry", axis, "an axis name (a string)", "use only 't', 'y' and 'x'")
+        if axis not in AXES:
+            raise value_error(
+                name, value, f"unknown axis {axis!r}; axes are {AXES}", f"use only 't', 'y' and 'x' in `{name}`"
+            )
+    if len(set(value)) != len(value):
+        raise value_error(name, value, "axes must not repeat", f"list each axis once in `{name}`")
+    if permutation and sorted(value) != sorted(AXES):
+        raise value_error(name, value, "must be a permutation of ('t', 'y', 'x')", f"list all three axes in `{name}`")
+    if not value:
+        raise value_error(name, value, "must name at least one axis", f"set `{name}` to e.g. ['t', 'y', 'x']")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeRippleConfig:
+    r"""
+    Configuration of TimeRipple attention reuse: which threshold to use at which denoising step, and how
+    reuse is detected and applied. Instances are immutable and validated on construction; derive
+    variants with [`~TimeRippleConfig.replace`]. The defaults are the paper's HunyuanVideo row of Tbl. 1.
+
+    Args:
+        version (`int`, defaults to 1): config format version; only 1 exists.
+        name (`str`, *optional*): a label, e.g. the bundled config's name.
+        model_family (`str`, *optional*): family the values were tuned for (``"wan"``,
+            ``"hunyuan_video"``, ``"cogvideox"``, ``"open_sora_plan"``, ``"ltx"``, ``"mochi"``).
+        mode (`str`, defaults to ``"channel"``): ``"channel"`` (paper-faithful, savings counted) or
+            ``"token"`` (whole tokens reused; rows and columns of attention skipped, measurably faster).
+        threshold_start (`float`, defaults to 0.2): θ at ``ramp_start_step`` (``>= 0``). Unit: raw values of
+            the post-norm, post-RoPE q/k. Higher θ reuses more and costs more quality.
+        threshold_end (`float`, defaults to 0.5): θ at ``ramp_end_step``, held until the second-to-last step.
+        ramp_start_step (`int`, defaults to 10): first reusing step (0-indexed, at ``reference_num_steps``);
+            earlier steps are dense. Higher = more dense steps, less saving.
+        ramp_end_step (`int`, defaults to 20): step where the linear ramp reaches ``threshold_end``
+            (``ramp_start_step <= ramp_end_step < reference_num_steps``).
+        reference_num_steps (`int`, defaults to 50): the step count the two positions refer to; other
+            counts scale them by ``floor(s * n / reference_num_steps + 0.5)``.
+        fixed_threshold (`float`, *optional*): one θ on every non-dense step instead of the ramp (Tbl. 3).
+        dense_last_step (`bool`, defaults to `True`): run the last step dense.
+        window (`int`, defaults to 2): window size K (``>= 2``). Larger windows pass less often.
+        axes (`tuple[str]`, defaults to ``("t", "y", "x")``): axes checked, a non-empty subset of t/y/x.
+        priority (`tuple[str]`, defaults to ``("t", "y", "x")``): order in which passing axes pick the source.
+        axis_threshold_scale (`dict[str, float]`, *optional*): per-axis multiplier (``> 0``) on θ; axes of
+            ``axes`` not listed use 1.0. `None` = one shared θ.
+        channel_alpha (`float`, *optional*): per-channel adaptive threshold ``τ = α·mean_c|Δ_c|`` (``> 0``).
+        token_criterion (`str`, defaults to ``"strict"``): token mode: ``"strict"``, ``"fraction"``, ``"rms"``.
+        token_fraction (`float`, defaults to 0.9): share of channels that must pass for ``"fraction"``.
+        budget (`float`, *optional*): token mode only: fraction (``0 < b <= 1``) of eligible tokens reused.
+
+    Example:
+
+    ```py
+    >>> import timeripple
+    >>> cfg = timeripple.load_config("wan2.1")
+    >>> cfg.threshold_at(48, 50), cfg.threshold_at(49, 50)
+    (0.6, None)
+    >>> token_cfg = cfg.replace(mode="token", budget=0.5)
+    ```
+    """
+
+    version: int = CONFIG_VERSION
+    name: Optional[str] = None
+    model_family: Optional[str] = None
+    mode: str = "channel"
+    threshold_start: float = 0.2
+    threshold_end: float = 0.5
+    ramp_start_step: int = 10
+    ramp_end_step: int = 20
+    reference_num_steps: int = 50
+    fixed_threshold: Optional[float] = None
+    dense_last_step: bool = True
+    window: int = 2
+    axes: Tuple[str, ...] = AXES
+    priority: Tuple[str, ...] = AXES
+    axis_threshold_scale: Optional[Dict[str, float]] = None
+    channel_alpha: Optional[float] = None
+    token_criterion: str = "strict"
+    token_fraction: float = 0.9
+    budget: Optional[float] = None
+
+    def __post_init__(self):
+        def put(field, value):  # frozen: normalised values are stored with object.__setattr__
+            object.__setattr__(self, field, value)
+
+        version = _check_int("version", self.version, 1)
+        if version != CONFIG_VERSION:
+            raise value_error("version", version, f"only version {CONFIG_VERSION} exists", f"set `version: {CONFIG_VERSION}`")
+        put("version", version)
+        for field in ("name", "model_family"):
+            value = getattr(self, field)
+            if value is not None and not isinstance(value, str):
+                raise type_error(field, value, "a string or None", f"write `{field}` as text, e.g. 'wan2.1'")
+        put("mode", _check_choice("mode", self.mode, MODES))
+        for field in ("threshold_start", "threshold_end", "fixed_threshold"):
+            value = _check_real(field, getattr(self, field), allow_none=field == "fixed_threshold")
+            if value is not None and value < 0:
+                raise value_error(field, value, "a threshold must be >= 0", f"set `{field}` to 0 or more")
+            put(field, value)
+        put("reference_num_steps", _check_int("reference_num_steps", self.reference_num_steps, 1))
+        start = _check_int("ramp_start_step", self.ramp_start_step, 0)
+        end = _check_int("ramp_end_step", self.ramp_end_step, 0)
+        if start > end:
+            raise value_error(
+                "ramp_start_step", start, f"must be <= ramp_end_step = {end}",
+                "swap them or lower `ramp_start_step` (equal values give a step jump)",
+            )
+        if end >= self.reference_num_steps:
+            raise value_error(
+                "ramp_end_step", end, f"must be < reference_num_steps = {self.reference_num_steps}",
+                "steps are 0-indexed: the last step is reference_num_steps - 1",
+            )
+        put("ramp_start_step", start)
+        put("ramp_end_step", end)
+        if not isinstance(self.dense_last_step, bool):
+            raise type_error("dense_last_step", self.dense_last_step, "a bool", "write true or false")
+        put("window", _check_int("window", self.window, 2))
+        put("axes", _check_axes("axes", self.axes, permutation=False))
+        put("priority", _check_axes("priority", self.priority, permutation=True))
+        put("axis_threshold_scale", self._checked_scale())
+        alpha = _check_real("channel_alpha", self.channel_alpha, allow_none=True)
+        if alpha is not None and alpha <= 0:
+            raise value_error("channel_alpha", alpha, "must be > 0", "set a positive `channel_alpha` or null")
+        put("channel_alpha", alpha)
+        put("token_criterion", _check_choice("token_criterion", self.token_criterion, TOKEN_CRITERIA))
+        fraction = _check_real("token_fraction", self.token_fraction)
+        if not 0 < fraction <= 1:
+            raise value_error("token_fraction", fraction, "must satisfy 0 < f <= 1", "e.g. 0.9")
+        put("token_fraction", fraction)
+        budget = _check_real("budget", self.budget, allow_none=True)
+        if budget is not None and not 0 < budget <= 1:
+            raise value_error("budget", budget, "must satisfy 0 < b <= 1", "e.g. 0.5, or null for no budget")
+        if budget is not None and self.mode != "token":
+            raise value_error(
+                "budget", budget, f"applies only with mode='token', got mode={self.mode!r}",
+                "set `mode: token` or `budget: null`",
+            )
+        put("budget", budget)
+
+    def _checked_scale(self) -> Optional[Dict[str, float]]:
+        scale = self.axis_threshold_scale
+        if scale is None:
+            return None
+        if not isinstance(scale, Mapping):
+            raise type_error("axis_threshold_scale", scale, "a dict {axis: float} or None", "e.g. {t: 1.0, y: 0.5}")
+        checked = {}
+        for axis, factor in scale.items():
+            if axis not in self.axes:
+                raise value_error(
+                    "axis_threshold_scale", dict(scale), f"key {axis!r} is not a checked axis {self.axes}",
+                    "use only axes listed in `axes`",
+                )
+            factor = _check_real(f"axis_threshold_scale[{axis!r}]", factor)
+            if factor <= 0:
+                raise value_error(f"axis_threshold_scale[{axis!r}]", factor, "must be > 0", "use a positive factor")
+            checked[axis] = factor
+        return checked  # a copy: the caller's dict is never kept or changed
+
+    def __hash__(self):
+        items = self.to_dict()
+        if items["axis_threshold_scale"] is not None:
+            items["axis_threshold_scale"] = tuple(sorted(items["axis_threshold_scale"].items()))
+        return hash(tuple((key, tuple(v) if isinstance(v, list) else v) for key, v in items.items()))
+
+    # -- dict / YAML ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TimeRippleConfig":
+        r"""
+        Build a config from a mapping such as a loaded YAML document. Missing keys take their defaults.
+
+        Raises:
+            `ValueError`: for an unknown key (the message lists the valid keys and a close match) or a
+                value that breaks a rule. `TypeError`: for a non-mapping or a value of the wrong type.
+        """
+        if not isinstance(data, Mapping):
+            raise type_error("config", data, "a mapping of field names to values", "pass a dict / a YAML mapping")
+        cls._check_keys(data)
+        return cls(**dict(data))
+
+    @classmethod
+    def _check_keys(cls, keys) -> None:
+        valid = [f.name for f in dataclasses.fields(cls)]
+        for key in keys:
+            if key not in valid:
+                close = difflib.get_close_matches(str(key), valid, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise value_error(
+                    "config key", key, f"unknown key; valid keys are {valid}", f"{hint}remove or rename the key"
+                )
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain-Python form (lists for sequences, a new dict for the per-axis scale), for YAML or JSON."""
+        out = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            out[field.name] = list(value) if isinstance(value, tuple) else (dict(value) if isinstance(value, dict) else value)
+        return out
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, os.PathLike]) -> "TimeRippleConfig":
+        r"""
+        Load a config from a YAML file with ``yaml.safe_load`` (Python tags such as ``!!python/object``
+        are rejected with a `ValueError`).
+
+        Args:
+            path (`str` or `os.PathLike`): the file.
+        """
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        return cls._from_yaml_text(text, source=str(path))
+
+    @classmethod
+    def _from_yaml_text(cls, text: str, source: str) -> "TimeRippleConfig":
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise value_error(
+                "yaml", source, f"is not a plain YAML config (read with yaml.safe_load; Python tags are refused): {err}",
+                "write only plain keys and values",
+            ) from err
+        if not isinstance(data, Mapping):
+            raise type_error("yaml", data, f"a mapping of field names to values in {source}", "write `key: value` lines")
+        return cls.from_dict(data)
+
+    def to_yaml(self, path: Union[str, os.PathLike, None] = None, *, header: Optional[str] = None) -> str:
+        r"""
+        The config as YAML with a comment (meaning and unit) above every field. Loads back to an equal
+        config with [`~TimeRippleConfig.from_yaml`].
+
+        Args:
+            path (`str` or `os.PathLike`, *optional*): if given, the text is also written to this file.
+            header (`str`, *optional*): comment lines put at the top (each line gets a ``# ``).
+
+        Returns:
+            `str`: the YAML text.
+        """
+        lines = []
+        if header:
+            lines += [f"# {line}".rstrip() for line in header.strip().splitlines()]
+            lines.append("")
+        for key, value in self.to_dict().items():
+            lines += [f"# {line}" for line in textwrap.wrap(_FIELD_DOCS[key], width=98)]
+            dumped = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000)
+            dumped = dumped.replace("\n...\n", "").strip()
+            lines.append(f"{key}: {dumped}")
+        text = "\n".join(lines) + "\n"
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        return text
+
+    def replace(self, **changes) -> "TimeRippleConfig":
+        """A copy with ``changes`` applied, validated like a new config (unknown fields raise `ValueError`)."""
+        self._check_keys(changes)  # unknown names get a suggestion; __post_init__ checks the values
+        return dataclasses.replace(self, **changes)
+
+    # -- schedule ------------------------------------------------------------------------------------
+
+    def threshold_at(self, step: int, num_steps: int) -> Optional[float]:
+        """θ for 0-indexed ``step`` of ``num_steps``, or `None` on a dense step. See [`~schedule.threshold_at`]."""
+        return schedule.threshold_at(self, step, num_steps)
+
+    def attention_kwargs(self, step: int, num_steps: int) -> Optional[Dict[str, Any]]:
+        r"""
+        Keyword arguments for [`ripple_attention`] at ``step`` of ``num_steps``, or `None` on a dense step.
+
+        ``threshold`` is the scheduled float, or ``{axis: θ * scale}`` over ``axes`` when
+        ``axis_threshold_scale`` is set (axes not in the scale use 1.0).
+
+        Example:
+
+        ```py
+        >>> kwargs = timeripple.load_config("hunyuan_video").attention_kwargs(15, 50)
+        >>> kwargs["threshold"], kwargs["mode"], kwargs["window"]
+        (0.35, 'channel', 2)
+        ```
+        """
+        theta = self.threshold_at(step, num_steps)
+        if theta is None:
+            return None
+        if self.axis_threshold_scale is not None:
+            theta = {axis: theta * self.axis_threshold_scale.get(axis, 1.0) for axis in self.axes}
+        return {
+            "threshold": theta,
+            "mode": self.mode,
+            "window": self.window,
+            "axes": self.axes,
+            "priority": self.priority,
+            "channel_alpha": self.channel_alpha,
+            "token_criterion": self.token_criterion,
+            "token_fraction": self.token_fraction,
+            "budget": self.budget,
+        }
+
+
+# -- bundled configs ---------------------------------------------------------------------------------
+
+
+def _bundled_dir():
+    return resources.files("timeripple").joinpath("configs")
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def list_configs() -> list:
+    """Names of the bundled configs, sorted, e.g. ``['cogvideox', 'hunyuan_video', ...]``."""
+    return sorted(
+        entry.name[: -len(".yaml")] for entry in _bundled_dir().iterdir() if entry.name.endswith(".yaml")
+    )
+
+
+def load_config(name_or_path: Union[str, os.PathLike, TimeRippleConfig]) -> TimeRippleConfig:
+    r"""
+    Load a bundled config by name or a config from a YAML file.
+
+    Args:
+        name_or_path (`str`, `os.PathLike` or [`TimeRippleConfig`]): a bundled name (see
+            [`list_configs`]; case-insensitive, ``-`` and ``_`` interchangeable), a path to a ``.yaml`` /
+            ``.yml`` file, or a config (returned unchanged).
+
+    Returns:
+        [`TimeRippleConfig`]: the validated config.
+
+    Example:
+
+    ```py
+    >>> import timeripple
+    >>> timeripple.load_config("Hunyuan-Video").name
+    'hunyuan_video'
+    ```
+    """
+    if isinstance(name_or_path, TimeRippleConfig):
+        return name_or_path
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise type_error(
+            "name_or_path", name_or_path, "a bundled config name or a path to a YAML file",
+            f"pass one of {list_configs()} or 'path/to/config.yaml'",
+        )
+    text = os.fspath(name_or_path)
+    looks_like_path = isinstance(name_or_path, os.PathLike) or text.endswith((".yaml", ".yml")) or os.sep in text
+    if looks_like_path or os.path.isfile(text):
+        if not os.path.isfile(text):
+            raise FileNotFoundError(f"`name_or_path` = {text!r}: no such config file. Fix: check the path.")
+        return TimeRippleConfig.from_yaml(text)
+    names = {_normalise(name): name for name in list_configs()}
+    key = _normalise(text)
+    if key not in names:
+        close = difflib.get_close_matches(key, list(names), n=1)
+        hint = f"did you mean {names[close[0]]!r}? " if close else ""
+        raise value_error(
+            "name_or_path", text, f"not a bundled config; bundled configs are {list_configs()}",
+            f"{hint}pass a bundled name or a path to a .yaml file",
+        )
+    entry = _bundled_dir().joinpath(f"{names[key]}.yaml")
+    logger.debug("loading bundled config %s", names[key])
+    return TimeRippleConfig._from_yaml_text(entry.read_text(encoding="utf-8"), source=f"bundled:{names[key]}")
