@@ -1,0 +1,242 @@
+"""``ripple_attention``: the one functional entry point of TimeRipple."""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import detect, reuse
+from ._validation import type_error, value_error
+from .stats import RippleStats
+
+logger = logging.getLogger(__name__)
+
+MODES = ("channel", "token")
+
+
+def ripple_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    grid: Sequence[int],
+    threshold: float | Mapping[str, float] | None,
+    text_len: int = 0,
+    text_position: str = "after",
+    attn_mask: torch.Tensor | None = None,
+    mode: str = "channel",
+    window: int = 2,
+    axes: Sequence[str] = ("t", "y", "x"),
+    priority: Sequence[str] = ("t", "y", "x"),
+    channel_alpha: float | None = None,
+    token_criterion: str = "strict",
+    token_fraction: float = 0.9,
+    budget: float | None = None,
+    scale: float | None = None,
+    return_stats: bool = False,
+):
+    r"""Self-attention that reuses ``q``/``k`` values between neighbouring video tokens (TimeRipple).
+
+    For every head, each video element of ``q`` and ``k`` is compared with its window partners along
+    time (``t``), height (``y``) and width (``x``); where the window's population std ``Δ`` is below the
+    threshold, non-first members reuse the first member's value. Text tokens are never reused.
+
+    Args:
+        q, k, v (`torch.Tensor`): ``(B, H, N, D)`` (``v`` may have another last dim), same dtype and
+            device, after qk-norm and RoPE. ``N = T*Hg*Wg + text_len``, video t-major.
+        grid (`tuple[int, int, int]`): latent grid ``(T, Hg, Wg)`` of the video tokens.
+        threshold (`float`, `dict[str, float]` or `None`): ``θ``, in units of the raw q/k values.
+            ``None`` is dense attention (plain SDPA). A float applies to every axis of ``axes``; a dict
+            ``{"t": 0.4, "x": 0.3}`` checks only the axes it names. ``0`` reuses nothing (bit-identical
+            to SDPA). Raising it reuses more (more savings, larger error); lowering it reuses less.
+        text_len (`int`, defaults to 0): number of text tokens in the joint sequence.
+        text_position (`str`, defaults to `"after"`): ``"after"`` (``[video | text]``, HunyuanVideo) or
+            ``"before"`` (``[text | video]``, CogVideoX).
+        attn_mask (`torch.Tensor`, *optional*): bool (True = attend) or additive float mask broadcastable
+            to ``(B, H, N, N)``, passed to SDPA. Token mode accepts only a key mask broadcastable to
+            ``(B, 1, 1, N)``.
+        mode (`str`, defaults to `"channel"`): ``"channel"`` reuses single elements (the paper; the
+            product stays dense, savings are counted). ``"token"`` reuses whole head vectors (strict by
+            default) and runs attention over the kept queries and keys only: a reused query copies its
+            source's output row; a reused key is merged into its source (mean ``v``, ``log(count)`` bias).
+        window (`int`, defaults to 2): window size ``K >= 2`` along each axis. Larger windows reuse more
+            tokens per window (more savings) but compare values that are further apart.
+        axes (`tuple[str, ...]`, defaults to `("t", "y", "x")`): the axes checked.
+        priority (`tuple[str, ...]`, defaults to `("t", "y", "x")`): when several axes pass, the first
+            in this order gives the source.
+        channel_alpha (`float`, *optional*): channel mode only. Per-window adaptive bound
+            ``τ = α · mean_c Δ_c`` (mean over the ``D`` channels of that window's ``Δ``) replaces ``θ``:
+            an element passes when ``Δ_c < τ``. ``threshold`` must still be set (not ``None``) to enable
+            reuse, and axes whose threshold is ``0`` stay unchecked. Higher ``α`` reuses more.
+        token_criterion (`str`, defaults to `"strict"`): token mode. ``"strict"``: every channel has
+            ``Δ < θ`` on the same axis; ``"fraction"``: at least ``token_fraction`` of the channels do;
+            ``"rms"``: ``sqrt(mean_c Δ_c²) < θ``. Relaxed criteria reuse more tokens.
+        token_fraction (`float`, defaults to 0.9): share of channels that must pass for ``"fraction"``.
+        budget (`float`, *optional*): token mode. Reuse ``round(budget · eligible)`` tokens per
+            ``(batch, head, side)`` with the smallest score, for predictable cost, in ``(0, 1]``. The
+            threshold *value* is then ignored (a dict still selects the axes; ``None`` still means dense).
+        scale (`float`, *optional*): softmax scale, default ``1/sqrt(D)``.
+        return_stats (`bool`, defaults to `False`): also return a :class:`~timeripple.RippleStats`.
+
+    Returns:
+        `torch.Tensor` ``(B, H, N, Dv)`` in ``q``'s dtype, or ``(out, stats)`` with ``return_stats``.
+
+    Example:
+        >>> import torch, timeripple
+        >>> t = torch.linspace(0, 1, 4).view(4, 1, 1, 1)
+        >>> q = (t + 0.01 * torch.randn(4, 6, 6, 64)).reshape(1, 1, 144, 64)  # slowly varying in time
+        >>> out, stats = timeripple.ripple_attention(q, q, q, grid=(4, 6, 6), threshold=0.2, return_stats=True)
+        >>> out.shape, stats.qk_savings_mean > 0.5
+        (torch.Size([1, 1, 144, 64]), True)
+    """
+    _check_tensors(q, k, v)
+    B, H, N, D = q.shape
+    detect.check_geometry(grid, window, axes, priority)
+    grid = tuple(int(g) for g in grid)
+    _check_text(text_len, text_position, grid, N)
+    if mode not in MODES:
+        raise value_error("mode", mode, "must be 'channel' or 'token'", "pass mode='channel' or mode='token'")
+    _check_options(mode, channel_alpha, token_criterion, token_fraction, budget, scale)
+    _check_mask(attn_mask, q)
+    if threshold is None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+        return (out, RippleStats.dense(q.shape, axes)) if return_stats else out
+    thresholds = detect.normalize_thresholds(threshold, axes)
+    if mode == "token":
+        from .token import token_mode_attention  # token mode needs the kernels package
+
+        return token_mode_attention(
+            q, k, v, grid=grid, thresholds=thresholds, threshold=threshold, text_len=text_len,
+            text_position=text_position, attn_mask=attn_mask, window=window, axes=axes, priority=priority,
+            criterion=token_criterion, fraction=token_fraction, budget=budget, scale=scale,
+            return_stats=return_stats,
+        )
+    if all(theta == 0 for theta in thresholds.values()):  # nothing can pass: skip detection entirely
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+        return (out, RippleStats.dense(q.shape, axes, threshold, mode)) if return_stats else out
+    q_t, k_t, src_q, src_k, via_q, via_k = channel_reuse(
+        q, k, grid=grid, thresholds=thresholds, text_len=text_len, text_position=text_position,
+        window=window, priority=priority, channel_alpha=channel_alpha,
+    )
+    out = F.scaled_dot_product_attention(q_t, k_t, v, attn_mask=attn_mask, scale=scale)  # (B, H, N, Dv)
+    if not return_stats:
+        return out
+    stats = RippleStats(
+        qk_savings=reuse.channel_qk_savings(src_q, src_k, N, N),
+        reused_fraction_q=reuse.reused_fractions(via_q, axes),
+        reused_fraction_k=reuse.reused_fractions(via_k, axes),
+        qk_products=B * H * N * N * D,
+        mode="channel",
+        threshold=threshold,
+    )
+    return out, stats
+
+
+def channel_reuse(
+    q, k, *, grid, thresholds, text_len, text_position, window, priority, channel_alpha, fill=None
+):
+    """Detect on the video slices of ``q`` and ``k`` and build ``q̃``, ``k̃`` ``(B, H, N, D)``.
+
+    With ``fill`` set (the "skip" baseline), reused elements are set to ``fill`` instead of their
+    source's value. Returns ``(q̃, k̃, src_q, src_k, via_q, via_k)``.
+    """
+    results = []
+    for x in (q, k):
+        video, start = reuse.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+        src, via = detect.detect_channel_sources(
+            video, grid, thresholds, window=window, priority=priority, channel_alpha=channel_alpha
+        )
+        if fill is None:
+            x_t = reuse.apply_sources(x, src, start)
+        else:
+            x_t = x.clone()
+            x_t[:, :, start : start + video.shape[2]] = video.masked_fill(via >= 0, fill)
+        results.append((x_t, src, via))
+    (q_t, src_q, via_q), (k_t, src_k, via_k) = results
+    return q_t, k_t, src_q, src_k, via_q, via_k
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _check_tensors(q, k, v) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise type_error(name, x, "a torch.Tensor (B, H, N, D)", f"pass {name} as a tensor")
+        if x.dim() != 4:
+            raise value_error(f"{name}.shape", tuple(x.shape), "must be 4-D (B, H, N, D)",
+                              "transpose (B, N, H, D) inputs with .transpose(1, 2)")
+        if not x.is_floating_point():
+            raise type_error(f"{name}.dtype", x.dtype, "a floating dtype", f"cast {name} to float16/bfloat16/float32")
+    if k.shape != q.shape:
+        raise value_error("k.shape", tuple(k.shape), f"must equal q.shape {tuple(q.shape)} (self-attention)",
+                          "pass q and k of the same layer")
+    if v.shape[:3] != q.shape[:3]:
+        raise value_error("v.shape", tuple(v.shape), f"must start with q's (B, H, N) {tuple(q.shape[:3])}",
+                          "pass v of the same layer in (B, H, N, D) layout")
+    for name, x in (("k", k), ("v", v)):
+        if x.dtype != q.dtype:
+            raise value_error(f"{name}.dtype", x.dtype, f"must equal q.dtype {q.dtype}", f"cast {name} to {q.dtype}")
+        if x.device != q.device:
+            raise value_error(f"{name}.device", x.device, f"must equal q.device {q.device}",
+                              f"move {name} to {q.device}")
+
+
+def _check_text(text_len, text_position, grid, n) -> None:
+    if not isinstance(text_len, int) or isinstance(text_len, bool) or text_len < 0:
+        raise value_error("text_len", text_len, "must be an int >= 0", "pass the number of text tokens, or 0")
+    if text_position not in ("before", "after"):
+        raise value_error("text_position", text_position, "must be 'before' or 'after'",
+                          "use 'after' for [video | text] (HunyuanVideo), 'before' for [text | video] (CogVideoX)")
+    nv = math.prod(grid)
+    if nv + text_len != n:
+        raise value_error("grid", grid, f"T*H*W ({nv}) + text_len ({text_len}) must equal N ({n}) of q",
+                          "pass the latent grid after patching and the exact number of text tokens")
+
+
+def _check_options(mode, channel_alpha, criterion, fraction, budget, scale) -> None:
+    if channel_alpha is not None:
+        if isinstance(channel_alpha, bool) or not isinstance(channel_alpha, numbers.Real):
+            raise type_error("channel_alpha", channel_alpha, "a float or None", "pass e.g. channel_alpha=1.0")
+        if not channel_alpha > 0 or math.isinf(channel_alpha):
+            raise value_error("channel_alpha", channel_alpha, "must be a finite number > 0", "pass e.g. 1.0")
+        if mode != "channel":
+            raise value_error("channel_alpha", channel_alpha, "applies to mode='channel' only",
+                              "drop channel_alpha or use mode='channel'")
+    if criterion not in detect.TOKEN_CRITERIA:
+        raise value_error("token_criterion", criterion, "must be 'strict', 'fraction' or 'rms'",
+                          "use token_criterion='strict'")
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+        raise value_error("token_fraction", fraction, "must be a number in (0, 1]", "use e.g. 0.9")
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not 0 < budget <= 1:
+            raise value_error("budget", budget, "must be None or a number in (0, 1]",
+                              "use e.g. budget=0.5, or detect.budget_for_pair_savings(...)")
+        if mode != "token":
+            raise value_error("budget", budget, "applies to mode='token' only", "pass mode='token' or budget=None")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or math.isnan(scale)):
+        raise value_error("scale", scale, "must be None or a real number", "leave scale=None for 1/sqrt(D)")
+
+
+def _check_mask(attn_mask, q) -> None:
+    if attn_mask is None:
+        return
+    if not isinstance(attn_mask, torch.Tensor):
+        raise type_error("attn_mask", attn_mask, "a torch.Tensor or None", "pass a bool or float mask tensor")
+    B, H, N, _ = q.shape
+    try:
+        ok = torch.broadcast_shapes(attn_mask.shape, (B, H, N, N)) == (B, H, N, N)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise value_error("attn_mask.shape", tuple(attn_mask.shape), f"must broadcast to (B, H, N, N) = {(B, H, N, N)}",
+                          "reshape the mask, e.g. a key-padding mask to (B, 1, 1, N)")
+    if attn_mask.device != q.device:
+        raise value_error("attn_mask.device", attn_mask.device, f"must equal q.device {q.device}",
+                          f"move attn_mask to {q.device}")

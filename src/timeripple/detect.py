@@ -1,0 +1,361 @@
+"""Detection: which video elements (channel mode) or tokens (token mode) may reuse a neighbour.
+
+Everything here works on the **video part** of ``q`` or ``k``, shape ``(B, H, Nv, D)``, t-major on the
+grid ``(T, Hg, Wg)`` (``idx = t*Hg*Wg + y*Wg + x``). The rules (docs/ARCHITECTURE.md "Detection"):
+
+* along axis ``a`` the positions are cut into windows of ``window`` consecutive positions starting at
+  multiples of ``window``; ``Δ`` is the population std of the window's values per channel, in float32;
+  a trailing partial window of size >= 2 is checked the same way, size 1 reuses nothing;
+* a non-first window member passes axis ``a`` when ``Δ < θ_a``; its source on that axis is the first
+  member of its window, i.e. the coordinate ``c - c % window``;
+* OR over axes; the source is the partner on the first passing axis in ``priority`` order; chains are
+  resolved so every source is a computed element;
+* a window holding any non-finite value has ``Δ = NaN`` and never passes.
+
+These functions are the plain-torch specification that the fused Triton detection is tested against.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Mapping, Sequence
+
+import torch
+
+from ._validation import type_error, value_error
+
+AXES = ("t", "y", "x")
+TOKEN_CRITERIA = ("strict", "fraction", "rms")
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry
+
+
+def axis_partners(
+    grid: Sequence[int], axis: str, window: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(partner, non_first)`` for every video token on ``axis``.
+
+    ``partner`` (``(Nv,)`` int64) is the flat index of the first member of the token's window on that
+    axis; ``non_first`` (``(Nv,)`` bool) is True for tokens that are not the first member (only those
+    can reuse). A trailing window of size 1 holds only a first member, so it reuses nothing.
+    """
+    T, Hg, Wg = (int(g) for g in grid)
+    idx = torch.arange(T * Hg * Wg, device=device)  # (Nv,)
+    coord = {"t": idx // (Hg * Wg), "y": (idx // Wg) % Hg, "x": idx % Wg}[axis]
+    stride = {"t": Hg * Wg, "y": Wg, "x": 1}[axis]
+    offset = coord % window  # position inside the window
+    return idx - offset * stride, offset != 0
+
+
+def window_deltas(x: torch.Tensor, grid: Sequence[int], axis: str, window: int) -> torch.Tensor:
+    """Per-element window deviation ``Δ`` along one axis.
+
+    Args:
+        x (`torch.Tensor`): video part of q or k, ``(B, H, Nv, D)``, any float dtype.
+        grid (`tuple[int, int, int]`): ``(T, Hg, Wg)`` with ``T*Hg*Wg == Nv``.
+        axis (`str`): ``"t"``, ``"y"`` or ``"x"``.
+        window (`int`): window size ``K >= 2``.
+
+    Returns:
+        `torch.Tensor`: float32 ``(B, H, Nv, D)``; each element holds the population std (over the
+        ``K`` window members, per channel) of the window it belongs to on ``axis``. ``NaN`` for windows
+        of size 1 and for windows holding a non-finite value.
+    """
+    B, H, Nv, D = x.shape
+    T, Hg, Wg = grid
+    dim = 2 + AXES.index(axis)
+    x6 = x.float().reshape(B, H, T, Hg, Wg, D).movedim(dim, -2)  # (B, H, o1, o2, L, D)
+    length = x6.shape[-2]
+    n_full, rest = divmod(length, window)
+    parts = []
+    if n_full:
+        full = x6[..., : n_full * window, :].unflatten(-2, (n_full, window))  # (..., nf, K, D)
+        parts.append(_window_std(full).unsqueeze(-2).expand_as(full).flatten(-3, -2))
+    if rest:
+        tail = x6[..., n_full * window :, :].unsqueeze(-3)  # (..., 1, r, D)
+        if rest >= 2:
+            parts.append(_window_std(tail).unsqueeze(-2).expand_as(tail).flatten(-3, -2))
+        else:
+            parts.append(torch.full_like(tail.flatten(-3, -2), math.nan))
+    delta = torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]  # (B, H, o1, o2, L, D)
+    return delta.movedim(-2, dim).reshape(B, H, Nv, D)
+
+
+def _window_std(w: torch.Tensor) -> torch.Tensor:
+    """Population std over dim -2 of ``(..., n, K, D)`` float32 windows; NaN if any member is not finite."""
+    delta = w.var(dim=-2, correction=0).sqrt()  # (..., n, D)
+    return torch.where(torch.isfinite(w).all(dim=-2), delta, math.nan)
+
+
+# ----------------------------------------------------------------------------------------------
+# source resolution
+
+
+def resolve_sources(src: torch.Tensor, max_hops: int) -> torch.Tensor:
+    """Follow chains ``src = src[src]`` (along dim 2, per trailing index) until every source is its
+    own source, i.e. a computed element. With ``window`` partners, one hop fixes one axis, so
+    ``max_hops = len(axes)`` is always enough; this is asserted.
+
+    Args:
+        src (`torch.Tensor`): int64 ``(B, H, Nv)`` or ``(B, H, Nv, D)``, a source index per element.
+        max_hops (`int`): the number of checked axes.
+    """
+    for _ in range(max(1, max_hops)):
+        nxt = torch.gather(src, 2, src)
+        if torch.equal(nxt, src):
+            return src
+        src = nxt
+    assert torch.equal(torch.gather(src, 2, src), src), "source chains longer than len(axes)"
+    return src
+
+
+def _sources_from_passes(
+    passes: list[tuple[str, torch.Tensor]], partners: dict, shape: tuple, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """OR over axes: the first passing axis (``passes`` is in priority order) gives the source."""
+    Nv = shape[2]
+    idx = torch.arange(Nv, device=device).view(1, 1, Nv, *([1] * (len(shape) - 3)))
+    src = idx.expand(shape).clone()
+    via = torch.full(shape, -1, dtype=torch.int8, device=device)
+    for axis, ok in reversed(passes):  # lowest priority first, so higher priority overwrites
+        partner = partners[axis].view(idx.shape)
+        src = torch.where(ok, partner, src)
+        via = torch.where(ok, torch.tensor(AXES.index(axis), dtype=torch.int8, device=device), via)
+    return resolve_sources(src, len(passes)), via
+
+
+def _checked_axes(thresholds: Mapping[str, float], priority: Sequence[str]) -> list[str]:
+    return [a for a in priority if a in thresholds]
+
+
+# ----------------------------------------------------------------------------------------------
+# channel granularity (the paper)
+
+
+def detect_channel_sources(
+    x: torch.Tensor,
+    grid: Sequence[int],
+    thresholds: Mapping[str, float],
+    *,
+    window: int = 2,
+    priority: Sequence[str] = AXES,
+    channel_alpha: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel-granularity detection (paper Eq. 3 + OR over axes + chain resolution).
+
+    Args:
+        x (`torch.Tensor`): video part of q or k, ``(B, H, Nv, D)``.
+        grid (`tuple[int, int, int]`): ``(T, Hg, Wg)``.
+        thresholds (`dict[str, float]`): ``θ`` per checked axis; axes absent or at ``0`` are not checked.
+        window (`int`, defaults to 2): window size ``K``.
+        priority (`tuple[str, ...]`): order in which passing axes are preferred as the source.
+        channel_alpha (`float`, *optional*): if set, an element passes when
+            ``Δ_c < α · mean_c Δ_c`` (mean over the D channels of its window) instead of ``Δ_c < θ_a``.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: ``src`` int64 ``(B, H, Nv, D)``, the video index whose
+        value each element takes (itself when computed), and ``via`` int8 ``(B, H, Nv, D)``, the index
+        in ``AXES`` of the axis the element is reused through (-1 when computed).
+    """
+    shape = tuple(x.shape)
+    partners, passes = {}, []
+    for axis in _checked_axes(thresholds, priority):
+        theta = float(thresholds[axis])
+        if theta == 0:
+            continue
+        partner, non_first = axis_partners(grid, axis, window, x.device)
+        delta = window_deltas(x, grid, axis, window)  # (B, H, Nv, D)
+        bound = theta if channel_alpha is None else channel_alpha * delta.mean(-1, keepdim=True)
+        partners[axis] = partner
+        passes.append((axis, (delta < bound) & non_first.view(1, 1, -1, 1)))
+    return _sources_from_passes(passes, partners, shape, x.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# token granularity (our extension)
+
+
+def token_scores(
+    x: torch.Tensor,
+    grid: Sequence[int],
+    axis: str,
+    window: int,
+    criterion: str = "strict",
+    fraction: float = 0.9,
+) -> torch.Tensor:
+    """Per-token score on one axis; the token passes the axis when ``score < θ_a``.
+
+    ``strict``: ``max_c Δ_c``; ``fraction``: the ``ceil(fraction·D)``-th smallest ``Δ_c`` (so at
+    least that many channels have ``Δ_c < θ``); ``rms``: ``sqrt(mean_c Δ_c²)``. NaN when any channel
+    is NaN (non-finite input or a size-1 window).
+
+    Returns:
+        `torch.Tensor`: float32 ``(B, H, Nv)``.
+    """
+    delta = window_deltas(x, grid, axis, window)  # (B, H, Nv, D)
+    if criterion == "strict":
+        return delta.amax(dim=-1)  # amax propagates NaN
+    if criterion == "rms":
+        return delta.square().mean(dim=-1).sqrt()
+    kth = max(1, math.ceil(fraction * delta.shape[-1] - 1e-9))
+    score = delta.kthvalue(kth, dim=-1).values
+    return torch.where(torch.isnan(delta).any(dim=-1), math.nan, score)
+
+
+def detect_token_sources(
+    x: torch.Tensor,
+    grid: Sequence[int],
+    thresholds: Mapping[str, float],
+    *,
+    window: int = 2,
+    priority: Sequence[str] = AXES,
+    criterion: str = "strict",
+    fraction: float = 0.9,
+    budget: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-granularity detection, per head.
+
+    Threshold mode (``budget=None``): a non-first window member passes axis ``a`` when its
+    :func:`token_scores` is ``< θ_a``; OR over axes with ``priority``; chains resolved.
+
+    Budget mode: the threshold values are ignored (the keys of ``thresholds`` still select the checked
+    axes). Per ``(b, h)``, the ``round(budget · eligible)`` eligible tokens with the smallest score are
+    reused, eligible = non-first on some checked axis with a finite score there. A token's score is its
+    smallest score over those axes; its source is the partner on that axis (ties: ``priority`` order).
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: ``src`` int64 ``(B, H, Nv)`` and ``via`` int8
+        ``(B, H, Nv)`` (index in ``AXES``, -1 when computed).
+    """
+    shape = tuple(x.shape[:3])
+    axes = _checked_axes(thresholds, priority)
+    if budget is None:
+        axes = [a for a in axes if float(thresholds[a]) != 0]
+    partners, scores = {}, []
+    for axis in axes:
+        partner, non_first = axis_partners(grid, axis, window, x.device)
+        score = token_scores(x, grid, axis, window, criterion, fraction)  # (B, H, Nv)
+        partners[axis] = partner
+        scores.append(torch.where(non_first.view(1, 1, -1), score, math.nan))
+    if budget is None:
+        passes = [(a, s < float(thresholds[a])) for a, s in zip(axes, scores)]
+        return _sources_from_passes(passes, partners, shape, x.device)
+    if not axes:
+        return _sources_from_passes([], partners, shape, x.device)
+    stacked = torch.stack(scores, dim=-1).nan_to_num(nan=math.inf)  # (B, H, Nv, A)
+    best, best_axis = stacked.min(dim=-1)  # first minimum = highest priority on ties
+    eligible = torch.isfinite(best)  # (B, H, Nv)
+    n_reuse = torch.round(eligible.sum(-1, keepdim=True).double() * budget).long()  # (B, H, 1)
+    order = torch.argsort(best, dim=-1, stable=True)  # smallest first, +inf last
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(shape[2], device=x.device).expand_as(order))
+    reuse = eligible & (rank < n_reuse)  # (B, H, Nv)
+    passes = [(a, reuse & (best_axis == i)) for i, a in enumerate(axes)]
+    return _sources_from_passes(passes, partners, shape, x.device)
+
+
+def budget_for_pair_savings(
+    target: float,
+    grid: Sequence[int],
+    window: int = 2,
+    axes: Sequence[str] = AXES,
+    text_len: int = 0,
+) -> float:
+    """The token-mode ``budget`` that gives ``target`` pair savings when every token is eligible.
+
+    Pair savings are ``1 - kept_q·kept_k / N²`` with ``N = Nv + text_len``; with the same budget on
+    both sides ``kept = N - budget·E``, ``E`` = number of video tokens that are a non-first window
+    member on some axis of ``axes``. So ``budget = N·(1 - sqrt(1 - target)) / E``. Scores that are
+    non-finite make a token ineligible and lower the real savings.
+
+    Args:
+        target (`float`): pair savings in ``[0, 1)``, e.g. ``0.75`` keeps half of the tokens per side.
+        grid (`tuple[int, int, int]`): ``(T, Hg, Wg)``.
+        window (`int`, defaults to 2), axes (`tuple[str, ...]`), text_len (`int`, defaults to 0): as in
+            ``ripple_attention``.
+
+    Example:
+        >>> from timeripple.detect import budget_for_pair_savings
+        >>> round(budget_for_pair_savings(0.75, (4, 4, 4), window=2), 4)  # E = 64 - 8 = 56
+        0.5714
+    """
+    if not 0 <= target < 1 or math.isnan(target):
+        raise value_error("target", target, "pair savings must be in [0, 1)", "pass e.g. 0.75")
+    check_geometry(grid, window, axes)
+    n_total = math.prod(grid) + text_len
+    eligible = eligible_count(grid, window, axes)
+    needed = n_total * (1 - math.sqrt(1 - target))
+    if needed > eligible + 1e-9:
+        raise value_error(
+            "target", target,
+            f"at most {eligible} of {n_total} tokens per side can be reused on grid {tuple(grid)} with "
+            f"window {window}, which gives {1 - ((n_total - eligible) / n_total) ** 2:.4f} pair savings",
+            "lower the target, use a larger window or check more axes",
+        )
+    return needed / eligible if eligible else 0.0
+
+
+def eligible_count(grid: Sequence[int], window: int, axes: Sequence[str]) -> int:
+    """Video tokens that are a non-first window member on at least one of ``axes``:
+    ``Nv - prod_{a in axes} ceil(L_a / window) * prod_{a not in axes} L_a`` (first on every checked axis)."""
+    firsts = 1
+    for axis, length in zip(AXES, grid):
+        firsts *= math.ceil(length / window) if axis in axes else length
+    return math.prod(grid) - firsts
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks shared by ripple_attention and the baselines
+
+
+def check_geometry(grid, window, axes, priority=None) -> None:
+    """Validate ``grid``, ``window``, ``axes`` and ``priority``; raise ValueError/TypeError."""
+    if not isinstance(grid, (tuple, list)) or len(grid) != 3 or not all(
+        isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid
+    ):
+        raise value_error("grid", grid, "must be three positive ints (T, H, W) of the latent video grid",
+                          "pass e.g. grid=(T, H // patch, W // patch)")
+    if not isinstance(window, int) or isinstance(window, bool) or window < 2:
+        raise value_error("window", window, "must be an int >= 2", "use window=2 (the paper's default)")
+    if isinstance(axes, str) or not isinstance(axes, (tuple, list)) or not axes:
+        raise value_error("axes", axes, "must be a non-empty tuple of 't', 'y', 'x'", "pass e.g. ('t', 'y', 'x')")
+    for a in axes:
+        if a not in AXES:
+            raise value_error("axes", axes, f"unknown axis {a!r}; axes are 't', 'y', 'x'", "remove or rename it")
+    if len(set(axes)) != len(axes):
+        raise value_error("axes", axes, "axes must not repeat", "list each axis once")
+    if priority is not None:
+        if isinstance(priority, str) or not isinstance(priority, (tuple, list)) or any(
+            p not in AXES for p in priority
+        ) or len(set(priority)) != len(priority):
+            raise value_error("priority", priority, "must be a tuple of distinct axes 't', 'y', 'x'",
+                              "pass e.g. ('t', 'y', 'x')")
+        missing = [a for a in axes if a not in priority]
+        if missing:
+            raise value_error("priority", priority, f"axes {missing} are checked but have no priority",
+                              "list every axis of `axes` in `priority`")
+
+
+def normalize_thresholds(threshold, axes) -> dict[str, float]:
+    """``threshold`` (a number for all ``axes`` or a dict per axis) -> ``{axis: θ}`` for the checked
+    axes (dict keys outside ``axes`` are ignored). Rejects negative, NaN and non-numeric values."""
+    if isinstance(threshold, Mapping):
+        for key in threshold:
+            if key not in AXES:
+                raise value_error("threshold", dict(threshold), f"unknown axis {key!r}; axes are 't', 'y', 'x'",
+                                  "use keys 't', 'y', 'x'")
+        items = {a: threshold[a] for a in axes if a in threshold}
+    else:
+        items = {a: threshold for a in axes}
+    out = {}
+    for axis, theta in items.items():
+        if isinstance(theta, bool) or not isinstance(theta, numbers.Real):
+            raise type_error(f"threshold[{axis!r}]" if isinstance(threshold, Mapping) else "threshold",
+                             theta, "a float, a dict of floats per axis, or None", "pass e.g. threshold=0.4")
+        if math.isnan(theta) or theta < 0:
+            raise value_error("threshold", threshold, "thresholds must be >= 0 and not NaN",
+                              "use 0 for no reuse, None for dense attention, or a positive value such as 0.4")
+        out[axis] = float(theta)
+    return out
