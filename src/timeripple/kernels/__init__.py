@@ -1,0 +1,112 @@
+"""Kernels of TimeRipple: token attention (Triton on CUDA, plain torch elsewhere) and fused detection.
+
+Public functions:
+
+* ``token_attention(q, k, v, q_src, k_src, *, scale=None, key_bias=None)``: attention over the kept
+  tokens of a token plan (docs/ARCHITECTURE.md, "Token plan and token attention"). Registered as the
+  custom op ``timeripple::token_attention`` so ``torch.compile`` traces through it.
+* ``token_attention_ref``: the plain-torch reference (and fallback).
+
+Dispatch: CUDA tensors with Triton importable, head dim 64 or 128 and dtype fp16/bf16/fp32 run the
+Triton kernels; everything else runs the reference. A CUDA tensor that has to fall back logs one
+warning per reason.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .reference import check_token_inputs, normalize_key_bias, token_attention_ref
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["token_attention", "token_attention_ref", "triton_available", "triton_unsupported_reason"]
+
+SUPPORTED_HEAD_DIMS = (64, 128)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+try:  # Triton is an optional dependency (extra "triton")
+    import triton  # noqa: F401
+
+    _TRITON_IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    _TRITON_IMPORT_ERROR = repr(exc)
+
+_warned: set[str] = set()
+
+
+def triton_available() -> bool:
+    """True when ``triton`` imports."""
+    return _TRITON_IMPORT_ERROR is None
+
+
+def triton_unsupported_reason(q: torch.Tensor) -> str | None:
+    """Why the Triton token-attention kernels cannot run ``q`` (None when they can)."""
+    if _TRITON_IMPORT_ERROR is not None:
+        return f"triton is not importable ({_TRITON_IMPORT_ERROR})"
+    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        return f"head dim {q.shape[-1]} is not one of {SUPPORTED_HEAD_DIMS}"
+    if q.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {q.dtype} is not one of fp16/bf16/fp32"
+    return None
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        logger.warning("timeripple token attention falls back to plain torch: %s", reason)
+
+
+def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias):
+    if q.is_cuda:
+        reason = triton_unsupported_reason(q)
+        if reason is None:
+            from .token_kernels import token_attention_triton
+
+            return token_attention_triton(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias)
+        _warn_once(reason)
+    return token_attention_ref(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias)
+
+
+@torch.library.custom_op("timeripple::token_attention", mutates_args=())
+def _token_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_src: torch.Tensor, k_src: torch.Tensor,
+    scale: float, key_bias: torch.Tensor | None,
+) -> torch.Tensor:
+    return _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias)
+
+
+@_token_attention_op.register_fake
+def _token_attention_fake(q, k, v, q_src, k_src, scale, key_bias):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def token_attention(q, k, v, q_src, k_src, *, scale=None, key_bias=None) -> torch.Tensor:
+    """Attention over the kept tokens of a token plan; reused queries copy their source's row.
+
+    Args:
+        q, k, v (`torch.Tensor`): ``(B, H, N, D)``, one floating dtype.
+        q_src, k_src (`torch.Tensor`): int32/int64 ``(B, H, N)``: ``src[i] == i`` for a computed token,
+            else the index of its resolved source (a computed token).
+        scale (`float`, *optional*): score scale, default ``1 / sqrt(D)``.
+        key_bias (`torch.Tensor`, *optional*): additive per-key bias broadcastable to ``(B, N)``
+            (``-inf`` masks a key; a bool tensor means True = keep).
+
+    Returns:
+        ``(B, H, N, D)`` in ``q``'s dtype. The more tokens are reused (fewer kept), the faster: cost is
+        about ``kept_q * kept_k`` pairs per head.
+
+    Example::
+
+        >>> q = k = v = torch.randn(1, 2, 6, 64)
+        >>> src = torch.tensor([0, 0, 2, 3, 3, 5]).expand(1, 2, 6)
+        >>> token_attention(q, k, v, src, src).shape
+        torch.Size([1, 2, 6, 64])
+    """
+    check_token_inputs(q, k, v, q_src, k_src)
+    B, H, N, D = q.shape
+    scale = D ** -0.5 if scale is None else float(scale)
+    kb = normalize_key_bias(key_bias, B, N, q.device)
+    return _token_attention_op(q, k, v, q_src.int(), k_src.int(), scale, kb)
