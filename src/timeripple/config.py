@@ -31,46 +31,49 @@ CONFIG_VERSION = 1
 AXES = ("t", "y", "x")
 MODES = ("channel", "token")
 TOKEN_CRITERIA = ("strict", "fraction", "rms")
+NEWLINE_END_OF_DOCUMENT = "\n...\n"  # what yaml.safe_dump puts after a plain scalar
+# config fields passed to ripple_attention unchanged (besides the scheduled threshold)
+_ATTENTION_FIELDS = ("mode", "window", "axes", "priority", "channel_alpha", "token_criterion", "token_fraction", "budget")
 
 # field -> comment written above it in YAML (meaning and unit)
 _FIELD_DOCS = {
     "version": "Config format version (integer). Only 1 exists.",
     "name": "Label of this config, e.g. the bundled name (string or null).",
-    "model_family": "Model family the values were tuned for: wan, hunyuan_video, cogvideox, "
-    "open_sora_plan, ltx, mochi (string or null; informational only).",
-    "mode": "channel = the paper's channel-wise reuse (the quality reference; savings are counted); "
-    "token = whole-token reuse that skips attention rows/columns (savings are measurable in time).",
-    "threshold_start": "Threshold theta at ramp_start_step. A window of values is reused when their "
-    "population std is below theta. Unit: raw values of the post-norm, post-RoPE q/k. "
-    "Larger = more reuse, more error.",
+    "model_family": "Model family the values were tuned for: wan, hunyuan_video, cogvideox, open_sora_plan, ltx, "
+    "mochi (string or null; informational only).",
+    "mode": "channel = the paper's channel-wise reuse (the quality reference; savings are counted); token = "
+    "whole-token reuse that skips attention rows/columns (savings are measurable in time).",
+    "threshold_start": "Threshold theta at ramp_start_step. A window of values is reused when their population std "
+    "is below theta. Unit: raw values of the post-norm, post-RoPE q/k. Larger = more reuse, more error.",
     "threshold_end": "Threshold theta reached at ramp_end_step and held until the second-to-last step "
     "(same unit as threshold_start).",
-    "ramp_start_step": "First step that reuses (0-indexed, counted at reference_num_steps steps); "
-    "steps before it run dense attention.",
-    "ramp_end_step": "Step (0-indexed, at reference_num_steps steps) where the linear ramp from "
-    "threshold_start reaches threshold_end. Must be < reference_num_steps.",
-    "reference_num_steps": "Step count that ramp_start_step/ramp_end_step refer to. For a run of n steps "
-    "a position s becomes floor(s * n / reference_num_steps + 0.5) (proportional, rounded half up).",
-    "fixed_threshold": "If set, this theta on every non-dense step instead of the ramp (the paper's "
-    "Tbl. 3 'fixed' variant); dense steps are unchanged. Same unit as threshold_start; null = ramp.",
+    "ramp_start_step": "First step that reuses (0-indexed, counted at reference_num_steps steps); steps before it "
+    "run dense attention.",
+    "ramp_end_step": "Step (0-indexed, at reference_num_steps steps) where the linear ramp from threshold_start "
+    "reaches threshold_end. Must be < reference_num_steps.",
+    "reference_num_steps": "Step count that ramp_start_step/ramp_end_step refer to. For a run of n steps a position "
+    "s becomes floor(s * n / reference_num_steps + 0.5) (proportional, rounded half up).",
+    "fixed_threshold": "If set, this theta on every non-dense step instead of the ramp (the paper's Tbl. 3 'fixed' "
+    "variant); dense steps are unchanged. Same unit as threshold_start; null = ramp.",
     "dense_last_step": "Run the last denoising step with dense attention (true/false).",
-    "window": "Window size K: number of consecutive positions along an axis whose std is checked "
-    "(integer >= 2; larger = fewer windows pass).",
+    "window": "Window size K: number of consecutive positions along an axis whose std is checked (integer >= 2; "
+    "larger = fewer windows pass).",
     "axes": "Axes checked for reuse: t (frames), y (rows), x (columns) of the latent token grid.",
     "priority": "Order in which passing axes pick the source of a reused value (a permutation of t, y, x).",
-    "axis_threshold_scale": "Per-axis multiplier on the scheduled theta, e.g. {t: 1.0, y: 0.5, x: 0.5}; "
-    "axes not listed use 1.0; null = one shared theta (the paper's default).",
-    "channel_alpha": "Per-channel adaptive threshold tau = channel_alpha * mean_c |Delta_c| (the paper's "
-    "Tbl. 4; dimensionless, > 0); null = off.",
-    "token_criterion": "Token mode only: strict = every channel below theta; fraction = at least "
-    "token_fraction of the channels; rms = sqrt(mean_c Delta_c^2) below theta.",
+    "axis_threshold_scale": "Per-axis multiplier on the scheduled theta, e.g. {t: 1.0, y: 0.5, x: 0.5}; axes not "
+    "listed use 1.0; null = one shared theta (the paper's default).",
+    "channel_alpha": "Per-channel adaptive threshold tau = channel_alpha * mean_c |Delta_c| (the paper's Tbl. 4; "
+    "dimensionless, > 0); null = off.",
+    "token_criterion": "Token mode only: strict = every channel below theta; fraction = at least token_fraction of "
+    "the channels; rms = sqrt(mean_c Delta_c^2) below theta.",
     "token_fraction": "Token mode, criterion fraction: share of channels that must pass (0 < f <= 1).",
-    "budget": "Token mode only: reuse this fraction of the eligible tokens per head and side, those with "
-    "the smallest Delta (0 < b <= 1); null = the threshold alone decides.",
+    "budget": "Token mode only: reuse this fraction of the eligible tokens per head and side, those with the "
+    "smallest Delta (0 < b <= 1); null = the threshold alone decides.",
 }
 
 
-def _check_real(name: str, value, *, allow_none: bool = False) -> Optional[float]:
+def _check_real(name: str, value, *, allow_none=False, low=None, strict=False, high=None) -> Optional[float]:
+    """A finite float in ``[low, high]`` (``(low, high]`` when ``strict``), or None when allowed."""
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, Real):
@@ -79,6 +82,9 @@ def _check_real(name: str, value, *, allow_none: bool = False) -> Optional[float
     value = float(value)
     if not math.isfinite(value):
         raise value_error(name, value, "must be finite", f"set `{name}` to a finite number")
+    if low is not None and (value < low or (strict and value == low)) or high is not None and value > high:
+        rule = f"must be {'>' if strict else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        raise value_error(name, value, rule, f"set `{name}` to a value that is {rule[8:]}")
     return value
 
 
@@ -198,10 +204,7 @@ class TimeRippleConfig:
                 raise type_error(field, value, "a string or None", f"write `{field}` as text, e.g. 'wan2.1'")
         put("mode", _check_choice("mode", self.mode, MODES))
         for field in ("threshold_start", "threshold_end", "fixed_threshold"):
-            value = _check_real(field, getattr(self, field), allow_none=field == "fixed_threshold")
-            if value is not None and value < 0:
-                raise value_error(field, value, "a threshold must be >= 0", f"set `{field}` to 0 or more")
-            put(field, value)
+            put(field, _check_real(field, getattr(self, field), allow_none=field == "fixed_threshold", low=0))
         put("reference_num_steps", _check_int("reference_num_steps", self.reference_num_steps, 1))
         start = _check_int("ramp_start_step", self.ramp_start_step, 0)
         end = _check_int("ramp_end_step", self.ramp_end_step, 0)
@@ -223,18 +226,10 @@ class TimeRippleConfig:
         put("axes", _check_axes("axes", self.axes, permutation=False))
         put("priority", _check_axes("priority", self.priority, permutation=True))
         put("axis_threshold_scale", self._checked_scale())
-        alpha = _check_real("channel_alpha", self.channel_alpha, allow_none=True)
-        if alpha is not None and alpha <= 0:
-            raise value_error("channel_alpha", alpha, "must be > 0", "set a positive `channel_alpha` or null")
-        put("channel_alpha", alpha)
+        put("channel_alpha", _check_real("channel_alpha", self.channel_alpha, allow_none=True, low=0, strict=True))
         put("token_criterion", _check_choice("token_criterion", self.token_criterion, TOKEN_CRITERIA))
-        fraction = _check_real("token_fraction", self.token_fraction)
-        if not 0 < fraction <= 1:
-            raise value_error("token_fraction", fraction, "must satisfy 0 < f <= 1", "e.g. 0.9")
-        put("token_fraction", fraction)
-        budget = _check_real("budget", self.budget, allow_none=True)
-        if budget is not None and not 0 < budget <= 1:
-            raise value_error("budget", budget, "must satisfy 0 < b <= 1", "e.g. 0.5, or null for no budget")
+        put("token_fraction", _check_real("token_fraction", self.token_fraction, low=0, strict=True, high=1))
+        budget = _check_real("budget", self.budget, allow_none=True, low=0, strict=True, high=1)
         if budget is not None and self.mode != "token":
             raise value_error(
                 "budget", budget, f"applies only with mode='token', got mode={self.mode!r}",
@@ -248,24 +243,15 @@ class TimeRippleConfig:
             return None
         if not isinstance(scale, Mapping):
             raise type_error("axis_threshold_scale", scale, "a dict {axis: float} or None", "e.g. {t: 1.0, y: 0.5}")
-        checked = {}
-        for axis, factor in scale.items():
+        for axis in scale:
             if axis not in self.axes:
-                raise value_error(
-                    "axis_threshold_scale", dict(scale), f"key {axis!r} is not a checked axis {self.axes}",
-                    "use only axes listed in `axes`",
-                )
-            factor = _check_real(f"axis_threshold_scale[{axis!r}]", factor)
-            if factor <= 0:
-                raise value_error(f"axis_threshold_scale[{axis!r}]", factor, "must be > 0", "use a positive factor")
-            checked[axis] = factor
-        return checked  # a copy: the caller's dict is never kept or changed
+                rule = f"key {axis!r} is not a checked axis {self.axes}"
+                raise value_error("axis_threshold_scale", dict(scale), rule, "use only axes listed in `axes`")
+        # a new dict in t, y, x order: the caller's dict is never kept, and equal configs have equal reprs
+        return {a: _check_real(f"axis_threshold_scale[{a!r}]", scale[a], low=0, strict=True) for a in AXES if a in scale}
 
-    def __hash__(self):
-        items = self.to_dict()
-        if items["axis_threshold_scale"] is not None:
-            items["axis_threshold_scale"] = tuple(sorted(items["axis_threshold_scale"].items()))
-        return hash(tuple((key, tuple(v) if isinstance(v, list) else v) for key, v in items.items()))
+    def __hash__(self):  # the per-axis scale is stored in t, y, x order, so equal configs have equal reprs
+        return hash(repr(self))
 
     # -- dict / YAML ---------------------------------------------------------------------------------
 
@@ -296,11 +282,8 @@ class TimeRippleConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain-Python form (lists for sequences, a new dict for the per-axis scale), for YAML or JSON."""
-        out = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            out[field.name] = list(value) if isinstance(value, tuple) else (dict(value) if isinstance(value, dict) else value)
-        return out
+        out = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return {key: list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, dict) else v for key, v in out.items()}
 
     @classmethod
     def from_yaml(cls, path: Union[str, os.PathLike]) -> "TimeRippleConfig":
@@ -312,8 +295,7 @@ class TimeRippleConfig:
             path (`str` or `os.PathLike`): the file.
         """
         with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        return cls._from_yaml_text(text, source=str(path))
+            return cls._from_yaml_text(handle.read(), source=str(path))
 
     @classmethod
     def _from_yaml_text(cls, text: str, source: str) -> "TimeRippleConfig":
@@ -340,15 +322,11 @@ class TimeRippleConfig:
         Returns:
             `str`: the YAML text.
         """
-        lines = []
-        if header:
-            lines += [f"# {line}".rstrip() for line in header.strip().splitlines()]
-            lines.append("")
+        lines = [f"# {line}".rstrip() for line in header.strip().splitlines()] + [""] if header else []
         for key, value in self.to_dict().items():
             lines += [f"# {line}" for line in textwrap.wrap(_FIELD_DOCS[key], width=98)]
             dumped = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000)
-            dumped = dumped.replace("\n...\n", "").strip()
-            lines.append(f"{key}: {dumped}")
+            lines.append(f"{key}: {dumped.replace(NEWLINE_END_OF_DOCUMENT, '').strip()}")
         text = "\n".join(lines) + "\n"
         if path is not None:
             with open(path, "w", encoding="utf-8") as handle:
@@ -376,6 +354,7 @@ class TimeRippleConfig:
         Example:
 
         ```py
+        >>> import timeripple
         >>> kwargs = timeripple.load_config("hunyuan_video").attention_kwargs(15, 50)
         >>> kwargs["threshold"], kwargs["mode"], kwargs["window"]
         (0.35, 'channel', 2)
@@ -386,17 +365,7 @@ class TimeRippleConfig:
             return None
         if self.axis_threshold_scale is not None:
             theta = {axis: theta * self.axis_threshold_scale.get(axis, 1.0) for axis in self.axes}
-        return {
-            "threshold": theta,
-            "mode": self.mode,
-            "window": self.window,
-            "axes": self.axes,
-            "priority": self.priority,
-            "channel_alpha": self.channel_alpha,
-            "token_criterion": self.token_criterion,
-            "token_fraction": self.token_fraction,
-            "budget": self.budget,
-        }
+        return {"threshold": theta, **{name: getattr(self, name) for name in _ATTENTION_FIELDS}}
 
 
 # -- bundled configs ---------------------------------------------------------------------------------
@@ -412,9 +381,7 @@ def _normalise(name: str) -> str:
 
 def list_configs() -> list:
     """Names of the bundled configs, sorted, e.g. ``['cogvideox', 'hunyuan_video', ...]``."""
-    return sorted(
-        entry.name[: -len(".yaml")] for entry in _bundled_dir().iterdir() if entry.name.endswith(".yaml")
-    )
+    return sorted(entry.name[: -len(".yaml")] for entry in _bundled_dir().iterdir() if entry.name.endswith(".yaml"))
 
 
 def load_config(name_or_path: Union[str, os.PathLike, TimeRippleConfig]) -> TimeRippleConfig:
