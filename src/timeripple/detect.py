@@ -96,13 +96,16 @@ def _window_std(w: torch.Tensor) -> torch.Tensor:
 
 def resolve_sources(src: torch.Tensor, max_hops: int) -> torch.Tensor:
     """Follow chains ``src = src[src]`` (along dim 2, per trailing index) until every source is its
-    own source, i.e. a computed element. With ``window`` partners, one hop fixes one axis, so
-    ``max_hops = len(axes)`` is always enough; this is asserted.
+    own source, i.e. a computed element. A partner always precedes its element (a smaller coordinate
+    on one axis) and one hop fixes one axis, so ``max_hops = len(axes)`` is always enough; both
+    invariants are asserted.
 
     Args:
         src (`torch.Tensor`): int64 ``(B, H, Nv)`` or ``(B, H, Nv, D)``, a source index per element.
         max_hops (`int`): the number of checked axes.
     """
+    idx = torch.arange(src.shape[2], device=src.device).view(1, 1, -1, *([1] * (src.dim() - 3)))
+    assert bool((src <= idx).all()), "a source must precede its element on the grid"
     for _ in range(max(1, max_hops)):
         nxt = torch.gather(src, 2, src)
         if torch.equal(nxt, src):
