@@ -1,0 +1,118 @@
+"""Token mode: the token plan (resolved per-token sources over the whole sequence) and its attention.
+
+A token is reused only when its whole head vector passes (docs/ARCHITECTURE.md "Detection", token
+granularity). The plan is two int32 tensors ``q_src``, ``k_src`` ``(B, H, N)`` with ``src[i] == i`` for
+a computed token; text tokens are always computed. ``timeripple.kernels.token_attention`` executes it:
+reused queries copy their source's output row, reused keys are merged into their source (mean ``v``,
+``log(count)`` bias). Cost falls with ``kept_q · kept_k``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import detect, reuse
+from ._validation import value_error
+from .stats import RippleStats
+
+
+def build_token_plan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    grid,
+    thresholds: dict,
+    text_len: int = 0,
+    text_position: str = "after",
+    window: int = 2,
+    priority=detect.AXES,
+    criterion: str = "strict",
+    fraction: float = 0.9,
+    budget: float | None = None,
+):
+    """Detect reusable tokens of ``q`` and ``k`` ``(B, H, N, D)`` and build the token plan.
+
+    Returns:
+        ``(q_src, k_src, via_q, via_k)``: int32 ``(B, H, N)`` sources over the whole sequence and int8
+        ``(B, H, Nv)`` axis indices (into ``detect.AXES``, -1 = computed) over the video tokens.
+    """
+    out = []
+    for x in (q, k):
+        video, start = reuse.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+        src, via = detect.detect_token_sources(
+            video, grid, thresholds, window=window, priority=priority, criterion=criterion,
+            fraction=fraction, budget=budget,
+        )  # (B, H, Nv)
+        B, H, N = x.shape[:3]
+        full = torch.arange(N, device=x.device, dtype=torch.int32).expand(B, H, N).clone()  # (B, H, N)
+        full[:, :, start : start + src.shape[2]] = (src + start).to(torch.int32)
+        out.append((full, via))
+    (q_src, via_q), (k_src, via_k) = out
+    return q_src, k_src, via_q, via_k
+
+
+def key_bias_from_mask(attn_mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:
+    """Turn an SDPA key mask broadcastable to ``(B, 1, 1, N)`` into a float32 ``(B, N)`` key bias
+    (bool: False = masked -> ``-inf``; float: additive). Any other mask raises ``ValueError``."""
+    if attn_mask is None:
+        return None
+    B, _, N, _ = q.shape
+    try:
+        ok = torch.broadcast_shapes(attn_mask.shape, (B, 1, 1, N)) == (B, 1, 1, N)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise value_error(
+            "attn_mask.shape", tuple(attn_mask.shape),
+            f"token mode accepts only a key mask broadcastable to (B, 1, 1, N) = {(B, 1, 1, N)}",
+            "pass a key-padding mask, or use mode='channel' for general masks",
+        )
+    mask = attn_mask.expand(B, 1, 1, N).reshape(B, N)  # (B, N)
+    if mask.dtype == torch.bool:
+        return torch.zeros(B, N, dtype=torch.float32, device=q.device).masked_fill(~mask, float("-inf"))
+    return mask.float()
+
+
+def plan_pair_savings(q_src: torch.Tensor, k_src: torch.Tensor) -> torch.Tensor:
+    """``1 - kept_q·kept_k / N²`` per head, mean over the batch: ``(H,)`` float64 on the CPU."""
+    N = q_src.shape[-1]
+    ar = torch.arange(N, device=q_src.device)
+    kept_q = (q_src == ar).sum(-1).double()  # (B, H)
+    kept_k = (k_src == ar).sum(-1).double()  # (B, H)
+    return (1 - kept_q * kept_k / (N * N)).mean(0).cpu()
+
+
+def token_mode_attention(
+    q, k, v, *, grid, thresholds, threshold, text_len, text_position, attn_mask, window, axes, priority,
+    criterion, fraction, budget, scale, return_stats,
+):
+    """``ripple_attention(mode="token")`` after argument checks; see its docstring."""
+    from .kernels import token_attention
+
+    if v.shape != q.shape:
+        raise value_error("v.shape", tuple(v.shape), f"token mode needs v.shape == q.shape {tuple(q.shape)}",
+                          "use mode='channel' for a different value head dim")
+    key_bias = key_bias_from_mask(attn_mask, q)  # (B, N) or None
+    B, H, N, D = q.shape
+    if budget is None and all(theta == 0 for theta in thresholds.values()):  # nothing can pass
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+        return (out, RippleStats.dense(q.shape, axes, threshold, "token")) if return_stats else out
+    q_src, k_src, via_q, via_k = build_token_plan(
+        q, k, grid=grid, thresholds=thresholds, text_len=text_len, text_position=text_position,
+        window=window, priority=priority, criterion=criterion, fraction=fraction, budget=budget,
+    )
+    out = token_attention(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias)  # (B, H, N, D)
+    if not return_stats:
+        return out
+    pair = plan_pair_savings(q_src, k_src)
+    stats = RippleStats(
+        qk_savings=pair.clone(),
+        reused_fraction_q=reuse.reused_fractions(via_q, axes),
+        reused_fraction_k=reuse.reused_fractions(via_k, axes),
+        qk_products=B * H * N * N * D,
+        mode="token",
+        threshold=threshold,
+        pair_savings=pair,
+    )
+    return out, stats
