@@ -1,0 +1,122 @@
+"""Open-Sora-Plan v1.3 (not on PyPI): a processor for its diffusers-style ``Attention`` contract.
+
+Contract (``opensora/models/diffusion/opensora_v1_3/modules.py``): the attention module is a diffusers
+``Attention`` whose processor (``OpenSoraAttnProcessor2_0``) carries ``is_cross_attn``, ``sparse1d``, a
+3D RoPE ``rope(x, pos)`` and ``position_getter(batch, t=, h=, w=, device=)``. The processor is called as
+``processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frame, height, width)`` with
+**sequence-first** ``(S, B, H·D)`` tensors; ``frame, height, width`` are the token grid, t-major.
+
+Only self-attention without ``sparse1d`` is swapped (``sparse1d`` regroups tokens so that windows no
+longer follow the grid); sequence parallelism is not supported. Dense steps call the original processor
+itself, so they are exactly stock. Register the model class before applying:
+
+```py
+from opensora.models.diffusion.opensora_v1_3.modeling_opensora import OpenSoraT2V_v1_3
+timeripple.diffusers.register_model(OpenSoraT2V_v1_3, "open_sora_plan")
+handle = timeripple.apply_timeripple(transformer, "open_sora_plan", scheduler=scheduler)
+```
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from ..._validation import value_error
+from ..registry import FamilySpec, register_family
+from .base import TimeRippleAttnProcessor
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OpenSoraPlanTimeRippleAttnProcessor", "OpenSoraPlanFamily"]
+
+
+class OpenSoraPlanTimeRippleAttnProcessor(TimeRippleAttnProcessor):
+    """TimeRipple processor for Open-Sora-Plan v1.3 self-attention; wraps the layer's original processor."""
+
+    def __init__(self, context=None, layer_name=None, original=None):
+        super().__init__(context, layer_name)
+        if original is None or not hasattr(original, "rope") or not hasattr(original, "position_getter"):
+            raise value_error(
+                "original", original, "the Open-Sora-Plan processor reuses the original processor's `rope` "
+                "and `position_getter`", "install it with `apply_timeripple`, which passes the original",
+            )
+        self.original = original
+        self.rope = original.rope
+        self.position_getter = original.position_getter
+
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        frame: int = 8,
+        height: int = 16,
+        width: int = 16,
+    ) -> torch.Tensor:
+        ctx = self._context()
+        seq_len, batch_size, inner = hidden_states.shape  # (S, B, H·D)
+        if ctx.attention_kwargs is None or encoder_hidden_states is not None:
+            if encoder_hidden_states is None:
+                self._record(ctx, 0.0, batch_size * seq_len * seq_len * inner)
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frame, height, width)
+
+        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        heads = attn.heads
+        head_dim = key.shape[-1] // heads
+        query = query.view(-1, batch_size, heads, head_dim)  # (S, B, H, D)
+        key = key.view(-1, batch_size, heads, head_dim)
+        pos_thw = self.position_getter(batch_size, t=frame, h=height, w=width, device=query.device)
+        query = self.rope(query, pos_thw)
+        key = self.rope(key, pos_thw)
+
+        def bhsd(x):
+            return x.reshape(-1, batch_size, heads, head_dim).permute(1, 2, 0, 3)  # (B, H, S, D)
+
+        q, k, v = bhsd(query), bhsd(key), bhsd(value)
+        out = self._attend(
+            q, k, v, attn_mask=attention_mask, grid=(frame, height, width),
+            dense=lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask),
+        )
+        hidden_states = out.permute(2, 0, 1, 3).reshape(-1, batch_size, heads * head_dim).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        return hidden_states
+
+
+def _select(name: str, module: torch.nn.Module) -> bool:
+    processor = getattr(module, "processor", None)
+    if getattr(processor, "is_cross_attn", True):
+        return False
+    if getattr(processor, "sparse1d", False):
+        logger.info("TimeRipple leaves %s stock: sparse1d attention regroups the token grid", name)
+        return False
+    return True
+
+
+def _grid(transformer, bound) -> tuple:
+    _, _, frames, height, width = bound["hidden_states"].shape  # (B, C, F, H, W)
+    p_t, p = transformer.config.patch_size_t, transformer.config.patch_size
+    frames = (frames - 1) // p_t + 1 if frames % 2 == 1 else frames // p_t  # as OpenSoraT2V_v1_3.forward
+    return frames, height // p, width // p
+
+
+def _attention_types():
+    from diffusers.models.attention_processor import Attention
+
+    return (Attention,)
+
+
+class OpenSoraPlanFamily:
+    """Marker base class: subclass it (or call [`register_model`]) to mark a transformer as Open-Sora-Plan."""
+
+
+register_family(
+    OpenSoraPlanFamily,
+    FamilySpec(name="open_sora_plan", processor_cls=OpenSoraPlanTimeRippleAttnProcessor, select=_select,
+               grid=_grid, attention_types=_attention_types(), label="Open-Sora-Plan v1.3 (register_model)"),
+)
