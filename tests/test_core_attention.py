@@ -200,3 +200,13 @@ def test_device_mismatch():
     with pytest.raises(ValueError, match="attn_mask.device"):
         timeripple.ripple_attention(q, k, v, grid=(2, 3, 4), threshold=0.3,
                                     attn_mask=torch.ones(1, 1, 1, 24, dtype=torch.bool, device=other))
+
+
+@pytest.mark.parametrize("mode", ["channel", "token"])
+def test_non_contiguous_inputs_give_the_same_result(mode):
+    grid = (3, 4, 5)
+    q, k, v = _qkv(grid, 2, "after", 2, 2)
+    views = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v)]  # (B, N, H, D) storage
+    assert not views[0].is_contiguous()
+    kw = dict(grid=grid, threshold=0.3, text_len=2, mode=mode)
+    torch.testing.assert_close(timeripple.ripple_attention(*views, **kw), timeripple.ripple_attention(q, k, v, **kw))
