@@ -1,0 +1,265 @@
+"""Attention-only benchmark of TimeRipple on the GPU (issue 4): dense baselines vs channel and token mode.
+
+Usage::
+
+    python benchmarks/bench_attention.py                       # all shapes, writes BENCHMARKS.md
+    python benchmarks/bench_attention.py --shapes hunyuan --quick --out /tmp/b.md
+
+Timed figures: median of ``triton.testing.do_bench`` (warm-up included, two input sets rotated).
+Counted figures: pair savings of the plan (``1 - kept_q·kept_k / N²``). Peak memory: the largest
+``torch.cuda.max_memory_allocated`` during one call, inputs included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import platform
+import sys
+
+import torch
+import torch.nn.functional as F
+
+# name: (heads, grid (T, Hg, Wg), text_len, text_position, head_dim, note)
+SHAPES = {
+    "wan1.3b": (12, (21, 30, 52), 0, "after", 128, "Wan2.1-1.3B 480p 81f"),
+    "wan14b": (40, (21, 30, 52), 0, "after", 128, "Wan2.1-14B 480p 81f"),
+    "hunyuan": (24, (33, 34, 60), 256, "after", 128, "HunyuanVideo 544x960 129f"),
+    # 768x1360 / 8 (VAE) / 2 (patch) = 48x85; 81 frames -> 21 latent frames, padded to 22, / 2 (patch_t) = 11
+    "cogvideox1.5": (48, (11, 48, 85), 226, "before", 64, "CogVideoX1.5 768x1360 81f"),
+}
+TARGETS = (0.5, 0.75, 0.875)
+
+
+def structured(B, H, grid, text_len, text_position, D, device, dtype, noise=0.05, seed=0):
+    """q/k-like input: a smooth random field on the grid (unit std per channel) plus white noise."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    T, Hg, Wg = grid
+    coarse = torch.randn(B * H, D, max(T // 4, 1), max(Hg // 8, 1), max(Wg // 8, 1), device=device, generator=g)
+    smooth = F.interpolate(coarse, size=(T, Hg, Wg), mode="trilinear", align_corners=True)
+    smooth = smooth / smooth.std(dim=(2, 3, 4), keepdim=True)
+    video = smooth.flatten(2).transpose(1, 2).reshape(B, H, T * Hg * Wg, D)
+    video = video + noise * torch.randn(video.shape, device=device, generator=g)
+    text = torch.randn(B, H, text_len, D, device=device, generator=g)
+    x = torch.cat([video, text] if text_position == "after" else [text, video], dim=2)
+    return x.to(dtype).contiguous()
+
+
+def bench(fn, quick):
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=10 if quick else 50, rep=60 if quick else 300,
+                                   return_mode="median")
+
+
+def peak_mib(fn, input_bytes):
+    """Peak memory of one call in MiB: what the call allocates on top of what was there, plus the
+    bytes of one input set (q, k, v), so the figure is independent of how many sets are resident."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before + input_bytes) / 2**20
+
+
+def rotating(make_fn, inputs):
+    """A callable that cycles through the input sets (so no call sees a cache warmed by the last)."""
+    fns = [make_fn(*x) for x in inputs]
+    state = {"i": 0}
+
+    def call():
+        state["i"] = (state["i"] + 1) % len(fns)
+        return fns[state["i"]]()
+
+    return call
+
+
+def methods_for(name, args):
+    """Yield (label, make_fn(q, k, v) -> callable, pair_savings or None, note)."""
+    import timeripple
+    from timeripple import detect
+    from timeripple.config import load_config
+    from timeripple.kernels import token_attention
+    from timeripple.token import build_token_plan, plan_pair_savings
+
+    H, grid, text_len, text_pos, D, _ = SHAPES[name]
+    base = dict(grid=grid, text_len=text_len, text_position=text_pos)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    yield "SDPA default", lambda q, k, v: (lambda: F.scaled_dot_product_attention(q, k, v)), None, "baseline"
+
+    def flash(q, k, v):
+        def call():
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v)
+        return call
+
+    yield "SDPA flash", flash, None, ""
+    if not args.no_flex:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        flex = torch.compile(flex_attention, dynamic=False)
+        yield "FlexAttention dense", lambda q, k, v: (lambda: flex(q, k, v)), None, "compiled"
+    cfg_name = {"wan1.3b": "wan2.1", "wan14b": "wan2.1", "hunyuan": "hunyuan_video",
+                "cogvideox1.5": "cogvideox"}[name]
+    theta = load_config(cfg_name).threshold_end
+    yield (f"channel, θ={theta}", lambda q, k, v: (lambda: timeripple.ripple_attention(
+        q, k, v, threshold=theta, mode="channel", **base)), None, "structured input")
+    thresholds = {"t": theta, "y": theta, "x": theta}
+    for target in TARGETS:
+        budget = detect.budget_for_pair_savings(target, grid, text_len=text_len)
+
+        def full(q, k, v, budget=budget):
+            return lambda: timeripple.ripple_attention(q, k, v, threshold=theta, mode="token", budget=budget, **base)
+
+        def kernel_only(q, k, v, budget=budget):
+            q_src, k_src, _, _ = build_token_plan(q, k, thresholds=thresholds, budget=budget, window=2,
+                                                  priority=("t", "y", "x"), criterion="strict",
+                                                  fraction=0.9, **base)
+            return lambda: token_attention(q, k, v, q_src, k_src)
+
+        def plan_only(q, k, v, budget=budget):
+            return lambda: build_token_plan(q, k, thresholds=thresholds, budget=budget, window=2,
+                                            priority=("t", "y", "x"), criterion="strict", fraction=0.9, **base)
+
+        yield f"token {target:.1%} budget (all)", full, target, "detection + kernels + scatter"
+        yield f"token {target:.1%} kernels only", kernel_only, target, "plan prebuilt"
+        if target == 0.75:
+            yield "token detection (torch plan)", plan_only, None, "detection + plan alone"
+
+    yield from kernel_variants(H, grid, text_len, text_pos)
+
+    def at_threshold(q, k, v):
+        return lambda: timeripple.ripple_attention(q, k, v, threshold=theta, mode="token", **base)
+
+    yield f"token θ={theta} (all)", at_threshold, "measured", "structured input"
+
+
+def kernel_variants(H, grid, text_len, text_pos):
+    """Token-mode execution variants at 75% pair savings on a random plan (half the tokens per side)."""
+    from timeripple.kernels import token_kernels as tk
+    from timeripple.kernels.reference import random_token_plan
+
+    N = math.prod(grid) + text_len
+
+    def plan(q):
+        keep = (math.sqrt(0.25) * N - text_len) / (N - text_len)
+        return random_token_plan(1, H, N, keep, text_len=text_len, text_position=text_pos, device=q.device)
+
+    def stage(which):
+        def make(q, k, v):
+            q_src, k_src = plan(q)
+            layout = tk.TokenPlanLayout(q_src, k_src)
+            vm, _, bias = tk.merge_keys(v, k, layout)
+            out = torch.empty_like(q)
+            return {
+                "layout": lambda: tk.TokenPlanLayout(q_src, k_src),
+                "merge": lambda: tk.merge_keys(v, k, layout),
+                "attend": lambda: tk.attend_kept(q, k, vm, bias, layout, out, scale=q.shape[-1] ** -0.5),
+                "scatter": lambda: tk.scatter_rows(out, layout.q_src),
+                "no_gather": lambda: tk.token_attention_triton(q, k, v, q_src, k_src, gather_k=False),
+            }[which]
+        return make
+
+    for which in ("layout", "merge", "attend", "scatter"):
+        yield f"  75% random plan: {which}", stage(which), 0.75, "stage of the Triton path"
+    yield "  75% random plan: all, compacted k", stage("no_gather"), 0.75, "gather_k=False"
+
+    def compact_sdpa(with_bias):
+        def make(q, k, v):
+            m = N // 2
+            qc, kc, vc = (x[:, :, :m].contiguous() for x in (q, k, v))
+            bias = torch.zeros(1, H, 1, m, dtype=q.dtype, device=q.device)
+            mask = bias if with_bias else None
+            return lambda: F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask)
+        return make
+
+    yield "  SDPA on compacted N/2, bias mask", compact_sdpa(True), 0.75, "attention only, no plan"
+    yield "  SDPA on compacted N/2, no bias", compact_sdpa(False), 0.75, "attention only, lower bound"
+
+
+def run_shape(name, args, device, dtype):
+    H, grid, text_len, text_pos, D, note = SHAPES[name]
+    inputs = [tuple(structured(1, H, grid, text_len, text_pos, D, device, dtype, seed=3 * s + i)
+                    for i in range(3)) for s in range(2)]
+    rows, dense_ms, dense_mem = [], None, None
+    for label, make_fn, pairs, mnote in methods_for(name, args):
+        try:
+            fn = rotating(make_fn, inputs)
+            fn()  # compile / autotune
+            ms = bench(fn, args.quick)
+            mem = peak_mib(fn, sum(x.numel() * x.element_size() for x in inputs[0]))
+        except Exception as exc:  # a missing method must not stop the table
+            rows.append((label, float("nan"), float("nan"), float("nan"), pairs, f"failed: {exc!r:.80}"))
+            continue
+        if pairs == "measured":
+            from timeripple import ripple_attention
+
+            _, stats = ripple_attention(*inputs[0], grid=grid, text_len=text_len, text_position=text_pos,
+                                        threshold=float(label.split("=")[1].split()[0]), mode="token",
+                                        return_stats=True)
+            pairs = float(stats.pair_savings.mean())
+        if dense_ms is None:
+            dense_ms, dense_mem = ms, mem
+        rows.append((label, ms, dense_ms / ms, mem / dense_mem, pairs, mnote))
+    return note, rows
+
+
+def render(results, args, device_name):
+    lines = [
+        "# Attention benchmarks", "",
+        f"* card: {device_name}; date: {datetime.date.today()}; torch {torch.__version__}; "
+        f"triton {_triton_version()}; python {platform.python_version()}",
+        f"* command: `python {' '.join(sys.argv)}`",
+        "* timed: median of triton.testing.do_bench, bf16, B=1; counted: pair savings of the plan; "
+        "peak memory: torch.cuda.max_memory_allocated in one call (one q, k, v set included), relative to SDPA default.",
+        "",
+    ]
+    for name, (note, rows) in results.items():
+        H, grid, text_len, text_pos, D, _ = SHAPES[name]
+        N = math.prod(grid) + text_len
+        lines += [f"## {note}: {H} heads, grid {grid}, text {text_len} ({text_pos}), N={N}, d={D}", "",
+                  "| method | ms | speedup vs SDPA default | peak mem vs dense | pair savings | note |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+        for label, ms, speed, mem, pairs, mnote in rows:
+            p = f"{pairs:.1%}" if isinstance(pairs, float) else ""
+            lines.append(f"| {label} | {ms:.2f} | {speed:.2f}x | {mem:.2f}x | {p} | {mnote} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _triton_version():
+    try:
+        import triton
+
+        return triton.__version__
+    except ImportError:
+        return "not installed"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--quick", action="store_true", help="fewer timing repetitions")
+    parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compiles for ~1 min)")
+    parser.add_argument("--out", default="BENCHMARKS.md", help="markdown report path ('' = do not write)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_attention.py needs a CUDA device")
+    device_name = torch.cuda.get_device_name()
+    print(f"device: {device_name}; torch {torch.__version__}; triton {_triton_version()}; args: {vars(args)}")
+    results = {}
+    for name in args.shapes:
+        results[name] = run_shape(name, args, "cuda", torch.bfloat16)
+        report = render({name: results[name]}, args, device_name)
+        print("\n".join(report.splitlines()[6:]), flush=True)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(render(results, args, device_name) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
