@@ -129,6 +129,13 @@ def methods_for(name, args):
         if target == 0.75:
             yield "token detection (torch plan)", plan_only, None, "detection + plan alone"
 
+    def fused_detection(q, k, v):
+        from timeripple.kernels.detect_kernels import token_axis_scores
+
+        nv, lo = math.prod(grid), (text_len if text_pos == "before" else 0)
+        return lambda: (token_axis_scores(q[:, :, lo:lo + nv], grid), token_axis_scores(k[:, :, lo:lo + nv], grid))
+
+    yield "fused detection scores (q and k)", fused_detection, None, "Triton, strict"
     yield from kernel_variants(H, grid, text_len, text_pos)
 
     def at_threshold(q, k, v):
