@@ -68,7 +68,8 @@ def test_real_thresholds_reuse_on_ramp_steps_only_and_removal_restores_stock(fam
     assert 0 < stats.total_savings < 1
     weighted = sum(stats.step_savings) / NUM_STEPS  # every step has the same dense weight here
     assert stats.total_savings == pytest.approx(weighted)
-    assert len(stats.layer_savings) >= 1 and all(0 < v < 1 for v in stats.layer_savings.values())
+    layers = stats.layer_savings.values()  # Wan 2.2's second transformer may run dense steps only
+    assert all(0 <= v < 1 for v in layers) and max(layers) > 0
     assert torch.equal(generate(pipe, inputs), stock)
 
 
@@ -125,6 +126,8 @@ def test_wan22_patches_both_transformers_and_counts_steps_of_both():
     layers = {f"{t}:{layer}" for t, originals in handle.originals.items() for layer in originals}
     assert len(layers) == 4
     assert stats.num_steps == NUM_STEPS and all(s > 0 for s in stats.step_savings)
+    assert set(stats.layer_savings) == {"blocks.0.attn1", "blocks.1.attn1",
+                                        "transformer_2.blocks.0.attn1", "transformer_2.blocks.1.attn1"}
     # two CFG calls per step (cond, uncond), two layers, one transformer active per step
     assert stats.num_calls == NUM_STEPS * 2 * 2
 

@@ -113,8 +113,9 @@ def apply_timeripple(pipe_or_transformer, config, *, scheduler=None) -> TimeRipp
             selected = _select_layers(transformer, spec)
             handle.originals[name] = {layer: module.processor for layer, module in selected.items()}
             _register_hook(transformer, spec, context, scheduler_fn)
+            prefix = "" if name == "transformer" else f"{name}."  # Wan 2.2: distinct layer names
             for layer, module in selected.items():
-                _set_processor(module, spec.processor_cls(context, layer, original=module.processor))
+                _set_processor(module, spec.processor_cls(context, prefix + layer, original=module.processor))
             setattr(transformer, _HANDLE_ATTR, handle)
     except BaseException:
         handle.remove()
