@@ -30,6 +30,8 @@ _EXPORTS = {
     "TimeRippleAttnProcessor": "diffusers",
     "TimeRippleHandle": "diffusers",
     "GenerationStats": "diffusers",
+    "register_model": "diffusers",
+    "supported_models": "diffusers",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -58,7 +60,9 @@ if TYPE_CHECKING:  # pragma: no cover
         TimeRippleHandle,
         apply_timeripple,
         get_stats,
+        register_model,
         remove_timeripple,
+        supported_models,
     )
     from .schedule import threshold_at
     from .stats import RippleStats
