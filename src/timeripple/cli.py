@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import List, Optional
+
+from ._validation import value_error
 
 __all__ = ["main", "build_parser"]
 
@@ -132,6 +135,8 @@ def _cmd_demo(args) -> int:
 
     # check the cheap arguments before loading the model
     config = resolve_config(args.config, args.mode)
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise value_error("--output", args.output, "exists and is not a folder", "pass a folder path")
     print(f"Generating with the tiny model on {args.device}: dense, then TimeRipple ({config.name or args.config}, "
           f"mode {config.mode}), {args.steps} steps each.", file=sys.stderr, flush=True)
     result = run_demo(
