@@ -259,6 +259,62 @@ def detect_token_sources(
     return _sources_from_passes(passes, partners, shape, x.device)
 
 
+def token_sources_from_scores(
+    scores: torch.Tensor,
+    grid: Sequence[int],
+    thresholds: Mapping[str, float],
+    *,
+    window: int = 2,
+    priority: Sequence[str] = AXES,
+    budget: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`detect_token_sources` from precomputed per-axis scores, without host syncs.
+
+    The fast path of token mode on CUDA: ``scores`` is the float32 ``(B, H, Nv, 3)`` output of
+    ``kernels.detect_kernels.token_axis_scores`` (axes ``t, y, x``; NaN where a token is not a
+    non-first window member or its window is not finite). Thresholding, budget selection (sort per
+    (b, h) over ``Nv``; ties broken by token index, as the stable argsort of the plain path) and chain
+    resolution (``len(axes)`` unconditional hops, no equality check) run on these small tensors.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: ``src`` int32 ``(B, H, Nv)`` and ``via`` int8 ``(B, H, Nv)``,
+        equal to :func:`detect_token_sources` on scores equal to ``token_scores``.
+    """
+    B, H, Nv, _ = scores.shape
+    device = scores.device
+    axes = _checked_axes(thresholds, priority)
+    if budget is None:
+        axes = [a for a in axes if float(thresholds[a]) != 0]
+    idx = torch.arange(Nv, device=device)
+    src = idx.expand(B, H, Nv)
+    via = torch.full((B, H, Nv), -1, dtype=torch.int8, device=device)
+    if not axes:
+        return src.to(torch.int32).contiguous(), via
+    cols = scores[..., [AXES.index(a) for a in axes]]  # (B, H, Nv, A), priority order
+    if budget is None:
+        passes = torch.stack([cols[..., i] < float(thresholds[a]) for i, a in enumerate(axes)], -1)
+        any_pass = passes.any(-1)  # NaN never passes
+        best_axis = passes.int().argmax(-1)  # first passing axis in priority order
+    else:
+        best, best_axis = cols.nan_to_num(nan=math.inf).min(dim=-1)  # (B, H, Nv); first min on ties
+        eligible = torch.isfinite(best)
+        n_reuse = torch.round(eligible.sum(-1, keepdim=True).double() * budget).long()  # (B, H, 1)
+        ordered = torch.sort(best, dim=-1).values  # (B, H, Nv), +inf last
+        kth = ordered.gather(-1, (n_reuse - 1).clamp_min(0))  # (B, H, 1): largest reused score
+        below = best < kth
+        ties = (best == kth) & eligible
+        room = n_reuse - below.sum(-1, keepdim=True)  # ties taken in index order
+        any_pass = eligible & (n_reuse > 0) & (below | (ties & (ties.cumsum(-1) <= room)))
+    partner = torch.stack([axis_partners(grid, a, window, device)[0] for a in axes])  # (A, Nv)
+    chosen = partner[best_axis, idx]  # (B, H, Nv)
+    src = torch.where(any_pass, chosen, idx)
+    ax_ids = torch.tensor([AXES.index(a) for a in axes], dtype=torch.int8, device=device)
+    via = torch.where(any_pass, ax_ids[best_axis], via)
+    for _ in range(len(axes)):  # one hop fixes one axis (see resolve_sources)
+        src = torch.gather(src, 2, src)
+    return src.to(torch.int32), via
+
+
 def budget_for_pair_savings(
     target: float,
     grid: Sequence[int],

@@ -8,8 +8,9 @@ member of its window, sits in a size-1 trailing window, or its window holds a no
 "tyx"], -1)`` (the plain-torch twin ``token_axis_scores_torch``); the thresholding, budget selection and
 source resolution on these ``(B, H, Nv, 3)`` scores stay in ``detect.py`` (cheap, one small tensor).
 
-The kernel reads each window member row once per pass from L2 (two passes: mean, then deviations);
-no ``(B, H, Nv, D)`` float32 intermediate is written.
+For ``window == 2`` (the default) the kernel loads each token's row once and one partner row per
+checked axis (``Δ_c = |x_c - partner_c| / 2``); larger windows read each member row once per pass
+(mean, then deviations). No ``(B, H, Nv, D)`` float32 intermediate is written.
 """
 
 from __future__ import annotations
@@ -63,6 +64,23 @@ def _axis_score(x_base, offs_i, coord, length, stride_axis, offs_d, valid_i, str
 
 
 @triton.jit
+def _pair_score(x_base, offs_i, coord, stride_axis, offs_d, valid_i, stride_n, row_i, finite_i,
+                RMS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Window 2: ``Δ_c = |x_c - partner_c| / 2`` (population std of two values). The token's own row
+    ``row_i`` is loaded once by the caller and shared by the three axes; one partner row per axis."""
+    second = valid_i & (coord % 2 == 1)                             # (T,) non-first members
+    row_p = tl.load(x_base + (offs_i - stride_axis)[:, None].to(tl.int64) * stride_n + offs_d[None, :],
+                    mask=second[:, None], other=0.0).to(tl.float32)  # (T, D) partner rows
+    finite = finite_i & (tl.sum((row_p != row_p) | (tl.abs(row_p) == float("inf")), axis=1) == 0)
+    delta = tl.abs(row_i - row_p) * 0.5                             # (T, D)
+    if RMS:
+        score = tl.sqrt(tl.sum(delta * delta, axis=1) / HEAD_DIM)
+    else:
+        score = tl.max(delta, axis=1)
+    return tl.where(second & finite, score, float("nan"))
+
+
+@triton.jit
 def _token_scores_kernel(
     X, OUT, stride_xb, stride_xh, stride_xn, H, NV, GT, GY, GX,
     CHECK_T: tl.constexpr, CHECK_Y: tl.constexpr, CHECK_X: tl.constexpr,
@@ -85,12 +103,23 @@ def _token_scores_kernel(
     s_t = nan
     s_y = nan
     s_x = nan
-    if CHECK_T:
-        s_t = _axis_score(x_base, offs_i, t, GT, GY * GX, offs_d, valid_i, stride_xn, WINDOW, RMS, HEAD_DIM)
-    if CHECK_Y:
-        s_y = _axis_score(x_base, offs_i, y, GY, GX, offs_d, valid_i, stride_xn, WINDOW, RMS, HEAD_DIM)
-    if CHECK_X:
-        s_x = _axis_score(x_base, offs_i, x, GX, 1, offs_d, valid_i, stride_xn, WINDOW, RMS, HEAD_DIM)
+    if WINDOW == 2:  # one load of the token's own row, one partner row per axis
+        row_i = tl.load(x_base + offs_i[:, None].to(tl.int64) * stride_xn + offs_d[None, :],
+                        mask=valid_i[:, None], other=0.0).to(tl.float32)  # (T, D)
+        finite_i = tl.sum((row_i != row_i) | (tl.abs(row_i) == float("inf")), axis=1) == 0
+        if CHECK_T:
+            s_t = _pair_score(x_base, offs_i, t, GY * GX, offs_d, valid_i, stride_xn, row_i, finite_i, RMS, HEAD_DIM)
+        if CHECK_Y:
+            s_y = _pair_score(x_base, offs_i, y, GX, offs_d, valid_i, stride_xn, row_i, finite_i, RMS, HEAD_DIM)
+        if CHECK_X:
+            s_x = _pair_score(x_base, offs_i, x, 1, offs_d, valid_i, stride_xn, row_i, finite_i, RMS, HEAD_DIM)
+    else:
+        if CHECK_T:
+            s_t = _axis_score(x_base, offs_i, t, GT, GY * GX, offs_d, valid_i, stride_xn, WINDOW, RMS, HEAD_DIM)
+        if CHECK_Y:
+            s_y = _axis_score(x_base, offs_i, y, GY, GX, offs_d, valid_i, stride_xn, WINDOW, RMS, HEAD_DIM)
+        if CHECK_X:
+            s_x = _axis_score(x_base, offs_i, x, GX, 1, offs_d, valid_i, stride_xn, WINDOW, RMS, HEAD_DIM)
     tl.store(out_base + 0, s_t, mask=valid_i)
     tl.store(out_base + 1, s_y, mask=valid_i)
     tl.store(out_base + 2, s_x, mask=valid_i)
@@ -117,11 +146,12 @@ def token_axis_scores(x, grid, window=2, criterion="strict", axes=("t", "y", "x"
     if x.stride(-1) != 1:
         x = x.contiguous()
     out = torch.empty((B, H, Nv, 3), dtype=torch.float32, device=x.device)
-    BLOCK_T = 16 if interpreting() else max(16, 4096 // D)
+    BLOCK_T = 16 if interpreting() else max(16, 8192 // D)
     _token_scores_kernel[(triton.cdiv(Nv, BLOCK_T), B * H)](
         x, out, x.stride(0), x.stride(1), x.stride(2), H, Nv, T, Hg, Wg,
         CHECK_T="t" in axes, CHECK_Y="y" in axes, CHECK_X="x" in axes,
-        WINDOW=int(window), RMS=criterion == "rms", HEAD_DIM=D, BLOCK_T=BLOCK_T, num_warps=4,
+        WINDOW=int(window), RMS=criterion == "rms", HEAD_DIM=D, BLOCK_T=BLOCK_T,
+        num_warps=4 if BLOCK_T * D <= 4096 else 8,
     )
     return out
 
