@@ -119,17 +119,30 @@ def ripple_attention(
     if all(theta == 0 for theta in thresholds.values()):  # nothing can pass: skip detection entirely
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
         return (out, RippleStats.dense(q.shape, axes, threshold, mode)) if return_stats else out
-    q_t, k_t, src_q, src_k, via_q, via_k = channel_reuse(
-        q, k, grid=grid, thresholds=thresholds, text_len=text_len, text_position=text_position,
-        window=window, priority=priority, channel_alpha=channel_alpha,
-    )
-    out = F.scaled_dot_product_attention(q_t, k_t, v, attn_mask=attn_mask, scale=scale)  # (B, H, N, Dv)
-    if not return_stats:
-        return out
+    fused = _fused_channel_kernels(q, window, channel_alpha)
+    if fused is not None:  # CUDA: one fused detection + reuse kernel per side, then the fastest SDPA
+        q_t, k_t, counts = fused.channel_reuse_fused(
+            q, k, grid=grid, thresholds=thresholds, text_len=text_len, text_position=text_position,
+            window=window, priority=priority, stats=return_stats,
+        )  # (B, H, N, D) x2, int32 (2, B, H, 4, D)
+        out = F.scaled_dot_product_attention(q_t, k_t, v, attn_mask=attn_mask, scale=scale)  # (B, H, N, Dv)
+        if not return_stats:
+            return out
+        qk_savings, frac_q, frac_k = _stats_from_counts(counts, N, math.prod(grid), axes)
+    else:
+        q_t, k_t, src_q, src_k, via_q, via_k = channel_reuse(
+            q, k, grid=grid, thresholds=thresholds, text_len=text_len, text_position=text_position,
+            window=window, priority=priority, channel_alpha=channel_alpha,
+        )
+        out = F.scaled_dot_product_attention(q_t, k_t, v, attn_mask=attn_mask, scale=scale)  # (B, H, N, Dv)
+        if not return_stats:
+            return out
+        qk_savings = reuse.channel_qk_savings(src_q, src_k, N, N)
+        frac_q, frac_k = reuse.reused_fractions(via_q, axes), reuse.reused_fractions(via_k, axes)
     stats = RippleStats(
-        qk_savings=reuse.channel_qk_savings(src_q, src_k, N, N),
-        reused_fraction_q=reuse.reused_fractions(via_q, axes),
-        reused_fraction_k=reuse.reused_fractions(via_k, axes),
+        qk_savings=qk_savings,
+        reused_fraction_q=frac_q,
+        reused_fraction_k=frac_k,
         qk_products=B * H * N * N * D,
         mode="channel",
         threshold=threshold,
@@ -159,6 +172,44 @@ def channel_reuse(
         results.append((x_t, src, via))
     (q_t, src_q, via_q), (k_t, src_k, via_k) = results
     return q_t, k_t, src_q, src_k, via_q, via_k
+
+
+# ----------------------------------------------------------------------------------------------
+# fused channel mode (CUDA)
+
+_FUSED_ON_CPU = False  # tests set it under TRITON_INTERPRET=1 to run the fused path on CPU tensors
+_fallback_warned: set[str] = set()
+
+
+def _fused_channel_kernels(q, window, channel_alpha):
+    """The fused channel-kernel module when this call can use it, else None (the torch path).
+    A CUDA tensor that falls back logs one warning per reason."""
+    if not (q.is_cuda or _FUSED_ON_CPU):
+        return None
+    try:
+        from .kernels import channel_kernels
+    except ImportError as exc:  # Triton is an optional dependency
+        reason = f"triton is not importable ({exc!r})"
+    else:
+        reason = channel_kernels.fused_unsupported_reason(q, window, channel_alpha)
+        if reason is None:
+            return channel_kernels
+    if reason not in _fallback_warned:
+        _fallback_warned.add(reason)
+        logger.warning("timeripple channel mode falls back to the torch path: %s", reason)
+    return None
+
+
+def _stats_from_counts(counts, n, nv, axes):
+    """``(qk_savings, reused_fraction_q, reused_fraction_k)`` from the fused kernel's int32 counts
+    ``(2, B, H, 4, D)`` (reused; via t, y, x), with one host sync."""
+    _, B, H, _, D = counts.shape
+    savings = reuse.qk_savings_from_counts(counts[0, :, :, 0], counts[1, :, :, 0], n, n)  # (H,)
+    per_axis = counts[:, :, :, 1:].sum(dim=(1, 2, 4)).double() / max(B * H * nv * D, 1)  # (2, 3)
+    host = torch.cat([savings, per_axis.flatten()]).cpu()
+    frac = host[H:].view(2, 3).tolist()
+    fractions = [{a: side[detect.AXES.index(a)] for a in axes} for side in frac]
+    return host[:H].clone(), fractions[0], fractions[1]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -44,10 +44,20 @@ def channel_qk_savings(src_q: torch.Tensor, src_k: torch.Tensor, n_q: int, n_k: 
         `torch.Tensor`: ``(H,)`` float64 on the CPU.
     """
     idx = torch.arange(src_q.shape[2], device=src_q.device).view(1, 1, -1, 1)
-    r_q = (src_q != idx).sum(dim=2).double()  # (B, H, D)
-    r_k = (src_k != idx).sum(dim=2).double()  # (B, H, D)
+    r_q = (src_q != idx).sum(dim=2)  # (B, H, D)
+    r_k = (src_k != idx).sum(dim=2)  # (B, H, D)
+    return qk_savings_from_counts(r_q, r_k, n_q, n_k).cpu()  # (H,)
+
+
+def qk_savings_from_counts(r_q: torch.Tensor, r_k: torch.Tensor, n_q: int, n_k: int) -> torch.Tensor:
+    """``channel_qk_savings`` from the reused counts ``r_q``, ``r_k`` ``(B, H, D)`` per channel.
+
+    Returns:
+        `torch.Tensor`: ``(H,)`` float64 on the counts' device (no host sync).
+    """
+    r_q, r_k = r_q.double(), r_k.double()
     skipped = n_q * n_k - (n_q - r_q) * (n_k - r_k)  # (B, H, D)
-    return (skipped.sum(-1) / (n_q * n_k * src_q.shape[-1])).mean(0).cpu()  # (H,)
+    return (skipped.sum(-1) / (n_q * n_k * r_q.shape[-1])).mean(0)  # (H,)
 
 
 def reused_fractions(via: torch.Tensor, axes=AXES) -> dict[str, float]:
