@@ -30,26 +30,63 @@ def build_token_plan(
     criterion: str = "strict",
     fraction: float = 0.9,
     budget: float | None = None,
+    fused: bool | None = None,
 ):
     """Detect reusable tokens of ``q`` and ``k`` ``(B, H, N, D)`` and build the token plan.
+
+    ``fused`` picks the detection: ``None`` (default) uses the fused Triton scores
+    (``kernels.detect_kernels.token_axis_scores``, reads q/k once, no float32 ``(B, H, Nv, D)``
+    intermediates, no host sync) followed by ``detect.token_sources_from_scores`` when
+    :func:`fused_detection_reason` finds nothing against it (CUDA, Triton, ``strict``/``rms``,
+    power-of-two head dim), else the plain-torch ``detect.detect_token_sources``. ``True`` forces the
+    fused path (CPU tensors work under ``TRITON_INTERPRET=1``), ``False`` the torch path. Both give the
+    same plan up to float32 rounding of the scores.
 
     Returns:
         ``(q_src, k_src, via_q, via_k)``: int32 ``(B, H, N)`` sources over the whole sequence and int8
         ``(B, H, Nv)`` axis indices (into ``detect.AXES``, -1 = computed) over the video tokens.
     """
+    if fused is None:
+        fused = fused_detection_reason(q, criterion) is None
     out = []
     for x in (q, k):
         video, start = reuse.split_video(x, text_len, text_position)  # (B, H, Nv, D)
-        src, via = detect.detect_token_sources(
-            video, grid, thresholds, window=window, priority=priority, criterion=criterion,
-            fraction=fraction, budget=budget,
-        )  # (B, H, Nv)
+        if fused:
+            from .kernels.detect_kernels import token_axis_scores
+
+            scores = token_axis_scores(video, grid, window, criterion, axes=tuple(thresholds))  # (B,H,Nv,3)
+            src, via = detect.token_sources_from_scores(
+                scores, grid, thresholds, window=window, priority=priority, budget=budget,
+            )  # (B, H, Nv)
+            del scores
+        else:
+            src, via = detect.detect_token_sources(
+                video, grid, thresholds, window=window, priority=priority, criterion=criterion,
+                fraction=fraction, budget=budget,
+            )  # (B, H, Nv)
         B, H, N = x.shape[:3]
         full = torch.arange(N, device=x.device, dtype=torch.int32).expand(B, H, N).clone()  # (B, H, N)
         full[:, :, start : start + src.shape[2]] = (src + start).to(torch.int32)
         out.append((full, via))
     (q_src, via_q), (k_src, via_k) = out
     return q_src, k_src, via_q, via_k
+
+
+def fused_detection_reason(q: torch.Tensor, criterion: str) -> str | None:
+    """Why the fused detection cannot run on ``q`` (None when it can): it needs a CUDA tensor, Triton,
+    the ``strict`` or ``rms`` criterion and a power-of-two head dim >= 16."""
+    from .kernels import triton_available
+
+    D = q.shape[-1]
+    if not q.is_cuda:
+        return "q is not a CUDA tensor"
+    if not triton_available():
+        return "triton is not importable"
+    if criterion not in ("strict", "rms"):
+        return f"criterion {criterion!r} has no fused kernel"
+    if D < 16 or D & (D - 1):
+        return f"head dim {D} is not a power of two >= 16"
+    return None
 
 
 def key_bias_from_mask(attn_mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:

@@ -7,9 +7,15 @@ Public functions:
   custom op ``timeripple::token_attention`` so ``torch.compile`` traces through it.
 * ``token_attention_ref``: the plain-torch reference (and fallback).
 
-Dispatch: CUDA tensors with Triton importable, head dim 64 or 128 and dtype fp16/bf16/fp32 run the
-Triton kernels; everything else runs the reference. A CUDA tensor that has to fall back logs one
-warning per reason.
+Dispatch on CUDA with Triton importable (one host sync for the kept lengths):
+
+* fp16/bf16, ``D % 8 == 0``, ``D + 8 <= 256`` and kept lengths close enough over the heads that padding
+  them to the longest adds at most ``compact_attention.PAD_LIMIT`` x the pairs (always in budget mode):
+  compaction + cuDNN SDPA with the bias folded into a weight channel of ``v``
+  (``compact_attention.token_attention_compact``);
+* else head dim 64/128 (any of fp16/bf16/fp32): the varlen Triton kernel reading through index lists
+  (``token_kernels.token_attention_triton``); other head dims fall back to compaction when they can;
+* everything else runs the reference, with one warning per reason.
 """
 
 from __future__ import annotations
@@ -61,6 +67,18 @@ def _warn_once(reason: str) -> None:
 
 def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias):
     if q.is_cuda:
+        if _TRITON_IMPORT_ERROR is None and q.dtype in SUPPORTED_DTYPES:
+            from . import compact_attention as ca
+
+            q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+            q_src, k_src = q_src.contiguous(), k_src.contiguous()
+            ar = torch.arange(q.shape[2], device=q.device, dtype=q_src.dtype)
+            lq, lk = (q_src == ar).sum(-1, dtype=torch.int32), (k_src == ar).sum(-1, dtype=torch.int32)
+            mq, mk, ratio = ca.padded_pair_ratio(lq, lk)  # the one host sync
+            if ca.use_compaction(q, ratio) or q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+                if q.shape[-1] % 8 == 0 and q.shape[-1] + 8 <= 256:
+                    return ca.token_attention_compact(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias,
+                                                      lengths=(lq, lk, mq, mk))
         reason = triton_unsupported_reason(q)
         if reason is None:
             from .token_kernels import token_attention_triton

@@ -1,0 +1,254 @@
+"""Token attention by compaction: gather the kept tokens contiguously, run the fastest SDPA, scatter back.
+
+The per-key bias ``log(count) + key_bias`` of token attention (docs/ARCHITECTURE.md) keeps SDPA off its
+fastest path when passed as a mask. This file folds it into the **values** instead, which is exact:
+
+    Σ_s e^{q·k_s + log w_s} v'_s / Σ_s e^{q·k_s + log w_s}
+        = [Σ_s e^{q·k_s} (w_s v'_s)] / [Σ_s e^{q·k_s} w_s]
+        = SDPA(q, k, [w·v' | w])[:D] / SDPA(q, k, [w·v' | w])[D]
+
+with ``w_s = count_s · exp(key_bias_s - max key_bias)`` (the common factor cancels), so ``w·v'`` is the
+plain sum of the merged ``v`` rows times ``exp(key_bias - max)``. The value gets one extra channel (the
+weight), padded to ``D + 8`` for the 8-element alignment SDPA backends need; ``q`` and ``k`` stay at
+``D``. A masked key (``-inf``) has ``w = 0``; a query whose keys are all masked gets zeros (``den = 0``).
+
+Variants (``variant=``), all exact; which one is fastest depends on the SDPA backends of the build
+(docs/kernels.md has the measurements and the rule):
+
+* ``"vcount"``: ``q, k`` at ``D``, ``v`` at ``D + 8`` (needs an SDPA backend with ``d_v != d_qk``);
+* ``"pad"``: ``q, k, v`` all at ``D + 8`` (zero channels in ``q, k``);
+* ``"bias"``: ``v'`` at ``D`` and the bias as a ``(B, H, 1, Mk)`` float mask.
+
+Heads of different kept lengths are padded to the longest (padding queries repeat the first kept query
+and are discarded, padding keys repeat the first kept key with weight 0), so this suits budget mode
+(equal lengths) and threshold mode when lengths are close; ``padded_pair_ratio`` tells how much work
+padding adds. Heads run in chunks so that the compacted buffers stay small (peak memory).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .token_kernels import interpreting, pack_kept
+
+VARIANTS = ("vcount", "pad", "bias")
+DEFAULT_VARIANT = "vcount"
+# compacted buffers of one chunk of heads, as a share of q's bytes (peak memory <= dense + 10%)
+CHUNK_SHARE = 0.2
+# largest padded-pairs / real-pairs ratio for which compaction + cuDNN beats the varlen Triton kernel
+PAD_LIMIT = 1.8
+
+
+@triton.jit
+def _gather_rows_kernel(
+    X, IDX, L, OUT, stride_xb, stride_xh, stride_xn, H, HC, H0, N, M,
+    HEAD_DIM: tl.constexpr, DOUT: tl.constexpr, DP: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """``OUT[b, h, r, :D] = X[b, H0 + h, IDX[b, h, r]]`` for ``r < L[b, h]`` (row ``IDX[b, h, 0]`` for
+    padding rows), channels ``D..DOUT`` zero. ``OUT`` is contiguous ``(B, HC, M, DOUT)``."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)                                            # over (B, HC)
+    b = bh // HC
+    h = H0 + bh % HC
+    offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)                   # (R,) compacted rows
+    offs_d = tl.arange(0, DP)                                        # (DP,) DP = next pow2 >= DOUT
+    in_m = offs_r < M
+    length = tl.load(L + bh)
+    row = tl.load(IDX + bh.to(tl.int64) * N + tl.where(offs_r < length, offs_r, 0), mask=in_m, other=0)
+    x_base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
+    vals = tl.load(x_base + row[:, None].to(tl.int64) * stride_xn + offs_d[None, :],
+                   mask=in_m[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    tl.store(OUT + (bh.to(tl.int64) * M + offs_r[:, None]) * DOUT + offs_d[None, :], vals,
+             mask=in_m[:, None] & (offs_d[None, :] < DOUT))
+
+
+@triton.jit
+def _merge_values_kernel(
+    V, IDX_K, LK, COUNT, START, PERM, KB, VA, BIAS,
+    stride_vb, stride_vh, stride_vn, H, HC, H0, N, MK,
+    HAS_KB: tl.constexpr, WEIGHTED: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOUT: tl.constexpr, DP: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    """Per kept key ``s`` (rank ``r``): its group's ``v`` rows summed (members are contiguous in
+    ``PERM``). ``WEIGHTED``: ``VA[r] = [e^kb·Σv | count·e^kb | 0]`` (``KB`` holds ``exp(key_bias - max)``);
+    else ``VA[r] = mean v`` and ``BIAS[r] = log(count) + key_bias`` (``KB`` holds ``key_bias``).
+    Padding rows (``r >= LK``): ``VA = 0``, ``BIAS = -inf``."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // HC
+    h = H0 + bh % HC
+    offs_r = pid * BLOCK_G + tl.arange(0, BLOCK_G)                   # (G,) kept-key ranks
+    offs_d = tl.arange(0, DP)                                        # (DP,) DP = next pow2 >= DOUT
+    in_m = offs_r < MK
+    lk = tl.load(LK + bh)
+    valid = offs_r < lk
+    row = bh.to(tl.int64) * N
+    s = tl.load(IDX_K + row + offs_r, mask=valid, other=0)           # (G,) key index
+    cnt = tl.load(COUNT + row + s, mask=valid, other=0)              # (G,) group size
+    start = tl.load(START + row + s, mask=valid, other=0)            # (G,) first slot in PERM
+    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    # -- sum the v rows of each group --
+    acc = tl.zeros([BLOCK_G, DP], dtype=tl.float32)
+    for g in range(0, tl.max(cnt, axis=0)):
+        take = valid & (g < cnt)
+        j = tl.load(PERM + row + start + g, mask=take, other=0)      # (G,) member index
+        acc += tl.load(v_base + j[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
+                       mask=take[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0).to(tl.float32)
+    cnt_f = cnt.to(tl.float32)
+    if WEIGHTED:
+        e = tl.full([BLOCK_G], 1.0, dtype=tl.float32)
+        if HAS_KB:
+            e = tl.load(KB + b.to(tl.int64) * N + s, mask=valid, other=0.0)
+        w = tl.where(valid, cnt_f * e, 0.0)                          # (G,) weight, 0 on padding
+        acc = acc * e[:, None] + tl.where(offs_d[None, :] == HEAD_DIM, w[:, None], 0.0)
+        acc = tl.where(valid[:, None], acc, 0.0)
+    else:
+        acc = acc / tl.maximum(cnt_f, 1.0)[:, None]
+        bias = tl.log(cnt_f)
+        if HAS_KB:
+            bias += tl.load(KB + b.to(tl.int64) * N + s, mask=valid, other=0.0)
+        tl.store(BIAS + bh.to(tl.int64) * MK + offs_r, tl.where(valid, bias, float("-inf")), mask=in_m)
+    tl.store(VA + (bh.to(tl.int64) * MK + offs_r[:, None]) * DOUT + offs_d[None, :],
+             acc.to(VA.dtype.element_ty), mask=in_m[:, None] & (offs_d[None, :] < DOUT))
+
+
+@triton.jit
+def _finish_kernel(
+    OA, Q_SRC, RANK_Q, OUT, stride_ob, stride_oh, stride_on, H, HC, H0, N, MQ,
+    DIVIDE: tl.constexpr, HEAD_DIM: tl.constexpr, DH: tl.constexpr, DA: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Every row of ``OUT`` for the chunk's heads: ``out[i] = oa[rank(q_src[i])]`` (kept rows and reused
+    rows alike); ``DIVIDE``: ``oa[:, :D] / oa[:, D]`` (0 when the weight sum is 0: every key masked)."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // HC
+    h = H0 + bh % HC
+    offs_i = pid * BLOCK_S + tl.arange(0, BLOCK_S)                   # (S,) token index
+    offs_d = tl.arange(0, DH)                                        # (DH,) DH = next pow2 >= D
+    ok = offs_i < N
+    ok_d = offs_d[None, :] < HEAD_DIM
+    row = bh.to(tl.int64) * N
+    src = tl.load(Q_SRC + (b.to(tl.int64) * H + h) * N + offs_i, mask=ok, other=0)
+    r = tl.load(RANK_Q + row + src, mask=ok, other=0)                # (S,) compacted row
+    oa_rows = OA + (bh.to(tl.int64) * MQ + r) * DA                   # (S,) row pointers
+    o = tl.load(oa_rows[:, None] + offs_d[None, :], mask=ok[:, None] & ok_d, other=0.0).to(tl.float32)
+    if DIVIDE:
+        den = tl.load(oa_rows + HEAD_DIM, mask=ok, other=1.0).to(tl.float32)
+        o = tl.where(den[:, None] > 0.0, o / tl.where(den > 0.0, den, 1.0)[:, None], 0.0)
+    o_base = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    tl.store(o_base + offs_i[:, None].to(tl.int64) * stride_on + offs_d[None, :], o.to(OUT.dtype.element_ty),
+             mask=ok[:, None] & ok_d)
+
+
+# ----------------------------------------------------------------------------------------------
+# launcher
+
+
+def padded_pair_ratio(lq: torch.Tensor, lk: torch.Tensor) -> tuple[int, int, float]:
+    """``(Mq, Mk, padded pairs / real pairs)`` of per-(b, h) kept lengths; one host sync."""
+    mq, mk, real = torch.stack([lq.max().long(), lk.max().long(), (lq.long() * lk.long()).sum()]).tolist()
+    return int(mq), int(mk), lq.numel() * mq * mk / max(real, 1)
+
+
+def use_compaction(q: torch.Tensor, ratio: float) -> bool:
+    """The dispatch rule: compaction + SDPA for fp16/bf16 (cuDNN), a head dim that SDPA takes with the
+    weight channel (``D % 8 == 0``, ``D + 8 <= 256``) and padding that adds at most ``PAD_LIMIT`` x the
+    real pairs; else the varlen Triton kernel (``token_kernels``), which reads through index lists at
+    about half of cuDNN's rate on the kept pairs (docs/kernels.md)."""
+    D = q.shape[-1]
+    return q.dtype in (torch.float16, torch.bfloat16) and D % 8 == 0 and D + 8 <= 256 and ratio <= PAD_LIMIT
+
+
+def heads_per_chunk(B, H, N, D, mq, mk, itemsize, dv, share=CHUNK_SHARE) -> int:
+    """Heads per chunk so that the chunk's compacted buffers (q, k, v, out of SDPA) take at most
+    ``share`` of the bytes of ``q`` (at least one head)."""
+    per_head = B * (mq * (D + dv) + mk * (D + dv)) * itemsize + B * 3 * N * 4 * 2  # + int32 layout
+    return max(1, min(H, int(share * B * H * N * D * itemsize // per_head)))
+
+
+def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, variant=DEFAULT_VARIANT,
+                            lengths=None, chunk_share=CHUNK_SHARE):
+    """Token attention (same contract as ``reference.token_attention_ref``) by compaction + SDPA.
+
+    Args:
+        q, k, v: ``(B, H, N, D)``, last dim contiguous, fp16/bf16 (fp32 works, on a slower SDPA backend).
+        q_src, k_src: int32 ``(B, H, N)`` contiguous token plan.
+        scale (`float`): score scale. key_bias: float32 ``(B, N)`` or None.
+        variant (`str`): ``"vcount"``, ``"pad"`` or ``"bias"`` (module docstring).
+        lengths: optional ``(lq, lk, mq, mk)`` if the caller already has them (saves a host sync).
+        chunk_share (`float`): compacted buffers of one chunk of heads <= this share of q's bytes.
+    """
+    B, H, N, D = q.shape
+    out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
+    if N == 0:
+        return out
+    ar = torch.arange(N, device=q.device, dtype=torch.int32)
+    if lengths is None:
+        lq, lk = (q_src == ar).sum(-1, dtype=torch.int32), (k_src == ar).sum(-1, dtype=torch.int32)
+        mq, mk, _ = padded_pair_ratio(lq, lk)
+    else:
+        lq, lk, mq, mk = lengths
+    dv = D if variant == "bias" else D + 8
+    dq = dv if variant == "pad" else D
+    weighted = variant != "bias"
+    kb = None
+    if key_bias is not None:
+        if weighted:  # exp(key_bias - max over the batch's finite biases): -inf -> weight 0
+            top = key_bias.amax(-1, keepdim=True)
+            kb = torch.exp(key_bias - torch.where(torch.isfinite(top), top, torch.zeros_like(top)))
+        else:
+            kb = key_bias
+        kb = kb.float().contiguous()
+    hc = heads_per_chunk(B, H, N, D, mq, mk, q.element_size(), dv, chunk_share)
+    interp = interpreting()
+    BLOCK_R = 16 if interp else 64
+    BLOCK_S = 16 if interp else 64
+    for h0 in range(0, H, hc):
+        h1 = min(H, h0 + hc)
+        nh = h1 - h0
+        qs, ks = q_src[:, h0:h1], k_src[:, h0:h1]                       # (B, nh, N)
+        kept_q, kept_k = qs == ar, ks == ar
+        lq_c, lk_c = lq[:, h0:h1].contiguous(), lk[:, h0:h1].contiguous()
+        idx_q, idx_k = pack_kept(kept_q).contiguous(), pack_kept(kept_k).contiguous()
+        rank_q = (torch.cumsum(kept_q, -1, dtype=torch.int32) - 1).contiguous()
+        count = torch.zeros((B, nh, N), dtype=torch.int32, device=q.device)
+        k_long = ks.long()
+        count.scatter_add_(2, k_long, torch.ones_like(count))         # group size at each source
+        start = (torch.cumsum(count, -1, dtype=torch.int32) - count).contiguous()
+        perm = torch.argsort(k_long, dim=-1, stable=True).to(torch.int32)  # keys grouped by source
+        del k_long, kept_q, kept_k
+        # -- compacted q, k (contiguous), merged values (+ weight channel or bias) --
+        qc = torch.empty((B, nh, mq, dq), dtype=q.dtype, device=q.device)
+        kc = torch.empty((B, nh, mk, dq), dtype=k.dtype, device=k.device)
+        va = torch.empty((B, nh, mk, dv), dtype=v.dtype, device=v.device)
+        bias = torch.empty((B, nh, mk), dtype=torch.float32, device=q.device) if not weighted else va
+        for x, idx, length, dst, m in ((q, idx_q, lq_c, qc, mq), (k, idx_k, lk_c, kc, mk)):
+            _gather_rows_kernel[(triton.cdiv(m, BLOCK_R), B * nh)](
+                x, idx, length, dst, x.stride(0), x.stride(1), x.stride(2), H, nh, h0, N, m,
+                HEAD_DIM=D, DOUT=dq, DP=triton.next_power_of_2(dq), BLOCK_R=BLOCK_R, num_warps=4,
+            )
+        _merge_values_kernel[(triton.cdiv(mk, BLOCK_R), B * nh)](
+            v, idx_k, lk_c, count, start, perm, kb if kb is not None else va, va, bias,
+            v.stride(0), v.stride(1), v.stride(2), H, nh, h0, N, mk,
+            HAS_KB=kb is not None, WEIGHTED=weighted, HEAD_DIM=D, DOUT=dv, DP=triton.next_power_of_2(dv),
+            BLOCK_G=BLOCK_R, num_warps=4,
+        )
+        del idx_q, idx_k, count, start, perm
+        # -- attention over the kept tokens (the fastest SDPA backend for these shapes) --
+        mask = None if weighted else bias.to(q.dtype)[:, :, None, :]   # (B, nh, 1, Mk)
+        if interp:  # the CPU math SDPA rounds its bf16 internals; run it as cuDNN does (fp32 inside)
+            oa = F.scaled_dot_product_attention(qc.float(), kc.float(), va.float(), scale=scale,
+                                                attn_mask=None if mask is None else mask.float()).to(q.dtype)
+        else:
+            oa = F.scaled_dot_product_attention(qc, kc, va, attn_mask=mask, scale=scale)  # (B, nh, Mq, dv)
+        del qc, kc, va, mask
+        # -- every output row from its kept source's compacted row --
+        _finish_kernel[(triton.cdiv(N, BLOCK_S), B * nh)](
+            oa, q_src, rank_q, out, out.stride(0), out.stride(1), out.stride(2), H, nh, h0, N, mq,
+            DIVIDE=weighted, HEAD_DIM=D, DH=triton.next_power_of_2(D), DA=dv, BLOCK_S=BLOCK_S, num_warps=4,
+        )
+        del oa, rank_q
+    return out
