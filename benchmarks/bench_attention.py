@@ -124,10 +124,10 @@ def methods_for(name, args):
             return lambda: build_token_plan(q, k, thresholds=thresholds, budget=budget, window=2,
                                             priority=("t", "y", "x"), criterion="strict", fraction=0.9, **base)
 
-        yield f"token {target:.1%} budget (all)", full, target, "detection + kernels + scatter"
+        yield f"token {target:.1%} budget (all)", full, target, "ripple_attention: detection + plan + attention"
         yield f"token {target:.1%} kernels only", kernel_only, target, "plan prebuilt"
         if target == 0.75:
-            yield "token detection (torch plan)", plan_only, None, "detection + plan alone"
+            yield "token plan (fused detection + selection)", plan_only, None, "q and k, budget 75%"
 
     def fused_detection(q, k, v):
         from timeripple.kernels.detect_kernels import token_axis_scores
@@ -146,6 +146,7 @@ def methods_for(name, args):
 
 def kernel_variants(H, grid, text_len, text_pos):
     """Token-mode execution variants at 75% pair savings on a random plan (half the tokens per side)."""
+    from timeripple.kernels import compact_attention as ca
     from timeripple.kernels import token_kernels as tk
     from timeripple.kernels.reference import random_token_plan
 
@@ -155,24 +156,18 @@ def kernel_variants(H, grid, text_len, text_pos):
         keep = (math.sqrt(0.25) * N - text_len) / (N - text_len)
         return random_token_plan(1, H, N, keep, text_len=text_len, text_position=text_pos, device=q.device)
 
-    def stage(which):
+    def variant(which):
         def make(q, k, v):
             q_src, k_src = plan(q)
-            layout = tk.TokenPlanLayout(q_src, k_src)
-            vm, _, bias = tk.merge_keys(v, k, layout)
-            out = torch.empty_like(q)
-            return {
-                "layout": lambda: tk.TokenPlanLayout(q_src, k_src),
-                "merge": lambda: tk.merge_keys(v, k, layout),
-                "attend": lambda: tk.attend_kept(q, k, vm, bias, layout, out, scale=q.shape[-1] ** -0.5),
-                "scatter": lambda: tk.scatter_rows(out, layout.q_src),
-                "no_gather": lambda: tk.token_attention_triton(q, k, v, q_src, k_src, gather_k=False),
-            }[which]
+            scale = q.shape[-1] ** -0.5
+            if which == "triton":
+                return lambda: tk.token_attention_triton(q, k, v, q_src, k_src)
+            return lambda: ca.token_attention_compact(q, k, v, q_src, k_src, scale=scale, variant=which)
         return make
 
-    for which in ("layout", "merge", "attend", "scatter"):
-        yield f"  75% random plan: {which}", stage(which), 0.75, "stage of the Triton path"
-    yield "  75% random plan: all, compacted k", stage("no_gather"), 0.75, "gather_k=False"
+    yield "  75% random plan: varlen Triton kernel", variant("triton"), 0.75, "index lists, previous default"
+    for which in ca.VARIANTS:
+        yield f"  75% random plan: compaction + SDPA, {which}", variant(which), 0.75, "attention stage"
 
     def compact_sdpa(with_bias):
         def make(q, k, v):

@@ -215,11 +215,10 @@ def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, vari
         idx_q, idx_k = pack_kept(kept_q).contiguous(), pack_kept(kept_k).contiguous()
         rank_q = (torch.cumsum(kept_q, -1, dtype=torch.int32) - 1).contiguous()
         count = torch.zeros((B, nh, N), dtype=torch.int32, device=q.device)
-        k_long = ks.long()
-        count.scatter_add_(2, k_long, torch.ones_like(count))         # group size at each source
+        count.scatter_add_(2, ks.long(), torch.ones_like(count))      # group size at each source
         start = (torch.cumsum(count, -1, dtype=torch.int32) - count).contiguous()
-        perm = torch.argsort(k_long, dim=-1, stable=True).to(torch.int32)  # keys grouped by source
-        del k_long, kept_q, kept_k
+        perm = torch.argsort(ks, dim=-1, stable=True).to(torch.int32)  # keys grouped by source
+        del kept_q, kept_k
         # -- compacted q, k (contiguous), merged values (+ weight channel or bias) --
         qc = torch.empty((B, nh, mq, dq), dtype=q.dtype, device=q.device)
         kc = torch.empty((B, nh, mk, dq), dtype=k.dtype, device=k.device)
