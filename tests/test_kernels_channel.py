@@ -77,7 +77,7 @@ def test_ripple_attention_dispatch_equals_torch_path(monkeypatch, text_len, pos)
     real = attention._fused_channel_kernels
     monkeypatch.setattr(attention, "_fused_channel_kernels", lambda *a: calls.append(1) or real(*a))
     out, stats = timeripple.ripple_attention(q, k, v, **kw)
-    assert calls and real(q, 2, None) is not None  # the fused path ran
+    assert calls and real(q, k, 2, None) is not None  # the fused path ran
     monkeypatch.setattr(attention, "_fused_channel_kernels", lambda *a: None)
     ref, ref_stats = timeripple.ripple_attention(q, k, v, **kw)
     assert torch.equal(out, ref)
@@ -142,8 +142,11 @@ def test_fallback_warns_once_per_reason(monkeypatch, caplog):
         for _ in range(2):
             out = timeripple.ripple_attention(q, q, q, grid=grid, threshold=0.3, window=5)
             timeripple.ripple_attention(q, q, q, grid=grid, threshold=0.3, channel_alpha=1.0)
+            g = q.clone().requires_grad_()
+            out_g = timeripple.ripple_attention(g, g, g, grid=grid, threshold=0.3)
     reasons = [r.getMessage() for r in caplog.records if "falls back" in r.getMessage()]
-    assert len(reasons) == 2 and "window 5" in reasons[0] and "channel_alpha" in reasons[1]
+    assert len(reasons) == 3 and "window 5" in reasons[0] and "channel_alpha" in reasons[1]
+    assert "backward" in reasons[2] and out_g.grad_fn is not None
     assert out.shape == q.shape
 
 

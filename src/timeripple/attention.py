@@ -119,7 +119,7 @@ def ripple_attention(
     if all(theta == 0 for theta in thresholds.values()):  # nothing can pass: skip detection entirely
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
         return (out, RippleStats.dense(q.shape, axes, threshold, mode)) if return_stats else out
-    fused = _fused_channel_kernels(q, window, channel_alpha)
+    fused = _fused_channel_kernels(q, k, window, channel_alpha)
     if fused is not None:  # CUDA: one fused detection + reuse kernel per side, then the fastest SDPA
         q_t, k_t, counts = fused.channel_reuse_fused(
             q, k, grid=grid, thresholds=thresholds, text_len=text_len, text_position=text_position,
@@ -181,7 +181,7 @@ _FUSED_ON_CPU = False  # tests set it under TRITON_INTERPRET=1 to run the fused 
 _fallback_warned: set[str] = set()
 
 
-def _fused_channel_kernels(q, window, channel_alpha):
+def _fused_channel_kernels(q, k, window, channel_alpha):
     """The fused channel-kernel module when this call can use it, else None (the torch path).
     A CUDA tensor that falls back logs one warning per reason."""
     if not (q.is_cuda or _FUSED_ON_CPU):
@@ -192,6 +192,8 @@ def _fused_channel_kernels(q, window, channel_alpha):
         reason = f"triton is not importable ({exc!r})"
     else:
         reason = channel_kernels.fused_unsupported_reason(q, window, channel_alpha)
+        if reason is None and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+            reason = "the fused kernel has no backward (q or k requires grad)"
         if reason is None:
             return channel_kernels
     if reason not in _fallback_warned:

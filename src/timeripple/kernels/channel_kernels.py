@@ -135,10 +135,14 @@ def _channel_reuse_kernel(
     # -- resolve chains: each hop takes the current value of the source (one coordinate cleared) --
     val = xf
     for _ in tl.static_range(NHOPS):
-        from_t = _first_of_line(val, pt, 1)
-        from_y = _first_of_line(val, py, 2)
-        from_x = _first_of_line(val, px, 3)
-        val = tl.where(via == 0, from_t, tl.where(via == 1, from_y, tl.where(via == 2, from_x, xf)))
+        nxt = xf
+        if CHECK_T:
+            nxt = tl.where(via == 0, _first_of_line(val, pt, 1), nxt)
+        if CHECK_Y:
+            nxt = tl.where(via == 1, _first_of_line(val, py, 2), nxt)
+        if CHECK_X:
+            nxt = tl.where(via == 2, _first_of_line(val, px, 3), nxt)
+        val = nxt
     out = tl.where(via >= 0, val.to(x.dtype), x)  # sources are finite: the round trip is exact
     o_ptrs = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + tok * stride_on + offs_d
     tl.store(o_ptrs, out, mask=valid)
@@ -189,13 +193,14 @@ def _launch(x: torch.Tensor, out: torch.Tensor, counts: torch.Tensor | None, gri
     per_cube = kp ** 3 * d_pad
     target = per_cube if interpreting() else TILE_ELEMS
     block_c = max(1, target // per_cube)
-    num_warps = 4 if block_c * per_cube <= 4096 else 8
+    num_warps = min(8, max(4, block_c * per_cube // 256))  # 8 warps from 2048-element tiles
     cnt = counts if counts is not None else out  # unused when STATS is off
     _channel_reuse_kernel[(triton.cdiv(ncubes, block_c), B * H)](
         x, out, cnt,
         x.stride(0), x.stride(1), x.stride(2), out.stride(0), out.stride(1), out.stride(2),
         H, T, Hg, Wg, ncy, ncx, ncubes, theta[0], theta[1], theta[2],
-        CHECK_T=0 in codes, CHECK_Y=1 in codes, CHECK_X=2 in codes, PRI0=codes[0], PRI1=codes[1], PRI2=codes[2], NHOPS=max(1, len(checked)),
+        CHECK_T=0 in codes, CHECK_Y=1 in codes, CHECK_X=2 in codes,
+        PRI0=codes[0], PRI1=codes[1], PRI2=codes[2], NHOPS=max(1, len(checked)),
         WINDOW=window, KP=kp, HEAD_DIM=D, D_PAD=d_pad, BLOCK_C=block_c, STATS=counts is not None,
         num_warps=num_warps,
     )
