@@ -51,6 +51,11 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--ckpt-minutes", type=float, default=3.0, help="checkpoint period")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--init-from", default=None,
+        help="warm-start model and EMA from an exported weights folder (e.g. src/timeripple/demo/weights; "
+        "fresh optimizer, steps continue from its training_log.json)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--eval-steps", type=int, default=25, help="sampling steps of the adherence check (0 = skip)")
     p.add_argument("--eval-guidance", type=float, default=5.0)
@@ -95,7 +100,7 @@ def save_plot(log, path):
     plt.close(fig)
 
 
-def write_card(path, args, state, adherence, device_name, argv):
+def write_card(path, args, state, adherence, device_name):
     last = state["log"][-1]["loss"] if state["log"] else float("nan")
     acc = adherence or {}
     lines = [
@@ -112,7 +117,8 @@ def write_card(path, args, state, adherence, device_name, argv):
         "moving right quickly on a gray gradient background\"). Fresh random clips every step.",
         "",
         "## Training",
-        f"- command: `{argv}`",
+        "- commands, in order (resumed runs continue the same seeded run):",
+        *(f"  - `{c}`" for c in state["commands"]),
         f"- device: {device_name}; torch {torch.__version__}; bf16 autocast on CUDA",
         f"- optimizer steps: {state['step']}, batch {args.batch_size} ({state['step'] * args.batch_size:,} clips)",
         f"- wall time: {state['seconds'] / 60:.1f} min; final logged loss {last:.4f}",
@@ -164,6 +170,19 @@ def main(argv=None):
     state = {"step": 0, "seconds": 0.0, "log": []}
 
     ckpt_path = out / "checkpoint.pt"
+    if args.init_from and not args.resume:
+        from timeripple.demo.loading import load_tiny_components
+
+        parts = load_tiny_components(args.init_from, device=device)
+        models["transformer"].load_state_dict(parts["transformer"].state_dict())
+        models["text_encoder"].load_state_dict(parts["text_encoder"].state_dict())
+        ema.load_state_dict(models.state_dict())
+        previous = Path(args.init_from) / "training_log.json"
+        if previous.is_file():
+            old = json.loads(previous.read_text())
+            state.update(step=old["steps"], seconds=old["seconds"], log=old["loss"],
+                         commands=old.get("commands", []))
+        print(f"warm start from {args.init_from} at step {state['step']}", flush=True)
     if args.resume:
         if not ckpt_path.is_file():
             sys.exit(f"--resume: no checkpoint at {ckpt_path}")
@@ -171,8 +190,8 @@ def main(argv=None):
         models.load_state_dict(ckpt["models"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
-        cpu_gen.set_state(ckpt["cpu_gen"])
-        dev_gen.set_state(ckpt["dev_gen"].to("cpu") if device.type == "cpu" else ckpt["dev_gen"].cpu())
+        cpu_gen.set_state(ckpt["cpu_gen"].cpu())  # generator states are CPU byte tensors
+        dev_gen.set_state(ckpt["dev_gen"].cpu())
         state = ckpt["state"]
         print(f"resumed at step {state['step']}", flush=True)
 
@@ -184,6 +203,8 @@ def main(argv=None):
         )
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    argv_text = "python tools/train_tiny_t2v.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    state.setdefault("commands", []).append(f"{argv_text}  # on {device_name}")
     n_params = sum(p.numel() for p in models.parameters())
     print(f"device {device_name}; {n_params / 1e6:.2f} M parameters; batch {args.batch_size}", flush=True)
 
@@ -248,10 +269,9 @@ def main(argv=None):
         print(f"adherence ({time.time() - t0:.1f}s): " + ", ".join(
             f"{k} {adherence[k]:.0%}" for k in ("colour", "shape", "direction", "all")), flush=True)
     log = {"args": vars(args), "device": device_name, "steps": state["step"], "seconds": state["seconds"],
-           "loss": state["log"], "adherence": adherence}
+           "commands": state["commands"], "loss": state["log"], "adherence": adherence}
     (export / "training_log.json").write_text(json.dumps(log, indent=1, default=str))
-    argv_text = "python tools/train_tiny_t2v.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    write_card(export / "MODEL_CARD.md", args, state, adherence, device_name, argv_text)
+    write_card(export / "MODEL_CARD.md", args, state, adherence, device_name)
     print(f"exported to {export} ({os.path.getsize(export / 'model.safetensors') / 1e6:.1f} MB)", flush=True)
 
 
