@@ -257,9 +257,10 @@ def main(argv=None):
         results[name] = run_shape(name, args, "cuda", torch.bfloat16)
         report = render({name: results[name]}, args, device_name)
         print("\n".join(report.splitlines()[6:]), flush=True)
+        if args.out:  # after every shape, so a run cut short still leaves its tables
+            with open(args.out, "w") as fh:
+                fh.write(render(results, args, device_name) + "\n")
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(render(results, args, device_name) + "\n")
         print(f"wrote {args.out}")
 
 

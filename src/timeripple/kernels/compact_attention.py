@@ -37,7 +37,7 @@ from .token_kernels import interpreting, pack_kept
 VARIANTS = ("vcount", "pad", "bias")
 DEFAULT_VARIANT = "vcount"
 # compacted buffers of one chunk of heads, as a share of q's bytes (peak memory <= dense + 10%)
-CHUNK_SHARE = 0.2
+CHUNK_SHARE = 0.25
 # largest padded-pairs / real-pairs ratio for which compaction + cuDNN beats the varlen Triton kernel
 PAD_LIMIT = 1.8
 
