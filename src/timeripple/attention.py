@@ -129,7 +129,20 @@ def ripple_attention(
         if not return_stats:
             return out
         qk_savings, frac_q, frac_k = _stats_from_counts(counts, N, math.prod(grid), axes)
-    else:
+    elif channel_alpha is None and reuse.cube_path_supported(grid, window):  # CPU / no Triton: window cubes
+        sides = []
+        for x in (q, k):
+            video, start = reuse.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+            video_t, counts = reuse.cube_channel_reuse(video, grid, thresholds, window=window, priority=priority)
+            x_t = x.clone()
+            x_t[:, :, start : start + video.shape[2]] = video_t
+            sides.append((x_t, counts))
+        (q_t, counts_q), (k_t, counts_k) = sides
+        out = F.scaled_dot_product_attention(q_t, k_t, v, attn_mask=attn_mask, scale=scale)  # (B, H, N, Dv)
+        if not return_stats:
+            return out
+        qk_savings, frac_q, frac_k = _stats_from_counts(torch.stack([counts_q, counts_k]), N, math.prod(grid), axes)
+    else:  # channel_alpha or partial windows of size >= 2: the per-element source tensors
         q_t, k_t, src_q, src_k, via_q, via_k = channel_reuse(
             q, k, grid=grid, thresholds=thresholds, text_len=text_len, text_position=text_position,
             window=window, priority=priority, channel_alpha=channel_alpha,

@@ -65,3 +65,84 @@ def reused_fractions(via: torch.Tensor, axes=AXES) -> dict[str, float]:
     total = max(via.numel(), 1)
     counts = torch.stack([(via == AXES.index(a)).sum() for a in axes]).cpu().tolist() if axes else []
     return {a: c / total for a, c in zip(axes, counts)}
+
+
+# ----------------------------------------------------------------------------------------------
+# window-cube path (CPU and any device): q̃/k̃ and counts without per-element source tensors
+
+
+def cube_path_supported(grid, window: int) -> bool:
+    """The cube path needs every trailing partial window to have size 0 or 1 (always true for
+    ``window=2``): a size-1 window never reuses, so padding it to a full window with NaN (which never
+    passes) changes nothing."""
+    return all(int(g) % window <= 1 for g in grid)
+
+
+def cube_channel_reuse(x: torch.Tensor, grid, thresholds, *, window: int, priority) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel-mode reuse of one side, computed window cube by window cube.
+
+    Everything that decides an element's resolved source lies inside its ``K×K×K`` window cube: the
+    line ``Δ`` on each axis, the pass decisions and every hop of a chain (a hop moves one coordinate to
+    the window start). So the positions of the cube are visited in order of how many coordinates are
+    off the window start, and each takes its source's already-resolved value. Same decisions and
+    values as :func:`detect.detect_channel_sources` + :func:`apply_sources`, without the int64
+    ``(B, H, Nv, D)`` source tensors (much faster on the CPU).
+
+    Args:
+        x (`torch.Tensor`): video slice ``(B, H, Nv, D)``.
+        thresholds (`dict[str, float]`): ``θ`` per checked axis (axes at 0 are unchecked).
+    Returns:
+        ``(x̃, counts)``: ``x̃`` ``(B, H, Nv, D)`` in ``x``'s dtype and int64 counts ``(B, H, 4, D)``
+        (reused elements; reused via t, y, x), the layout of the fused CUDA kernel.
+    """
+    from .detect import _window_std  # the same Δ arithmetic as the reference path
+
+    B, H, Nv, D = x.shape
+    K = window
+    T, Hg, Wg = (int(g) for g in grid)
+    checked = [a for a in priority if float(thresholds.get(a, 0)) != 0]
+    pads = [(-L) % K for L in (T, Hg, Wg)]
+    x5 = x.reshape(B, H, T, Hg, Wg, D)
+    if any(pads):  # NaN never passes, so padded tokens are never reused and never sources
+        x5 = torch.nn.functional.pad(x5, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]), value=float("nan"))
+    nt, ny, nx = ((L + p) // K for L, p in zip((T, Hg, Wg), pads))
+    # window positions first, so every position's values are one contiguous block
+    cube = x5.reshape(B, H, nt, K, ny, K, nx, K, D).permute(3, 5, 7, 0, 1, 2, 4, 6, 8).contiguous()  # (K,K,K,B,H,nt,ny,nx,D)
+    positions = [(i, j, l) for i in range(K) for j in range(K) for l in range(K)]
+    passes = {}  # (axis, position) -> bool (B, H, nt, ny, nx, D): the line through the position passes
+    for axis in checked:
+        a = AXES.index(axis)
+        for pos in positions:
+            if pos[a] != 0:
+                continue
+            members = []
+            for m in range(K):
+                member = list(pos)
+                member[a] = m
+                members.append(cube[tuple(member)].float())
+            ok = _window_std(torch.stack(members, dim=-2)) < float(thresholds[axis])  # (B,H,nt,ny,nx,D)
+            for m in range(1, K):
+                member = list(pos)
+                member[a] = m
+                passes[axis, tuple(member)] = ok
+    counts = torch.zeros(B, H, 4, D, dtype=torch.int64, device=x.device)
+    resolved = {}
+    for pos in sorted(positions, key=lambda p: sum(c != 0 for c in p)):  # sources before their members
+        value = cube[pos]  # (B, H, nt, ny, nx, D)
+        taken = None
+        for axis in checked:
+            a = AXES.index(axis)
+            if pos[a] == 0:
+                continue  # a window's first member is never reused on that axis
+            ok = passes[axis, pos] if taken is None else passes[axis, pos] & ~taken
+            source = list(pos)
+            source[a] = 0
+            value = torch.where(ok, resolved[tuple(source)], value)
+            taken = ok if taken is None else taken | ok
+            counts[:, :, 1 + a] += ok.sum(dim=(2, 3, 4))
+        if taken is not None:
+            counts[:, :, 0] += taken.sum(dim=(2, 3, 4))
+        resolved[pos] = value
+    out = torch.stack([resolved[p] for p in positions]).unflatten(0, (K, K, K))  # (K,K,K,B,H,nt,ny,nx,D)
+    out = out.permute(3, 4, 5, 0, 6, 1, 7, 2, 8).reshape(B, H, nt * K, ny * K, nx * K, D)[:, :, :T, :Hg, :Wg]
+    return out.reshape(B, H, Nv, D), counts
