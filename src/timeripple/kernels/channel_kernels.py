@@ -181,6 +181,11 @@ def fused_unsupported_reason(x: torch.Tensor, window: int, channel_alpha=None) -
 def _launch(x: torch.Tensor, out: torch.Tensor, counts: torch.Tensor | None, grid, thresholds, priority,
             window: int) -> None:
     """Write the video rows of ``out`` (``x`` and ``out``: video slices ``(B, H, Nv, D)``)."""
+    if window == 2:  # the common case: a dedicated elementwise kernel over 2x2x2 cubes (memory-bound)
+        from .channel_pairs import launch_pairs
+
+        launch_pairs(x, out, counts, grid, thresholds, priority)
+        return
     B, H, Nv, D = x.shape
     T, Hg, Wg = grid
     checked = [a for a in priority if thresholds.get(a, 0) > 0]
