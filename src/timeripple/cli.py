@@ -1,9 +1,10 @@
 """The ``timeripple`` console command.
 
 ``timeripple demo`` generates a clip with the embedded tiny text-to-video model, dense and with
-TimeRipple, and prints how they compare; ``timeripple configs`` lists the bundled configs;
-``timeripple version`` prints the version. The logic lives in :mod:`timeripple.demo.run_demo`; this file
-only parses arguments and prints.
+TimeRipple, and prints how they compare; ``timeripple calibrate`` measures savings against fidelity over
+threshold scales and picks one for a target; ``timeripple configs`` lists the bundled configs;
+``timeripple version`` prints the version. The logic lives in :mod:`timeripple.demo.run_demo` and
+:mod:`timeripple.calibrate`; this file only parses arguments and prints.
 """
 
 from __future__ import annotations
@@ -45,6 +46,35 @@ The tiny model knows the words of its captions: colours (red green blue yellow w
 shapes (circle square triangle), directions (left right up down), speeds (slowly quickly), backgrounds
 (black gray navy maroon olive purple teal, optionally "gradient" or "textured"). Other words are
 ignored with a warning.
+"""
+
+
+_CALIBRATE_EPILOG = """\
+what it does:
+  For every prompt and seed it generates the video dense once, then once per scale s with the config's
+  thresholds (threshold_start, threshold_end, fixed_threshold) multiplied by s, from the same seed.
+  Scale 0 reuses nothing (identical to dense); larger scales reuse more and drift further from dense.
+
+what it prints (one row per scale):
+  θ (start → end)          the scaled thresholds, in raw units of the model's normalised q/k
+  savings                  counted q·kᵀ partial products skipped, FLOP-weighted over the whole generation
+                           (dense steps count as 0), mean over the runs
+  PSNR mean / min, SSIM    each video against the dense one from the same seed (inf = identical;
+                           the mean leaves identical runs out)
+
+output files (in --output):
+  calibration.json         every figure, per run and mean; the choice for the target
+  calibration.png          savings vs PSNR, one labelled point per scale (needs matplotlib)
+  calibrated_config.yaml   with --target-psnr or --target-savings: the chosen config (load it with
+                           --config FILE, timeripple.load_config(FILE) or apply_timeripple(pipe, FILE))
+
+examples:
+  timeripple calibrate
+  timeripple calibrate --scales 0.1 0.25 0.5 1.0 --steps 10 --target-psnr 30
+  timeripple calibrate --config my.yaml --target-savings 0.6 --seeds 0 1 --output out/cal
+
+Exit code 1 when no calibrated scale meets the target (the files are still written); 2 on bad arguments.
+Calibrate at the step count you generate with: the config's step positions scale with --steps.
 """
 
 
@@ -124,10 +154,101 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
 
+    _add_calibrate_parser(sub)
     sub.add_parser("configs", help="list the bundled configs and their step schedules",
                    description="List the bundled TimeRipple configs with their mode and threshold schedule.")
     sub.add_parser("version", help="print the installed version", description="Print the installed version.")
     return parser
+
+
+def _add_calibrate_parser(sub) -> None:
+    from .calibrate import DEFAULT_SCALES
+    from .demo.run_demo import DEFAULT_CONFIG, DEFAULT_GUIDANCE, MODES
+
+    cal = sub.add_parser(
+        "calibrate", help="find the threshold scale for a target saving or fidelity (tiny model by default)",
+        description="Calibrate TimeRipple's thresholds: generate a few prompts dense and with the config's "
+        "thresholds times each scale, from the same seeds, on the embedded tiny model; print counted savings "
+        "against PSNR/SSIM vs dense, and with a target write the chosen config.",
+        epilog=_CALIBRATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cal.add_argument("--config", default=DEFAULT_CONFIG,
+                     help=f"bundled config name or a YAML path whose thresholds are scaled (default: {DEFAULT_CONFIG})")
+    cal.add_argument("--mode", choices=MODES, default=None, help="override the config's mode")
+    cal.add_argument("--scales", type=_non_negative_float, nargs="+", default=list(DEFAULT_SCALES), metavar="S",
+                     help="multipliers on the thresholds (default: %s)" % " ".join(f"{s:g}" for s in DEFAULT_SCALES))
+    cal.add_argument("--steps", type=_positive_int(2), default=10, help="denoising steps per generation (default: 10)")
+    cal.add_argument("--seeds", type=_positive_int(0), nargs="+", default=[0], metavar="N",
+                     help="seeds of the initial noise; every prompt runs with every seed (default: 0)")
+    cal.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                     help="a prompt; repeat for more (default: the first %d adherence prompts)" % _CALIBRATE_PROMPTS)
+    target = cal.add_mutually_exclusive_group()
+    target.add_argument("--target-psnr", type=float, default=None, metavar="DB",
+                        help="pick the scale with the most savings whose mean PSNR vs dense is >= DB")
+    target.add_argument("--target-savings", type=float, default=None, metavar="FRAC",
+                        help="pick the smallest scale whose mean counted savings is >= FRAC (e.g. 0.6)")
+    cal.add_argument("--guidance-scale", type=_non_negative_float, default=DEFAULT_GUIDANCE,
+                     help=f"classifier-free guidance scale (default: {DEFAULT_GUIDANCE:g})")
+    cal.add_argument("--output", default="timeripple_calibration", metavar="DIR",
+                     help="folder for calibration.json/.png and the chosen config (default: ./timeripple_calibration)")
+    cal.add_argument("--device", type=_device, default="cpu", help="torch device (default: cpu)")
+    cal.add_argument("--weights", default=None, metavar="DIR", help="another export of the tiny model")
+    cal.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    cal.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+
+
+_CALIBRATE_PROMPTS = 2  # default prompts: the first ones of timeripple.eval.ADHERENCE_PROMPTS
+
+
+def _cmd_calibrate(args) -> int:
+    import json
+
+    from .calibrate import _check_targets, calibrate
+    from .demo import load_tiny_pipeline
+    from .demo.run_demo import resolve_config
+    from .eval import ADHERENCE_PROMPTS
+
+    # check the cheap arguments before loading the model
+    config = resolve_config(args.config, args.mode)
+    target = _check_targets(args.target_psnr, args.target_savings) or {}
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise value_error("--output", args.output, "exists and is not a folder", "pass a folder path")
+    prompts = args.prompt or [p for p, _ in ADHERENCE_PROMPTS[:_CALIBRATE_PROMPTS]]
+    runs = len(prompts) * len(args.seeds)
+    print(f"Calibrating {config.name or args.config} (mode {config.mode}) on the tiny model, {args.device}: "
+          f"{runs} run(s) x (dense + {len(args.scales)} scales), {args.steps} steps each.", file=sys.stderr, flush=True)
+    pipe = load_tiny_pipeline(device=args.device, weights_dir=args.weights)
+    result = calibrate(pipe, config, prompts, scales=args.scales, seeds=args.seeds, num_inference_steps=args.steps,
+                       pipe_kwargs={"guidance_scale": args.guidance_scale}, progress=not args.no_progress, **target)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"table": out / "calibration.json"}
+    files["table"].write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    try:
+        files["curve"] = result.plot(out / "calibration.png", highlight=result.chosen)
+    except ImportError as err:
+        print(f"note: no calibration.png: {err}", file=sys.stderr)
+    print(result.summary())
+    print()
+    code = 0
+    if target:
+        (name, value), = target.items()
+        goal = f"mean PSNR >= {value:g} dB" if name == "target_psnr" else f"mean savings >= {value:.1%}"
+        if result.chosen is None:
+            print(f"No calibrated scale meets {goal}: try other --scales or another target.")
+            code = 1
+        else:
+            row, chosen = result.row(result.chosen), result.config_for(result.chosen)
+            files["config"] = out / "calibrated_config.yaml"
+            chosen.to_yaml(files["config"], header=f"timeripple calibrate: scale {result.chosen:g} of "
+                           f"{config.name or args.config} for {goal}, {args.steps} steps, tiny model")
+            print(f"Chosen for {goal}: scale {result.chosen:g} -> {chosen.name}, θ {chosen.threshold_start:.3g} → "
+                  f"{chosen.threshold_end:.3g} (savings {row.mean_savings:.1%}, mean PSNR {row.mean_psnr:.2f} dB)")
+    else:
+        print("No target given: pick a scale from the table (or pass --target-psnr / --target-savings).")
+    print()
+    print("\n".join(f"{name:>6}: {path}" for name, path in files.items()))
+    return code
 
 
 def _cmd_demo(args) -> int:
@@ -179,7 +300,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"demo": _cmd_demo, "configs": _cmd_configs, "version": _cmd_version}
+    commands = {"demo": _cmd_demo, "calibrate": _cmd_calibrate, "configs": _cmd_configs, "version": _cmd_version}
     try:
         return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as err:
