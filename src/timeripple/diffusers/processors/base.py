@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from ..._validation import value_error
+from ..parallel import rank_dense_products, ulysses_ripple_attention
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class TimeRippleAttnProcessor:
 
     _attention_backend = None
     _parallel_config = None
+    # families whose context-parallel plan keeps the global token order under Ulysses (see parallel.py)
+    _supports_context_parallel = False
 
     def __init__(self, context=None, layer_name: Optional[str] = None, original=None):
         # `original` is the processor this one replaces; only families whose stock processor carries
@@ -128,14 +131,14 @@ class TimeRippleAttnProcessor:
         B, H, N, D = query.shape  # (B, H, N, D)
         if ctx.attention_kwargs is None:
             out = dense()
-            self._record(ctx, 0.0, B * H * N * key.shape[2] * D)
+            products = B * H * N * key.shape[2] * D
+            if self._parallel_config is not None:  # this rank's share of the global call
+                products = rank_dense_products(self._parallel_config, B, H, D, ctx.grid if grid is None else grid,
+                                               text_len)
+            self._record(ctx, 0.0, products)
             return out
         if self._parallel_config is not None:
-            raise value_error(
-                "parallel_config", self._parallel_config, "TimeRipple processors do not support context "
-                "parallelism yet (each rank would see only its slice of the token grid)",
-                "apply TimeRipple on a model without `enable_parallelism(...)`",
-            )
+            return self._attend_parallel(ctx, query, key, value, text_len, text_position, attn_mask, grid)
         grid = tuple(ctx.grid if grid is None else grid)
         T, Hg, Wg = grid
         if T * Hg * Wg + text_len != N:
@@ -149,6 +152,22 @@ class TimeRippleAttnProcessor:
         out, stats = ripple_attention(
             query, key, value, grid=grid, text_len=text_len, text_position=text_position,
             attn_mask=attn_mask, return_stats=True, **ctx.attention_kwargs,
+        )
+        self._record(ctx, stats.qk_savings_mean, stats.qk_products)
+        return out
+
+    def _attend_parallel(self, ctx, query, key, value, text_len, text_position, attn_mask, grid):
+        """A reuse step under context parallelism: Ulysses only, in the all-to-all's ``forward_op``."""
+        if not self._supports_context_parallel:
+            raise value_error(
+                "parallel_config", self._parallel_config, f"{type(self).__name__} does not support context "
+                "parallelism (its model's split would not keep the global token order); only Wan does",
+                "run this model without `enable_parallelism(...)`, or use TimeRipple on a single device",
+            )
+        out, stats = ulysses_ripple_attention(
+            query, key, value, parallel_config=self._parallel_config, grid=tuple(ctx.grid if grid is None else grid),
+            attention_kwargs=ctx.attention_kwargs, text_len=text_len, text_position=text_position,
+            attn_mask=attn_mask, layer_name=self.layer_name,
         )
         self._record(ctx, stats.qk_savings_mean, stats.qk_products)
         return out

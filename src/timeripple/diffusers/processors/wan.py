@@ -33,7 +33,12 @@ def _apply_rotary_emb(hidden_states, freqs_cos, freqs_sin):  # as in WanAttnProc
 
 
 class WanTimeRippleAttnProcessor(TimeRippleAttnProcessor, WanAttnProcessor):
-    """TimeRipple processor for Wan self-attention (``attn1``); cross-attention calls run stock."""
+    """TimeRipple processor for Wan self-attention (``attn1``); cross-attention calls run stock.
+
+    Ulysses context parallelism is supported: Wan's plan splits only the token dimension (inside the
+    blocks), so the all-to-all in ``forward_op`` restores the global order (see ``diffusers/parallel.py``)."""
+
+    _supports_context_parallel = True
 
     def __call__(
         self,
