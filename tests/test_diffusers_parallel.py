@@ -93,7 +93,17 @@ def _worker(rank, init_file, out_dir):
             ring_error = None
         except ValueError as exc:
             ring_error = str(exc)
-        torch.save(dict(stock=stock, single=single, dense_cp=dense_cp, ripple_cp=ripple_cp, ring_error=ring_error), os.path.join(out_dir, f"rank{rank}.pt"))
+        # TimeRipple applied after `enable_parallelism`: the processors miss the config and see a slice
+        late_model = _tiny_wan()
+        late_model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD))
+        timeripple.apply_timeripple(late_model, CONFIG, scheduler=scheduler)
+        try:
+            _forward(late_model, 1, scheduler, latents, text)
+            late_error = None
+        except ValueError as exc:
+            late_error = str(exc)
+        torch.save(dict(stock=stock, single=single, dense_cp=dense_cp, ripple_cp=ripple_cp, ring_error=ring_error,
+                        late_error=late_error), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -160,6 +170,12 @@ def test_ring_raises_naming_ulysses(two_ranks):
     for res in two_ranks:
         assert res["ring_error"] is not None and "ring_degree" in res["ring_error"]
         assert "Ulysses" in res["ring_error"] and "ulysses_degree" in res["ring_error"]
+
+
+@needs_gloo
+def test_applying_after_enable_parallelism_raises_with_the_fix(two_ranks):
+    for res in two_ranks:
+        assert res["late_error"] is not None and "before `enable_parallelism" in res["late_error"]
 
 
 def test_check_parallel_config_rules():

@@ -145,7 +145,8 @@ class TimeRippleAttnProcessor:
             raise value_error(
                 "grid", grid, f"T*H*W + text tokens = {T * Hg * Wg} + {text_len} must equal the sequence "
                 f"length {N} of layer {self.layer_name!r}",
-                "check that the transformer's input latents match its patch size; report the model if they do",
+                "check that the transformer's input latents match its patch size (under context parallelism, "
+                "apply TimeRipple before `enable_parallelism(...)`); report the model if they do",
             )
         from ...attention import ripple_attention
 
