@@ -6,18 +6,8 @@ generates the same (prompt, seed) pairs dense and with each scaled config, and r
 (FLOP-weighted, from :func:`timeripple.get_stats`) and the PSNR / SSIM of each video against the dense one.
 :class:`CalibrationResult` holds the table, picks a scale for a target, and plots the trade-off curve.
 
-Example:
-
-```py
->>> from timeripple.calibrate import calibrate
->>> from timeripple.demo import load_tiny_pipeline
->>> pipe = load_tiny_pipeline()
->>> result = calibrate(pipe, "wan2.1", ["a red circle moving right quickly on a gray background"],
-...                    scales=(0.1, 0.25, 1.0), num_inference_steps=10)
->>> print(result.summary())
->>> config = result.config_for(result.best(target_psnr=30.0))   # scaled thresholds, name "wan2.1-x0.25"
->>> result.plot("calibration.png")
-```
+The command ``timeripple calibrate`` runs it on the embedded tiny model; ``docs/calibration.md`` explains
+how to read the curve.
 """
 
 from __future__ import annotations
@@ -174,30 +164,22 @@ class CalibrationResult:
         0.25
         ```
         """
-        if (target_psnr is None) == (target_savings is None):
-            raise value_error(
-                "target_psnr / target_savings", (target_psnr, target_savings), "exactly one target is needed",
-                "pass either `target_psnr=30.0` (dB) or `target_savings=0.6` (a fraction)",
-            )
-        if target_psnr is not None:
-            target = _check_target("target_psnr", target_psnr, high=None)
-            ok = [row for row in self.rows if row.mean_psnr >= target]
-            if not ok:
-                closest = max(self.rows, key=lambda r: r.mean_psnr)
-                raise value_error(
-                    "target_psnr", target_psnr, f"no calibrated scale reaches it (best: scale {closest.scale:g} "
-                    f"with mean PSNR {closest.mean_psnr:.2f} dB)", "calibrate smaller scales or lower the target",
-                )
-            return max(ok, key=lambda r: (r.mean_savings, -r.scale)).scale
-        target = _check_target("target_savings", target_savings, high=1.0)
-        ok = [row for row in self.rows if row.mean_savings >= target]
+        target = _check_targets(target_psnr, target_savings)
+        if target is None:
+            raise value_error("target_psnr / target_savings", None, "a target is needed",
+                              "pass either `target_psnr=30.0` (dB) or `target_savings=0.6` (a fraction)")
+        (name, goal), = target.items()
+        metric = "mean_psnr" if name == "target_psnr" else "mean_savings"
+        ok = [row for row in self.rows if getattr(row, metric) >= goal]
         if not ok:
-            closest = max(self.rows, key=lambda r: r.mean_savings)
-            raise value_error(
-                "target_savings", target_savings, f"no calibrated scale reaches it (best: scale {closest.scale:g} "
-                f"with mean savings {closest.mean_savings:.1%})", "calibrate larger scales or lower the target",
-            )
-        return min(ok, key=lambda r: r.scale).scale
+            closest = max(self.rows, key=lambda r: getattr(r, metric))
+            got = f"{closest.mean_psnr:.2f} dB" if name == "target_psnr" else f"{closest.mean_savings:.1%}"
+            more = "smaller" if name == "target_psnr" else "larger"
+            raise value_error(name, goal, f"no calibrated scale reaches it (closest: scale {closest.scale:g}, "
+                              f"{metric.replace('_', ' ')} {got})", f"calibrate {more} scales or relax the target")
+        if name == "target_psnr":  # the most savings within the fidelity floor; ties: the smaller scale
+            return max(ok, key=lambda r: (r.mean_savings, -r.scale)).scale
+        return min(ok, key=lambda r: r.scale).scale  # the most faithful scale that saves enough
 
     def config_for(self, scale: float) -> TimeRippleConfig:
         """The calibrated config at ``scale``: thresholds multiplied, name suffixed (``wan2.1-x0.25``)."""
@@ -339,24 +321,16 @@ def _check_inputs(pipe, config, prompts, scales, seeds, num_inference_steps):
     if config.budget is not None:
         raise value_error("config.budget", config.budget, "budget mode ignores the threshold values, so scaling θ "
                           "changes nothing", "calibrate a config without `budget`, or compare budgets directly")
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts) if prompts is not None else []
-    if not prompts:
-        raise value_error("prompts", prompts, "needs at least one prompt", 'pass e.g. ["a red fox running in snow"]')
-    for prompt in prompts:
-        if not isinstance(prompt, str):
-            raise type_error("prompts entry", prompt, "a str", "pass a list of prompt strings")
-    if isinstance(scales, Real):
-        scales = [scales]
-    scales = [_check_scale("scales entry", s) for s in scales]
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts or [])
+    if not prompts or not all(isinstance(prompt, str) for prompt in prompts):
+        raise value_error("prompts", prompts, "must be a non-empty list of strings",
+                          'pass e.g. ["a red fox running through snow"]')
+    scales = [_check_scale("scales entry", s) for s in ([scales] if isinstance(scales, Real) else scales)]
     if not scales:
         raise value_error("scales", scales, "needs at least one scale", f"use e.g. {DEFAULT_SCALES}")
     if len(set(scales)) != len(scales):
         raise value_error("scales", scales, "a scale is repeated", "list each scale once")
-    if isinstance(seeds, int):
-        seeds = [seeds]
-    seeds = list(seeds)
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise value_error("seeds", seeds, "must be a non-empty list of ints >= 0", "use e.g. (0,) or (0, 1)")
     if num_inference_steps is not None and (
@@ -368,17 +342,9 @@ def _check_inputs(pipe, config, prompts, scales, seeds, num_inference_steps):
 
 
 def calibrate(
-    pipe,
-    config,
-    prompts: Sequence[str],
-    *,
-    scales: Sequence[float] = DEFAULT_SCALES,
-    seeds: Sequence[int] = (0,),
-    num_inference_steps: Optional[int] = None,
-    pipe_kwargs: Optional[Dict[str, Any]] = None,
-    target_psnr: Optional[float] = None,
-    target_savings: Optional[float] = None,
-    progress: bool = True,
+    pipe, config, prompts: Sequence[str], *, scales: Sequence[float] = DEFAULT_SCALES, seeds: Sequence[int] = (0,),
+    num_inference_steps: Optional[int] = None, pipe_kwargs: Optional[Dict[str, Any]] = None,
+    target_psnr: Optional[float] = None, target_savings: Optional[float] = None, progress: bool = True,
 ) -> CalibrationResult:
     r"""
     Measure how a config's threshold scale trades counted savings against fidelity on a pipeline.
