@@ -228,6 +228,7 @@ def test_cli_tiny_run_writes_the_files(tmp_path):
     assert code == 0, err
     data = json.loads((out_dir / "calibration.json").read_text())
     assert [r["scale"] for r in data["rows"]] == [0.0, 1.0] and data["chosen_scale"] == 1.0
+    assert data["settings"] == {"output_type": "pt", "guidance_scale": 1.0, "num_inference_steps": 3}
     assert data["rows"][0]["identical"] == [True] and data["rows"][1]["mean_savings"] >= 0.01
     config = timeripple.TimeRippleConfig.from_yaml(out_dir / "calibrated_config.yaml")
     assert config == timeripple.load_config("wan2.1").replace(name="wan2.1-x1")

@@ -111,6 +111,7 @@ class CalibrationResult:
             ``{"target_savings": 0.6}``).
         chosen (`float`, *optional*): the scale ``best(**target)`` picked; `None` without a target or when
             no calibrated scale meets it.
+        settings (`dict`): the plain-valued arguments of every pipeline call (``guidance_scale``, ...).
 
     Example:
 
@@ -128,6 +129,7 @@ class CalibrationResult:
     rows: List[CalibrationRow]
     target: Optional[Dict[str, float]] = None
     chosen: Optional[float] = None
+    settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def scales(self) -> List[float]:
@@ -188,7 +190,7 @@ class CalibrationResult:
     def to_dict(self) -> Dict[str, Any]:
         """Plain values for ``json.dump``; PSNR `inf` (identical to dense) is written as `null`."""
         return {
-            "config": self.config.to_dict(), "num_inference_steps": self.num_inference_steps,
+            "config": self.config.to_dict(), "num_inference_steps": self.num_inference_steps, "settings": self.settings,
             "runs": [{"prompt": p, "seed": s} for p, s in self.runs], "rows": [row.to_dict() for row in self.rows],
             "target": self.target, "chosen_scale": self.chosen,
             "chosen_config": None if self.chosen is None else self.config_for(self.chosen).to_dict(),
@@ -227,7 +229,8 @@ class CalibrationResult:
     def plot(self, path, *, highlight: Optional[float] = None) -> Path:
         r"""
         Save the trade-off curve: mean counted savings (x) against mean PSNR (y), one labelled point per scale.
-        Scales identical to dense (PSNR `inf`) are drawn at the top edge, marked "inf".
+        Scales identical to dense (PSNR `inf`) are triangles above the curve, marked "identical"; the target
+        of :func:`calibrate`, if any, is a dashed line.
 
         Args:
             path (`str` or `Path`): the image file (``.png``, ``.svg``, ``.pdf``); folders are created.
@@ -253,18 +256,26 @@ class CalibrationResult:
         fig = Figure(figsize=(6.4, 4.4), dpi=120)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        ax.plot(xs, ys, "-o", color="tab:blue")
-        for row, x, y in zip(self.rows, xs, ys):
-            label = f"×{row.scale:g}" + ("" if math.isfinite(row.mean_psnr) else " (inf)")
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+        same = [math.isinf(r.mean_psnr) for r in self.rows]
+        ax.plot([x for x, s in zip(xs, same) if not s], [y for y, s in zip(ys, same) if not s], "-o", color="tab:blue")
+        ax.plot([x for x, s in zip(xs, same) if s], [top] * sum(same), "^", color="tab:gray")
+        for row, x, y, s in zip(self.rows, xs, ys, same):
+            ax.annotate(f"×{row.scale:g}" + (" (identical)" if s else ""), (x, y), textcoords="offset points",
+                        xytext=(6, 6), fontsize=9)
+        if self.target:
+            (name, goal), = self.target.items()
+            line = ax.axhline if name == "target_psnr" else ax.axvline
+            line(goal if name == "target_psnr" else 100 * goal, ls="--", color="tab:red", lw=1, label="target")
         if chosen is not None:
             y = chosen.mean_psnr if math.isfinite(chosen.mean_psnr) else top
             ax.plot([100 * chosen.mean_savings], [y], "o", ms=14, mfc="none", mec="tab:red", mew=2, label="chosen")
+        if self.target or chosen is not None:
             ax.legend(loc="lower left")
         ax.set_xlabel("attention savings, counted (% of q·kᵀ products, whole generation)")
         ax.set_ylabel("PSNR vs dense (dB, mean over runs)")
         ax.set_title(f"TimeRipple calibration: {self.config.name or 'custom'} × scale", fontsize=11)
         ax.grid(True, alpha=0.3)
+        ax.margins(x=0.1, y=0.1)  # room for the labels
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -313,8 +324,8 @@ def _check_inputs(pipe, config, prompts, scales, seeds, num_inference_steps):
                          "pass the pipeline (e.g. WanPipeline or timeripple.demo.load_tiny_pipeline())")
     for name in ("transformer", "transformer_2"):
         if getattr(getattr(pipe, name, None), "_timeripple_handle", None) is not None:
-            raise value_error("pipe", type(pipe).__name__, f"`pipe.{name}` already has TimeRipple applied; "
-                              "the dense reference would not be dense", "call `timeripple.remove_timeripple(pipe)` first")
+            raise value_error("pipe", type(pipe).__name__, f"`pipe.{name}` already has TimeRipple applied; the "
+                              "dense reference would not be dense", "call `timeripple.remove_timeripple(pipe)` first")
     if not isinstance(config, (TimeRippleConfig, str)):
         raise type_error("config", config, "a TimeRippleConfig or a bundled config name", "pass e.g. 'wan2.1'")
     config = load_config(config)
@@ -453,8 +464,9 @@ def calibrate(
                        fixed_threshold=c.fixed_threshold, **record)
         for s, c, record in zip(scales, configs, per_scale)
     ]
+    settings = {key: value for key, value in call.items() if isinstance(value, (str, float, int))}
     result = CalibrationResult(config=config, runs=runs, num_inference_steps=num_inference_steps, rows=rows,
-                               target=target)
+                               target=target, settings=settings)
     if target:
         try:
             result.chosen = result.best(**target)

@@ -241,7 +241,8 @@ def _cmd_calibrate(args) -> int:
             row, chosen = result.row(result.chosen), result.config_for(result.chosen)
             files["config"] = out / "calibrated_config.yaml"
             chosen.to_yaml(files["config"], header=f"timeripple calibrate: scale {result.chosen:g} of "
-                           f"{config.name or args.config} for {goal}, {args.steps} steps, tiny model")
+                           f"{config.name or args.config} for {goal}; tiny model, {args.steps} steps, "
+                           f"guidance {args.guidance_scale:g}")
             print(f"Chosen for {goal}: scale {result.chosen:g} -> {chosen.name}, θ {chosen.threshold_start:.3g} → "
                   f"{chosen.threshold_end:.3g} (savings {row.mean_savings:.1%}, mean PSNR {row.mean_psnr:.2f} dB)")
     else:
@@ -300,7 +301,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"demo": _cmd_demo, "calibrate": _cmd_calibrate, "configs": _cmd_configs, "version": _cmd_version}
+    commands = {"demo": _cmd_demo, "calibrate": _cmd_calibrate, "configs": _cmd_configs,
+                "version": _cmd_version}
     try:
         return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as err:
