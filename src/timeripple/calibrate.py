@@ -220,9 +220,8 @@ class CalibrationResult:
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
         lines.append("")
-        lines.append("savings: counted q·kᵀ partial products skipped (FLOP-weighted, whole generation, mean over "
-                     "runs); PSNR/SSIM: against dense from the same seed (inf = identical; the mean leaves "
-                     "identical runs out).")
+        lines.append("savings: counted q·kᵀ partial products skipped (FLOP-weighted, whole generation), mean over runs")
+        lines.append("PSNR/SSIM: against dense from the same seed (inf = identical; the mean leaves identical runs out)")
         lines.extend(f"run {i + 1}: seed {seed}, {prompt!r}" for i, (prompt, seed) in enumerate(self.runs))
         return "\n".join(lines)
 
@@ -431,6 +430,7 @@ def calibrate(
     saved_bar = getattr(pipe, "_progress_bar_config", None)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(**{**(saved_bar or {}), "disable": True})
+    warned = False
     bar = tqdm(total=len(runs) * (1 + len(scales)), desc="calibrate", unit="run", disable=not progress)
     try:
         for prompt, seed in runs:
@@ -445,9 +445,10 @@ def calibrate(
                     stats = handle.stats
                 finally:
                     handle.remove()
-                if not any(theta is not None for theta in stats.thresholds):
-                    logger.warning("No step reused at %s steps (the config's dense steps cover them all); "
-                                   "use more steps.", stats.num_steps)
+                if not any(theta is not None for theta in stats.thresholds) and not warned:
+                    warned = True
+                    logger.warning("No step reused at %s steps (the config's dense steps cover them all): every "
+                                   "scale equals dense; use more steps.", stats.num_steps)
                 record["savings"].append(float(stats.total_savings))
                 record["psnr"].append(psnr(dense, video))
                 record["ssim"].append(ssim(dense, video))
