@@ -214,7 +214,8 @@ def save_video(frames: torch.Tensor, stem: str, fps: int = 16) -> str:
     images = [f.permute(1, 2, 0).numpy() for f in frames]
     try:
         return export_to_video(images, stem + ".mp4", fps=fps)
-    except (ImportError, RuntimeError, OSError):
+    except (ImportError, AttributeError, RuntimeError, OSError):
+        # no video writer: imageio without imageio-ffmpeg raises AttributeError inside diffusers
         from PIL import Image
 
         os.makedirs(stem, exist_ok=True)
