@@ -217,3 +217,19 @@ def test_lazy_exports_resolve():
     for name in ("apply_timeripple", "remove_timeripple", "get_stats", "TimeRippleAttnProcessor",
                  "TimeRippleHandle", "GenerationStats"):
         assert getattr(timeripple, name) is getattr(td, name)
+
+
+def test_apply_keeps_the_attention_backend(wan):
+    pipe, inputs, stock = wan
+    pipe.transformer.set_attention_backend("native")
+    try:
+        timeripple.apply_timeripple(pipe, CONFIG)
+        try:
+            ours = [p for p in pipe.transformer.attn_processors.values() if isinstance(p, TimeRippleAttnProcessor)]
+            assert ours and all(str(p._attention_backend.value) == "native" for p in ours)
+        finally:
+            timeripple.remove_timeripple(pipe)
+    finally:
+        for p in pipe.transformer.attn_processors.values():
+            p._attention_backend = None
+    assert torch.equal(generate(pipe, inputs), stock)

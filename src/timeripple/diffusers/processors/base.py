@@ -58,6 +58,11 @@ class TimeRippleAttnProcessor:
         # state (Open-Sora-Plan's RoPE) use it
         self.context = context
         self.layer_name = layer_name
+        # keep the attention backend chosen with `set_attention_backend(...)` before apply, so dense
+        # steps run the same backend as the stock processor did
+        backend = getattr(original, "_attention_backend", None)
+        if backend is not None:
+            self._attention_backend = backend
 
     def __call__(
         self,
