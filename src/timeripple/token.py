@@ -113,11 +113,31 @@ def key_bias_from_mask(attn_mask: torch.Tensor | None, q: torch.Tensor) -> torch
 
 def plan_pair_savings(q_src: torch.Tensor, k_src: torch.Tensor) -> torch.Tensor:
     """``1 - kept_q·kept_k / N²`` per head, mean over the batch: ``(H,)`` float64 on the CPU."""
+    return _pair_savings(q_src, k_src).cpu()
+
+
+def _pair_savings(q_src: torch.Tensor, k_src: torch.Tensor) -> torch.Tensor:
+    """:func:`plan_pair_savings` on the plan's device (no host sync)."""
     N = q_src.shape[-1]
     ar = torch.arange(N, device=q_src.device)
     kept_q = (q_src == ar).sum(-1).double()  # (B, H)
     kept_k = (k_src == ar).sum(-1).double()  # (B, H)
-    return (1 - kept_q * kept_k / (N * N)).mean(0).cpu()
+    return (1 - kept_q * kept_k / (N * N)).mean(0)  # (H,)
+
+
+def _token_stats(q_src, k_src, via_q, via_k, axes):
+    """``(pair_savings (H,) float64 CPU, reused_fraction_q, reused_fraction_k)`` with one host sync
+    (per layer on the GPU, so the three figures share it)."""
+    H = q_src.shape[1]
+    axes = tuple(axes)
+    per_axis = [(via == detect.AXES.index(a)).sum() for via in (via_q, via_k) for a in axes]
+    host = torch.cat([_pair_savings(q_src, k_src), torch.stack(per_axis).double()]).cpu()  # axes is never empty
+    counts = host[H:].tolist()
+    fractions = [
+        {a: c / max(via.numel(), 1) for a, c in zip(axes, counts[i * len(axes) : (i + 1) * len(axes)])}
+        for i, via in enumerate((via_q, via_k))
+    ]
+    return host[:H].clone(), fractions[0], fractions[1]
 
 
 def token_mode_attention(
@@ -142,11 +162,11 @@ def token_mode_attention(
     out = token_attention(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias)  # (B, H, N, D)
     if not return_stats:
         return out
-    pair = plan_pair_savings(q_src, k_src)
+    pair, frac_q, frac_k = _token_stats(q_src, k_src, via_q, via_k, axes)
     stats = RippleStats(
         qk_savings=pair.clone(),
-        reused_fraction_q=reuse.reused_fractions(via_q, axes),
-        reused_fraction_k=reuse.reused_fractions(via_k, axes),
+        reused_fraction_q=frac_q,
+        reused_fraction_k=frac_k,
         qk_products=B * H * N * N * D,
         mode="token",
         threshold=threshold,
