@@ -164,3 +164,16 @@ def test_cuda_public_op_runs_triton_and_compiles(monkeypatch):
     assert spy.launches == 1
     compiled = torch.compile(token_attention, fullgraph=True)(q, k, v, q_src, k_src)
     assert torch.equal(eager, compiled)
+
+
+def test_triton_with_precomputed_lengths_equals_without():
+    """The dispatcher passes the kept lengths it already synced; the result must not change."""
+    B, H, N, D = 2, 3, 33, 64
+    q, k, v = (torch.randn(B, H, N, D, device=DEVICE) for _ in range(3))
+    q_src, k_src = random_token_plan(B, H, N, 0.6, text_len=4, device=DEVICE, generator=torch.Generator().manual_seed(3))
+    ar = torch.arange(N, device=DEVICE, dtype=torch.int32)
+    lq, lk = (q_src == ar).sum(-1, dtype=torch.int32), (k_src == ar).sum(-1, dtype=torch.int32)
+    lengths = (lq, lk, int(lq.max()), int(lk.max()))
+    want = token_kernels.token_attention_triton(q, k, v, q_src, k_src)
+    got = token_kernels.token_attention_triton(q, k, v, q_src, k_src, lengths=lengths)
+    assert torch.equal(got, want)

@@ -66,6 +66,7 @@ def _warn_once(reason: str) -> None:
 
 
 def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias):
+    lengths = None
     if q.is_cuda:
         if _TRITON_IMPORT_ERROR is None and q.dtype in SUPPORTED_DTYPES:
             from . import compact_attention as ca
@@ -75,15 +76,16 @@ def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias):
             ar = torch.arange(q.shape[2], device=q.device, dtype=q_src.dtype)
             lq, lk = (q_src == ar).sum(-1, dtype=torch.int32), (k_src == ar).sum(-1, dtype=torch.int32)
             mq, mk, ratio = ca.padded_pair_ratio(lq, lk)  # the one host sync
+            lengths = (lq, lk, mq, mk)
             if ca.use_compaction(q, ratio) or q.shape[-1] not in SUPPORTED_HEAD_DIMS:
                 if q.shape[-1] % 8 == 0 and q.shape[-1] + 8 <= 256:
                     return ca.token_attention_compact(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias,
-                                                      lengths=(lq, lk, mq, mk))
+                                                      lengths=lengths)
         reason = triton_unsupported_reason(q)
         if reason is None:
             from .token_kernels import token_attention_triton
 
-            return token_attention_triton(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias)
+            return token_attention_triton(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, lengths=lengths)
         _warn_once(reason)
     return token_attention_ref(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias)
 

@@ -211,12 +211,16 @@ class TokenPlanLayout:
     """Device-side layout of a token plan (everything the kernels read), built without host syncs
     except ``mk`` (the largest kept-key count, sizes the merged-key buffers)."""
 
-    def __init__(self, q_src: torch.Tensor, k_src: torch.Tensor):
+    def __init__(self, q_src: torch.Tensor, k_src: torch.Tensor, lengths=None):
         B, H, N = q_src.shape
         ar = torch.arange(N, dtype=q_src.dtype, device=q_src.device)
         kept_q, kept_k = q_src == ar, k_src == ar                       # (B, H, N)
-        self.lq = kept_q.sum(-1, dtype=torch.int32).reshape(B * H)      # (B*H,)
-        self.lk = kept_k.sum(-1, dtype=torch.int32).reshape(B * H)      # (B*H,)
+        if lengths is None:
+            lq, lk, mk = kept_q.sum(-1, dtype=torch.int32), kept_k.sum(-1, dtype=torch.int32), None
+        else:  # (lq, lk, mq, mk) from the dispatcher, which already paid the host sync
+            lq, lk, _, mk = lengths
+        self.lq = lq.reshape(B * H).contiguous()                        # (B*H,) int32
+        self.lk = lk.reshape(B * H).contiguous()                        # (B*H,) int32
         self.idx_q = pack_kept(kept_q).contiguous()                     # (B, H, N)
         self.idx_k = pack_kept(kept_k).contiguous()                     # (B, H, N)
         k_long = k_src.long()
@@ -226,7 +230,7 @@ class TokenPlanLayout:
         self.perm = torch.argsort(k_src, dim=-1, stable=True).to(torch.int32)  # keys grouped by source
         pairs = self.lq.long() * self.lk.long()
         self.order = torch.argsort(pairs, descending=True).to(torch.int32)  # (B*H,) longest first
-        self.mk = int(self.lk.max())                                    # the one host sync
+        self.mk = int(self.lk.max()) if mk is None else int(mk)       # the one host sync
         self.q_src = q_src.int().contiguous()
         self.shape = (B, H, N)
 
@@ -324,11 +328,13 @@ def scatter_rows(out, q_src):
     return out
 
 
-def token_attention_triton(q, k, v, q_src, k_src, *, scale=None, key_bias=None, gather_k=True):
+def token_attention_triton(q, k, v, q_src, k_src, *, scale=None, key_bias=None, gather_k=True, lengths=None):
     """Token attention with the Triton kernels (CUDA, or CPU under ``TRITON_INTERPRET=1``).
 
     Same contract as ``reference.token_attention_ref``; head dim 64 or 128, fp16/bf16/fp32.
     ``gather_k=False`` materialises the compacted keys instead of reading them through the index list.
+    ``lengths``: optional ``(lq, lk, mq, mk)`` (int32 ``(B, H)`` kept counts and their maxima) if the
+    caller already has them (saves the host sync).
     """
     check_token_inputs(q, k, v, q_src, k_src)
     B, H, N, D = q.shape
@@ -343,7 +349,7 @@ def token_attention_triton(q, k, v, q_src, k_src, *, scale=None, key_bias=None, 
     out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     if N == 0:
         return out
-    layout = TokenPlanLayout(q_src.int(), k_src.int())
+    layout = TokenPlanLayout(q_src.int(), k_src.int(), lengths)
     vm, kc, bias = merge_keys(v, k, layout, kb, store_k=not gather_k)
     attend_kept(q, k, vm, bias, layout, out, scale=scale, kc=kc)
     return scatter_rows(out, layout.q_src)
