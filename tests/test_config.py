@@ -93,12 +93,16 @@ def test_load_from_path_and_missing_path(tmp_path):
         load_config(3)
 
 
-def test_yaml_round_trip_with_every_option(tmp_path):
+@pytest.mark.parametrize("mode_options", [
+    dict(mode="token", token_criterion="fraction", token_fraction=0.75, budget=0.5),
+    dict(mode="channel", channel_alpha=1.5),
+])
+def test_yaml_round_trip_with_every_option(tmp_path, mode_options):
     cfg = TimeRippleConfig(
-        name="custom: with colon", model_family="ltx", mode="token", threshold_start=0.0, threshold_end=1e-5,
+        name="custom: with colon", model_family="ltx", threshold_start=0.0, threshold_end=1e-5,
         ramp_start_step=0, ramp_end_step=3, reference_num_steps=4, fixed_threshold=0.25, dense_last_step=False,
         window=3, axes=("x", "t"), priority=("x", "y", "t"), axis_threshold_scale={"t": 2, "x": 0.5},
-        channel_alpha=1.5, token_criterion="fraction", token_fraction=0.75, budget=0.5,
+        **mode_options,
     )
     text = cfg.to_yaml(tmp_path / "c.yaml")
     assert (tmp_path / "c.yaml").read_text() == text
@@ -236,3 +240,9 @@ def test_python_tags_refused(tmp_path):
     path.write_text("!!python/object:timeripple.config.TimeRippleConfig {window: 2}\n")
     with pytest.raises(ValueError, match="safe_load"):
         load_config(path)
+
+
+def test_channel_alpha_needs_channel_mode():
+    with pytest.raises(ValueError, match="channel_alpha.*mode='channel'"):
+        TimeRippleConfig(mode="token", channel_alpha=1.5)
+    assert TimeRippleConfig(mode="channel", channel_alpha=1.5).channel_alpha == 1.5

@@ -226,7 +226,13 @@ class TimeRippleConfig:
         put("axes", _check_axes("axes", self.axes, permutation=False))
         put("priority", _check_axes("priority", self.priority, permutation=True))
         put("axis_threshold_scale", self._checked_scale())
-        put("channel_alpha", _check_real("channel_alpha", self.channel_alpha, allow_none=True, low=0, strict=True))
+        channel_alpha = _check_real("channel_alpha", self.channel_alpha, allow_none=True, low=0, strict=True)
+        if channel_alpha is not None and self.mode != "channel":
+            raise value_error(
+                "channel_alpha", channel_alpha, f"applies only with mode='channel', got mode={self.mode!r}",
+                "set `mode: channel` or `channel_alpha: null`",
+            )
+        put("channel_alpha", channel_alpha)
         put("token_criterion", _check_choice("token_criterion", self.token_criterion, TOKEN_CRITERIA))
         put("token_fraction", _check_real("token_fraction", self.token_fraction, low=0, strict=True, high=1))
         budget = _check_real("budget", self.budget, allow_none=True, low=0, strict=True, high=1)
