@@ -233,3 +233,30 @@ def test_apply_keeps_the_attention_backend(wan):
         for p in pipe.transformer.attn_processors.values():
             p._attention_backend = None
     assert torch.equal(generate(pipe, inputs), stock)
+
+
+def test_bf16_timesteps_that_collide_get_the_scheduler_step(wan):
+    """HunyuanVideo passes the timestep in the latents' dtype; in bf16, neighbouring timesteps near
+    1000 round to the same value. The scheduler's own step index must then decide the step."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe, _, _ = wan
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
+    steps = 50
+    scheduler.set_timesteps(steps)
+    rounded = scheduler.timesteps.to(torch.bfloat16)
+    assert len(set(rounded.tolist())) < steps, "this schedule must have colliding bf16 timesteps"
+    transformer = pipe.transformer
+    config = CONFIG.replace(reference_num_steps=steps, ramp_start_step=0, ramp_end_step=steps - 1)
+    handle = timeripple.apply_timeripple(transformer, config, scheduler=scheduler)
+    x = torch.randn(1, 16, 3, 4, 6)
+    e = torch.randn(1, 16, 32)
+    try:
+        for t in scheduler.timesteps:
+            out = transformer(hidden_states=x, timestep=t.to(torch.bfloat16).expand(1), encoder_hidden_states=e,
+                              return_dict=False)[0]
+            x = scheduler.step(out, t, x, return_dict=False)[0]
+        per_step = [handle.recorder.per_step[i][0] for i in range(steps)]  # products counted per step
+    finally:
+        timeripple.remove_timeripple(transformer)
+    assert per_step[0] > 0 and all(w == per_step[0] for w in per_step), per_step

@@ -124,6 +124,11 @@ class TimeRippleHook(ModelHook):
                 "pass the scheduler that drives the loop (`apply_timeripple(..., scheduler=...)`, or set "
                 "`pipe.scheduler`), and call the transformer with a value from `scheduler.timesteps`",
             )
+        if len(matches) > 1:  # rounding (e.g. bf16 timesteps) made several steps equal: ask the scheduler
+            index = getattr(scheduler, "step_index", None)  # None before its first `step()`
+            index = 0 if index is None else int(index)
+            if index in matches:
+                return index, len(table)
         last = self.context.recorder.previous_step()
         later = [i for i in matches if last is None or i >= last]
         return (later or matches)[0], len(table)
