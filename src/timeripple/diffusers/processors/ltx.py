@@ -7,6 +7,8 @@ The input is already packed (B, N, C); the pipeline passes the latent grid as ``
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_ltx import (
@@ -19,6 +21,8 @@ from diffusers.models.transformers.transformer_ltx import (
 from ..._validation import value_error
 from ..registry import FamilySpec, register_family
 from .base import TimeRippleAttnProcessor, register_like_stock
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LTXVideoTimeRippleAttnProcessor"]
 
@@ -35,6 +39,13 @@ class LTXVideoTimeRippleAttnProcessor(TimeRippleAttnProcessor, LTXVideoAttnProce
         image_rotary_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
+            if encoder_hidden_states is None and not getattr(self, "_warned_mask", False):
+                # diffusers never passes a mask to LTX self-attention today; say so rather than hide it
+                logger.warning(
+                    "%s: self-attention got an attention_mask, which TimeRipple does not handle for LTX; "
+                    "this layer runs stock (dense) attention", self.layer_name,
+                )
+                self._warned_mask = True
             return LTXVideoAttnProcessor.__call__(
                 self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
             )
