@@ -194,3 +194,22 @@ def test_cogvideox_with_rope():
         assert timeripple.get_stats(pipe).total_savings > 0
     finally:
         timeripple.remove_timeripple(pipe)
+
+
+@pytest.mark.parametrize("options", [dict(mode="token"), dict(mode="token", budget=0.5)])
+def test_token_mode_through_the_processors(family, options):
+    """Token mode (the GPU-fast mode) runs through every family's processor: it reuses on the ramp
+    steps, changes the output, and removal gives stock back."""
+    name, pipe, inputs, stock = family
+    cfg = config().replace(**options)
+    timeripple.apply_timeripple(pipe, cfg)
+    try:
+        out = generate(pipe, inputs)
+        stats = timeripple.get_stats(pipe)
+    finally:
+        timeripple.remove_timeripple(pipe)
+    assert out.shape == stock.shape and torch.isfinite(out).all()
+    assert stats.total_savings > 0, name
+    assert stats.step_savings[0] == 0.0 and stats.step_savings[-1] == 0.0  # dense first and last steps
+    assert not torch.equal(out, stock), name
+    assert torch.equal(generate(pipe, inputs), stock)
