@@ -19,7 +19,7 @@ def smooth(B, H, grid, D, noise, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("criterion", ["strict", "rms"])
-@pytest.mark.parametrize("grid,window", [((3, 5, 7), 2), ((4, 3, 5), 3), ((2, 4, 4), 2)])
+@pytest.mark.parametrize("grid,window", [((3, 5, 7), 2), ((4, 3, 5), 3), ((2, 4, 4), 2), ((1, 3, 4), 2), ((4, 2, 9), 2)])
 def test_fused_scores_match_torch_detection(dtype, criterion, grid, window):
     B, H, D = 2, 2, 64
     x = smooth(B, H, grid, D, 0.3, dtype)

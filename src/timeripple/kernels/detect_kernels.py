@@ -8,9 +8,10 @@ member of its window, sits in a size-1 trailing window, or its window holds a no
 "tyx"], -1)`` (the plain-torch twin ``token_axis_scores_torch``); the thresholding, budget selection and
 source resolution on these ``(B, H, Nv, 3)`` scores stay in ``detect.py`` (cheap, one small tensor).
 
-For ``window == 2`` (the default) the kernel loads each token's row once and one partner row per
-checked axis (``Δ_c = |x_c - partner_c| / 2``); larger windows read each member row once per pass
-(mean, then deviations). No ``(B, H, Nv, D)`` float32 intermediate is written.
+For ``window == 2`` (the default) one program takes a row of 2x2x2 cubes and reads each member row
+exactly once; each of a cube's 12 edges scores its second member on the edge's axis
+(``Δ_c = |a_c - b_c| / 2``). Larger windows read each member row once per pass (mean, then
+deviations), per axis. No ``(B, H, Nv, D)`` float32 intermediate is written.
 """
 
 from __future__ import annotations
@@ -64,20 +65,92 @@ def _axis_score(x_base, offs_i, coord, length, stride_axis, offs_d, valid_i, str
 
 
 @triton.jit
-def _pair_score(x_base, offs_i, coord, stride_axis, offs_d, valid_i, stride_n, row_i, finite_i,
-                RMS: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Window 2: ``Δ_c = |x_c - partner_c| / 2`` (population std of two values). The token's own row
-    ``row_i`` is loaded once by the caller and shared by the three axes; one partner row per axis."""
-    second = valid_i & (coord % 2 == 1)                             # (T,) non-first members
-    row_p = tl.load(x_base + (offs_i - stride_axis)[:, None].to(tl.int64) * stride_n + offs_d[None, :],
-                    mask=second[:, None], other=0.0).to(tl.float32)  # (T, D) partner rows
-    finite = finite_i & (tl.sum((row_p != row_p) | (tl.abs(row_p) == float("inf")), axis=1) == 0)
-    delta = tl.abs(row_i - row_p) * 0.5                             # (T, D)
-    if RMS:
-        score = tl.sqrt(tl.sum(delta * delta, axis=1) / HEAD_DIM)
+def _finite_rows(v):
+    """(BX,) True where the (BX, D) float32 tile's row holds no NaN/Inf."""
+    return tl.sum(((v != v) | (tl.abs(v) == float("inf"))).to(tl.int32), axis=1) == 0
+
+
+@triton.jit
+def _edge(a, b, fa, fb, CHECK: tl.constexpr, RMS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Window-2 score of the pair ``(a, b)`` of (BX, D) rows: ``Δ_c = |a_c - b_c| / 2`` reduced over
+    channels (max, or root mean square); NaN when either row is not finite or the axis is unchecked."""
+    if CHECK:
+        delta = tl.abs(a - b) * 0.5
+        if RMS:
+            score = tl.sqrt(tl.sum(delta * delta, axis=1) / HEAD_DIM)
+        else:
+            score = tl.max(delta, axis=1)
+        return tl.where(fa & fb, score, float("nan"))
     else:
-        score = tl.max(delta, axis=1)
-    return tl.where(second & finite, score, float("nan"))
+        return tl.full([a.shape[0]], float("nan"), dtype=tl.float32)
+
+
+@triton.jit
+def _store3(out_base, n, s_t, s_y, s_x, mask):
+    ptr = out_base + n.to(tl.int64) * 3
+    tl.store(ptr + 0, s_t, mask=mask)
+    tl.store(ptr + 1, s_y, mask=mask)
+    tl.store(ptr + 2, s_x, mask=mask)
+
+
+@triton.jit
+def _cube_scores_kernel(
+    X, OUT, stride_xb, stride_xh, stride_xn, H, T, HG, WG, NPY, NBX,
+    CHECK_T: tl.constexpr, CHECK_Y: tl.constexpr, CHECK_X: tl.constexpr,
+    RMS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_X: tl.constexpr,
+):
+    """Window 2: one program per row of ``BLOCK_X`` 2x2x2 cubes of one (b, h). The eight members are
+    read once as (BLOCK_X, D) tiles; each of the cube's 12 edges gives the score of its second member
+    on the edge's axis. First members (offset 0 on an axis) get NaN there."""
+    row = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    xb = row % NBX
+    yp = (row // NBX) % NPY
+    tp = row // (NBX * NPY)
+    t0 = 2 * tp
+    y0 = 2 * yp
+    xa = 2 * (xb * BLOCK_X + tl.arange(0, BLOCK_X))                  # (BX,) x of the first members
+    d = tl.arange(0, HEAD_DIM)[None, :]
+    in_a = xa < WG
+    in_b = (xa + 1) < WG
+    t1 = (xa * 0 + t0 + 1) < T                                      # (BX,) second t-layer exists
+    y1 = (xa * 0 + y0 + 1) < HG
+    n000 = (t0 * HG + y0) * WG + xa
+    n010 = n000 + WG
+    n100 = n000 + HG * WG
+    n110 = n100 + WG
+    m000, m001 = in_a, in_b
+    m010, m011 = in_a & y1, in_b & y1
+    m100, m101 = in_a & t1, in_b & t1
+    m110, m111 = in_a & t1 & y1, in_b & t1 & y1
+    x_base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
+    v000 = tl.load(x_base + n000[:, None].to(tl.int64) * stride_xn + d, mask=m000[:, None], other=0.0).to(tl.float32)
+    v001 = tl.load(x_base + (n000 + 1)[:, None].to(tl.int64) * stride_xn + d, mask=m001[:, None], other=0.0).to(tl.float32)
+    v010 = tl.load(x_base + n010[:, None].to(tl.int64) * stride_xn + d, mask=m010[:, None], other=0.0).to(tl.float32)
+    v011 = tl.load(x_base + (n010 + 1)[:, None].to(tl.int64) * stride_xn + d, mask=m011[:, None], other=0.0).to(tl.float32)
+    v100 = tl.load(x_base + n100[:, None].to(tl.int64) * stride_xn + d, mask=m100[:, None], other=0.0).to(tl.float32)
+    v101 = tl.load(x_base + (n100 + 1)[:, None].to(tl.int64) * stride_xn + d, mask=m101[:, None], other=0.0).to(tl.float32)
+    v110 = tl.load(x_base + n110[:, None].to(tl.int64) * stride_xn + d, mask=m110[:, None], other=0.0).to(tl.float32)
+    v111 = tl.load(x_base + (n110 + 1)[:, None].to(tl.int64) * stride_xn + d, mask=m111[:, None], other=0.0).to(tl.float32)
+    f000, f001, f010, f011 = _finite_rows(v000), _finite_rows(v001), _finite_rows(v010), _finite_rows(v011)
+    f100, f101, f110, f111 = _finite_rows(v100), _finite_rows(v101), _finite_rows(v110), _finite_rows(v111)
+    nan = tl.full([BLOCK_X], float("nan"), dtype=tl.float32)
+    out_base = OUT + bh.to(tl.int64) * (T * HG * WG) * 3
+    _store3(out_base, n000, nan, nan, nan, m000)
+    _store3(out_base, n000 + 1, nan, nan, _edge(v001, v000, f001, f000, CHECK_X, RMS, HEAD_DIM), m001)
+    _store3(out_base, n010, nan, _edge(v010, v000, f010, f000, CHECK_Y, RMS, HEAD_DIM), nan, m010)
+    _store3(out_base, n010 + 1, nan, _edge(v011, v001, f011, f001, CHECK_Y, RMS, HEAD_DIM),
+            _edge(v011, v010, f011, f010, CHECK_X, RMS, HEAD_DIM), m011)
+    _store3(out_base, n100, _edge(v100, v000, f100, f000, CHECK_T, RMS, HEAD_DIM), nan, nan, m100)
+    _store3(out_base, n100 + 1, _edge(v101, v001, f101, f001, CHECK_T, RMS, HEAD_DIM), nan,
+            _edge(v101, v100, f101, f100, CHECK_X, RMS, HEAD_DIM), m101)
+    _store3(out_base, n110, _edge(v110, v010, f110, f010, CHECK_T, RMS, HEAD_DIM),
+            _edge(v110, v100, f110, f100, CHECK_Y, RMS, HEAD_DIM), nan, m110)
+    _store3(out_base, n110 + 1, _edge(v111, v011, f111, f011, CHECK_T, RMS, HEAD_DIM),
+            _edge(v111, v101, f111, f101, CHECK_Y, RMS, HEAD_DIM),
+            _edge(v111, v110, f111, f110, CHECK_X, RMS, HEAD_DIM), m111)
 
 
 @triton.jit
@@ -103,23 +176,12 @@ def _token_scores_kernel(
     s_t = nan
     s_y = nan
     s_x = nan
-    if WINDOW == 2:  # one load of the token's own row, one partner row per axis
-        row_i = tl.load(x_base + offs_i[:, None].to(tl.int64) * stride_xn + offs_d[None, :],
-                        mask=valid_i[:, None], other=0.0).to(tl.float32)  # (T, D)
-        finite_i = tl.sum((row_i != row_i) | (tl.abs(row_i) == float("inf")), axis=1) == 0
-        if CHECK_T:
-            s_t = _pair_score(x_base, offs_i, t, GY * GX, offs_d, valid_i, stride_xn, row_i, finite_i, RMS, HEAD_DIM)
-        if CHECK_Y:
-            s_y = _pair_score(x_base, offs_i, y, GX, offs_d, valid_i, stride_xn, row_i, finite_i, RMS, HEAD_DIM)
-        if CHECK_X:
-            s_x = _pair_score(x_base, offs_i, x, 1, offs_d, valid_i, stride_xn, row_i, finite_i, RMS, HEAD_DIM)
-    else:
-        if CHECK_T:
-            s_t = _axis_score(x_base, offs_i, t, GT, GY * GX, offs_d, valid_i, stride_xn, WINDOW, RMS, HEAD_DIM)
-        if CHECK_Y:
-            s_y = _axis_score(x_base, offs_i, y, GY, GX, offs_d, valid_i, stride_xn, WINDOW, RMS, HEAD_DIM)
-        if CHECK_X:
-            s_x = _axis_score(x_base, offs_i, x, GX, 1, offs_d, valid_i, stride_xn, WINDOW, RMS, HEAD_DIM)
+    if CHECK_T:
+        s_t = _axis_score(x_base, offs_i, t, GT, GY * GX, offs_d, valid_i, stride_xn, WINDOW, RMS, HEAD_DIM)
+    if CHECK_Y:
+        s_y = _axis_score(x_base, offs_i, y, GY, GX, offs_d, valid_i, stride_xn, WINDOW, RMS, HEAD_DIM)
+    if CHECK_X:
+        s_x = _axis_score(x_base, offs_i, x, GX, 1, offs_d, valid_i, stride_xn, WINDOW, RMS, HEAD_DIM)
     tl.store(out_base + 0, s_t, mask=valid_i)
     tl.store(out_base + 1, s_y, mask=valid_i)
     tl.store(out_base + 2, s_x, mask=valid_i)
@@ -146,11 +208,19 @@ def token_axis_scores(x, grid, window=2, criterion="strict", axes=("t", "y", "x"
     if x.stride(-1) != 1:
         x = x.contiguous()
     out = torch.empty((B, H, Nv, 3), dtype=torch.float32, device=x.device)
+    checks = dict(CHECK_T="t" in axes, CHECK_Y="y" in axes, CHECK_X="x" in axes)
+    if int(window) == 2:  # every member row read once, per 2x2x2 cube
+        block_x = 2 if interpreting() else max(1, 512 // D)
+        npy, nbx = -(-Hg // 2), triton.cdiv(-(-Wg // 2), block_x)
+        _cube_scores_kernel[(-(-T // 2) * npy * nbx, B * H)](
+            x, out, x.stride(0), x.stride(1), x.stride(2), H, T, Hg, Wg, npy, nbx,
+            RMS=criterion == "rms", HEAD_DIM=D, BLOCK_X=block_x, num_warps=4, **checks,
+        )
+        return out
     BLOCK_T = 16 if interpreting() else max(16, 8192 // D)
     _token_scores_kernel[(triton.cdiv(Nv, BLOCK_T), B * H)](
         x, out, x.stride(0), x.stride(1), x.stride(2), H, Nv, T, Hg, Wg,
-        CHECK_T="t" in axes, CHECK_Y="y" in axes, CHECK_X="x" in axes,
-        WINDOW=int(window), RMS=criterion == "rms", HEAD_DIM=D, BLOCK_T=BLOCK_T,
+        **checks, WINDOW=int(window), RMS=criterion == "rms", HEAD_DIM=D, BLOCK_T=BLOCK_T,
         num_warps=4 if BLOCK_T * D <= 4096 else 8,
     )
     return out
