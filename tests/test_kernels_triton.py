@@ -177,3 +177,15 @@ def test_triton_with_precomputed_lengths_equals_without():
     want = token_kernels.token_attention_triton(q, k, v, q_src, k_src)
     got = token_kernels.token_attention_triton(q, k, v, q_src, k_src, lengths=lengths)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 100), (1, 1, 1), (4, 257), (1, 2, 9000)])
+def test_row_cumsum_equals_torch(shape):
+    from timeripple.kernels.token_kernels import row_cumsum
+
+    g = torch.Generator().manual_seed(0)
+    kept = (torch.rand(shape, generator=g) < 0.5).to(DEVICE)
+    assert torch.equal(row_cumsum(kept, 1), torch.cumsum(kept, -1, dtype=torch.int32) - 1)
+    counts = torch.randint(0, 9, shape, generator=g, dtype=torch.int32).to(DEVICE)
+    got = row_cumsum(counts)
+    assert got.dtype == torch.int32 and torch.equal(got, torch.cumsum(counts, -1, dtype=torch.int32))

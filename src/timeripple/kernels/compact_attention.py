@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .token_kernels import interpreting, pack_kept
+from .token_kernels import interpreting, pack_kept, row_cumsum
 
 VARIANTS = ("vcount", "pad", "bias")
 DEFAULT_VARIANT = "vcount"
@@ -212,11 +212,11 @@ def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, vari
         qs, ks = q_src[:, h0:h1], k_src[:, h0:h1]                       # (B, nh, N)
         kept_q, kept_k = qs == ar, ks == ar
         lq_c, lk_c = lq[:, h0:h1].contiguous(), lk[:, h0:h1].contiguous()
-        idx_q, idx_k = pack_kept(kept_q).contiguous(), pack_kept(kept_k).contiguous()
-        rank_q = (torch.cumsum(kept_q, -1, dtype=torch.int32) - 1).contiguous()
+        rank_q = row_cumsum(kept_q, 1)                                  # (B, nh, N) rank among kept
+        idx_q, idx_k = pack_kept(kept_q, rank_q).contiguous(), pack_kept(kept_k).contiguous()
         count = torch.zeros((B, nh, N), dtype=torch.int32, device=q.device)
         count.scatter_add_(2, ks.long(), torch.ones_like(count))      # group size at each source
-        start = (torch.cumsum(count, -1, dtype=torch.int32) - count).contiguous()
+        start = (row_cumsum(count) - count).contiguous()
         perm = torch.argsort(ks, dim=-1, stable=True).to(torch.int32)  # keys grouped by source
         del kept_q, kept_k
         # -- compacted q, k (contiguous), merged values (+ weight channel or bias) --
