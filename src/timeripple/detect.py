@@ -131,7 +131,7 @@ def _sources_from_passes(
     for axis, ok in reversed(passes):  # lowest priority first, so higher priority overwrites
         partner = partners[axis].view(idx.shape)
         src = torch.where(ok, partner, src)
-        via = torch.where(ok, torch.tensor(AXES.index(axis), dtype=torch.int8, device=device), via)
+        via = torch.where(ok, AXES.index(axis), via)  # a Python scalar: no host-to-device copy
     return resolve_sources(src, len(passes)), via
 
 
@@ -295,7 +295,8 @@ def token_sources_from_scores(
     via = torch.full((B, H, Nv), -1, dtype=torch.int8, device=device)
     if not axes:
         return src.to(torch.int32).contiguous(), via
-    cols = scores[..., [AXES.index(a) for a in axes]]  # (B, H, Nv, A), priority order
+    # (B, H, Nv, A), priority order; no list indexing: that copies an index tensor to the GPU and syncs
+    cols = torch.stack([scores[..., AXES.index(a)] for a in axes], -1)
     if budget is None:
         passes = torch.stack([cols[..., i] < float(thresholds[a]) for i, a in enumerate(axes)], -1)
         any_pass = passes.any(-1)  # NaN never passes
@@ -313,8 +314,10 @@ def token_sources_from_scores(
     partner = torch.stack([axis_partners(grid, a, window, device)[0] for a in axes])  # (A, Nv)
     chosen = partner[best_axis, idx]  # (B, H, Nv)
     src = torch.where(any_pass, chosen, idx)
-    ax_ids = torch.tensor([AXES.index(a) for a in axes], dtype=torch.int8, device=device)
-    via = torch.where(any_pass, ax_ids[best_axis], via)
+    axis_id = torch.full_like(via, AXES.index(axes[0]))  # best_axis -> index into AXES, without a copy
+    for i, a in enumerate(axes[1:], start=1):
+        axis_id = torch.where(best_axis == i, AXES.index(a), axis_id)
+    via = torch.where(any_pass, axis_id, via)
     for _ in range(len(axes)):  # one hop fixes one axis (see resolve_sources)
         src = torch.gather(src, 2, src)
     return src.to(torch.int32), via
