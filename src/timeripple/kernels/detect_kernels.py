@@ -214,7 +214,7 @@ def token_axis_scores(x, grid, window=2, criterion="strict", axes=("t", "y", "x"
         npy, nbx = -(-Hg // 2), triton.cdiv(-(-Wg // 2), block_x)
         _cube_scores_kernel[(-(-T // 2) * npy * nbx, B * H)](
             x, out, x.stride(0), x.stride(1), x.stride(2), H, T, Hg, Wg, npy, nbx,
-            RMS=criterion == "rms", HEAD_DIM=D, BLOCK_X=block_x, num_warps=4, **checks,
+            RMS=criterion == "rms", HEAD_DIM=D, BLOCK_X=block_x, num_warps=2, **checks,  # swept on H100
         )
         return out
     BLOCK_T = 16 if interpreting() else max(16, 8192 // D)
