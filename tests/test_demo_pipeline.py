@@ -8,7 +8,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from timeripple.demo import load_tiny_pipeline, save_tiny_weights, shipped_weights_dir
-from timeripple.demo.model import SHIFT, build_tiny_transformer
+from timeripple.demo.model import SHIFT, build_tiny_transformer, frame_clock, with_frame_clock
 from timeripple.demo.pipeline import TinyT2VPipeline
 from timeripple.demo.text import build_text_encoder
 
@@ -73,6 +73,36 @@ def test_transformer_is_called_like_wan(small_pipe, monkeypatch):
     steps = small_pipe.scheduler.timesteps
     for i, (_, _, t, _) in enumerate(calls):
         assert t.shape == (2,) and torch.all(t == steps[i // 2])
+
+
+def test_frame_clock_is_an_absolute_time_ramp():
+    clock = frame_clock(2, 5, 3, 4)
+    assert clock.shape == (2, 1, 5, 3, 4)
+    assert torch.equal(clock[1, 0, :, 2, 3], torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))
+    assert torch.equal(frame_clock(1, 1, 2, 2), torch.zeros(1, 1, 1, 2, 2))
+
+
+def test_with_frame_clock_follows_the_transformer_config():
+    x = torch.randn(2, 3, 4, 6, 6)
+    clocked = with_frame_clock(x, build_tiny_transformer(num_layers=1).config)  # in 4, out 3
+    assert clocked.shape == (2, 4, 4, 6, 6) and torch.equal(clocked[:, :3], x)
+    assert torch.equal(clocked[:, 3:], frame_clock(2, 4, 6, 6))
+    assert with_frame_clock(x, build_tiny_transformer(num_layers=1, in_channels=3).config) is x
+    with pytest.raises(ValueError, match="in_channels"):
+        with_frame_clock(x, build_tiny_transformer(num_layers=1, in_channels=5).config)
+
+
+def test_pipeline_feeds_the_clock_and_denoises_rgb(small_pipe):
+    seen = []
+    h = small_pipe.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["hidden_states"]),
+                                                        with_kwargs=True)
+    try:
+        out = small_pipe("a red circle", num_inference_steps=2, guidance_scale=1.0, output_type="latent")
+    finally:
+        h.remove()
+    assert out.frames.shape == (1, 3, 9, 32, 32)  # RGB out
+    assert all(x.shape == (1, 4, 9, 32, 32) for x in seen)  # RGB + clock in
+    assert torch.equal(seen[0][:, 3:].float(), frame_clock(1, 9, 32, 32))
 
 
 def test_no_guidance_makes_one_call_per_step(small_pipe):

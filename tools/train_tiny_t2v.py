@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from timeripple.demo.clips import render_clips, sample_params
 from timeripple.demo.loading import save_tiny_weights
-from timeripple.demo.model import HEIGHT, NUM_FRAMES, SHIFT, WIDTH, build_tiny_transformer
+from timeripple.demo.model import HEIGHT, NUM_FRAMES, SHIFT, WIDTH, build_tiny_transformer, with_frame_clock
 from timeripple.demo.text import build_text_encoder
 
 
@@ -68,7 +68,27 @@ def sample_sigmas(n, generator, device):
     return SHIFT * u / (1 + (SHIFT - 1) * u)
 
 
-def training_batch(args, cpu_gen, dev_gen, tokenizer, device):
+def widen_state_dict(target: torch.nn.Module, state: dict) -> dict:
+    """Fit ``state`` into ``target`` where only input channels were added (the frame clock).
+
+    A weight whose dim 1 is smaller than the target's (the patch embedding of a model trained without
+    the clock) is padded with zeros there, so the warm-started model computes exactly what the old one
+    did until training moves the new weights.
+    """
+    wanted = target.state_dict()
+    fitted = {}
+    for name, value in state.items():
+        shape = wanted[name].shape
+        if value.shape != shape and value.dim() >= 2 and value.shape[0] == shape[0] and value.shape[2:] == shape[2:]:
+            pad = torch.zeros(shape, dtype=value.dtype, device=value.device)
+            pad[:, : value.shape[1]] = value
+            print(f"widened {name}: {tuple(value.shape)} -> {tuple(shape)} (new inputs start at zero)", flush=True)
+            value = pad
+        fitted[name] = value
+    return fitted
+
+
+def training_batch(args, cpu_gen, dev_gen, tokenizer, device, transformer_config):
     params = sample_params(args.batch_size, cpu_gen)
     x0 = render_clips(params, device=device).permute(0, 2, 1, 3, 4)  # (B, 3, F, H, W)
     drop = torch.rand(args.batch_size, generator=cpu_gen) < args.text_dropout
@@ -78,7 +98,7 @@ def training_batch(args, cpu_gen, dev_gen, tokenizer, device):
     sigma = sample_sigmas(args.batch_size, dev_gen, device)
     s = sigma.view(-1, 1, 1, 1, 1)
     xt = (1 - s) * x0 + s * noise
-    return xt, sigma * 1000.0, ids, noise - x0
+    return with_frame_clock(xt, transformer_config), sigma * 1000.0, ids, noise - x0
 
 
 def save_plot(log, path):
@@ -111,6 +131,9 @@ def write_card(path, args, state, adherence, device_name):
         "exercise and judge TimeRipple offline on a CPU; it is not a general video model.",
         "",
         "## Data",
+        "The input is RGB plus a frame-clock channel (-1 on the first frame to +1 on the last), the",
+        "model's only absolute time cue; the output is RGB.",
+        "",
         "Procedural clips from `timeripple.demo.clips`: 9 frames of 32x32 RGB, one shape (circle, square,",
         "triangle) of 7 colours moving left/right/up/down at 1 or 2 px/frame over a plain, gradient or",
         "checker-textured background of 7 dark colours, captioned from the parameters (e.g. \"a red circle",
@@ -174,7 +197,7 @@ def main(argv=None):
         from timeripple.demo.loading import load_tiny_components
 
         parts = load_tiny_components(args.init_from, device=device)
-        models["transformer"].load_state_dict(parts["transformer"].state_dict())
+        models["transformer"].load_state_dict(widen_state_dict(models["transformer"], parts["transformer"].state_dict()))
         models["text_encoder"].load_state_dict(parts["text_encoder"].state_dict())
         ema.load_state_dict(models.state_dict())
         previous = Path(args.init_from) / "training_log.json"
@@ -182,6 +205,7 @@ def main(argv=None):
             old = json.loads(previous.read_text())
             state.update(step=old["steps"], seconds=old["seconds"], log=old["loss"],
                          commands=old.get("commands", []))
+        state["warmup_from"] = state["step"]
         print(f"warm start from {args.init_from} at step {state['step']}", flush=True)
     if args.resume:
         if not ckpt_path.is_file():
@@ -218,10 +242,11 @@ def main(argv=None):
         if args.max_minutes is not None and elapsed > args.max_minutes * 60:
             print(f"--max-minutes reached after {state['step']} steps", flush=True)
             break
-        lr = args.lr * min(1.0, (state["step"] + 1) / args.warmup)
+        # warm-up restarts with a warm start's fresh optimizer ("warmup_from"), not with --resume
+        lr = args.lr * min(1.0, (state["step"] - state.get("warmup_from", 0) + 1) / args.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
-        xt, timestep, ids, target = training_batch(args, cpu_gen, dev_gen, tokenizer, device)
+        xt, timestep, ids, target = training_batch(args, cpu_gen, dev_gen, tokenizer, device, transformer.config)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             text = models["text_encoder"](ids)
             pred = models["transformer"](

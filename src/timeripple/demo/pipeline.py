@@ -20,7 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from .._validation import type_error, value_error
-from .model import HEIGHT, NUM_FRAMES, WIDTH
+from .model import HEIGHT, NUM_FRAMES, WIDTH, with_frame_clock
 from .text import TinyTextEncoder, WordTokenizer
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,8 @@ class TinyT2VPipeline(DiffusionPipeline):
     Args:
         tokenizer (`WordTokenizer`): word-level tokenizer.
         text_encoder (`TinyTextEncoder`): gives ``encoder_hidden_states`` ``(B, 16, text_dim)``.
-        transformer (`WanTransformer3DModel`): the denoiser, ``in_channels = out_channels = 3``.
+        transformer (`WanTransformer3DModel`): the denoiser, ``out_channels = 3``; ``in_channels = 4``
+            when it takes the frame clock (see :func:`timeripple.demo.model.frame_clock`), else 3.
         scheduler (`FlowMatchEulerDiscreteScheduler`): the flow-matching sampler.
 
     Load the shipped model with :func:`timeripple.demo.load_tiny_pipeline`.
@@ -170,7 +171,7 @@ class TinyT2VPipeline(DiffusionPipeline):
                 "generator", generator, f"a list needs one generator per video ({batch_size})",
                 "pass one generator, or one per video",
             )
-        channels = self.transformer.config.in_channels
+        channels = self.transformer.config.out_channels
         shape = (batch_size, channels, num_frames, height, width)
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
@@ -267,7 +268,7 @@ class TinyT2VPipeline(DiffusionPipeline):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
-                latent_model_input = latents.to(transformer_dtype)
+                latent_model_input = with_frame_clock(latents, self.transformer.config).to(transformer_dtype)
                 timestep = t.expand(latents.shape[0])
                 cache_context_kwargs = {
                     "step_index": i,
