@@ -14,30 +14,30 @@ steps 2-8 reuse with θ ramping 0.40 → 0.55), guidance 5.0, one batched pipeli
 TimeRipple, CPU, float32.
 
 Measured with ``python tests/test_quality_regression.py`` (prints the figures), shipped weights
-``model.safetensors`` sha256 c9e44ff7...f90 (H200, 6,783 steps; MODEL_CARD.md), CPU (2 shared cores),
-torch 2.13.0, diffusers 0.42.1:
+``model.safetensors`` sha256 af67b5ef...909 (H100, 4,688 steps from scratch, with the frame clock;
+MODEL_CARD.md), CPU (2 shared cores), torch 2.13.0, diffusers 0.42.1:
 
-    counted savings: generation 0.6817; per reusing step 0.972 - 0.976
-    red circle right, seed 0:     PSNR 21.64 dB, SSIM 0.677, adherence dense ✓✓✓  TimeRipple ✓✓✓
-    blue square left, seed 1:     PSNR 21.46 dB, SSIM 0.737, adherence dense ✓✓✓  TimeRipple ✓✗✓
-    yellow triangle up, seed 2:   PSNR 19.50 dB, SSIM 0.781, adherence dense ✓✓✗  TimeRipple ✓✓✗
+    counted savings: generation 0.6815; per reusing step 0.971 - 0.976
+    red circle right, seed 0:     PSNR 20.66 dB, SSIM 0.658, adherence dense ✓✓✓  TimeRipple ✓✓✓
+    blue square left, seed 1:     PSNR 22.43 dB, SSIM 0.728, adherence dense ✓✗✓  TimeRipple ✓✗✓
+    yellow triangle up, seed 2:   PSNR 17.50 dB, SSIM 0.676, adherence dense ✓✓✓  TimeRipple ✓✓✓
     (✓/✗ = colour, shape, direction)
 
 Reading: this model's q/k are very smooth (flat procedural scenes; the median neighbour Δ is 0.02 - 0.1
 against θ = 0.4 - 0.6 of the Wan2.1 config, which was tuned for the real Wan2.1), so the bundled config
-reuses ~97% of the products on its reusing steps, and the videos move ~20 dB away from dense; the blue
-square's fill ratio then reads as a circle. The floors hold that state; they do not endorse it.
+reuses ~97% of the products on its reusing steps, and the videos move ~17 - 22 dB away from dense, yet
+TimeRipple changes no adherence verdict. The blue square reads as a circle (fill ratio) already in the dense
+video, as in the model card's 20-prompt evaluation. The floors hold that state; they do not endorse it.
 
 How the floors were chosen: savings are a deterministic count, so the floor is the measured value
-minus 0.02 (absolute), room for float-level changes in detection only. PSNR floor = the lowest
-measured per-prompt PSNR minus 3 dB; SSIM floor = the lowest measured minus 0.02, rounded down. A real regression
-(reuse from the wrong position, an uncomputed source, reuse on dense steps) costs far more.
-Adherence: colour and direction may not drop at all; shape may lose at most the one prompt it lost
-when measured (``ADHERENCE_TOLERANCE``). The dense baseline is checked to follow colour and shape
-(direction is not checked there: the model card reports the direction sign as not yet learned).
+minus 0.02 (absolute), rounded down, room for float-level changes in detection only. PSNR floor = the
+lowest measured per-prompt PSNR minus 3 dB; SSIM floor = the lowest measured minus 0.02, rounded down.
+A real regression (reuse from the wrong position, an uncomputed source, reuse on dense steps) costs far
+more. Adherence: no criterion may drop, since TimeRipple lost no prompt on any criterion when measured
+(``ADHERENCE_TOLERANCE``). The dense baseline is checked to follow colour and direction on every prompt
+and shape on all but the one it missed when measured (``DENSE_SHAPE_MISSES``).
 If the shipped weights are retrained, re-measure and reset the floors (the messages print the hash).
-Runtime: 26 s on 2 CPU cores (measured after commit 81781b2 sped up channel-mode detection; the
-figures above were identical before and after it).
+Runtime: 26 s on 2 shared CPU cores.
 
 The shipped weights are required; the module is skipped, with the reason, only if their file is absent.
 """
@@ -69,11 +69,12 @@ PROMPTS = (  # (prompt, seed) pairs of timeripple.eval.ADHERENCE_PROMPTS: three 
 )
 CRITERIA = ("colour", "shape", "direction")
 
-FLOOR_SAVINGS = 0.66  # measured 0.6817
-FLOOR_PSNR_DB = 16.5  # lowest measured 19.50 dB
-FLOOR_SSIM = 0.65  # lowest measured 0.677
-ADHERENCE_TOLERANCE = {"colour": 0, "shape": 1, "direction": 0}  # prompts per criterion that may be lost
-MEASURED_WEIGHTS_SHA256 = "c9e44ff7e22436dfd3f2aaefa81549082c02dca14ee9502604afb1cf3e670f90"
+FLOOR_SAVINGS = 0.66  # measured 0.6815
+FLOOR_PSNR_DB = 14.5  # lowest measured 17.50 dB
+FLOOR_SSIM = 0.63  # lowest measured 0.658
+ADHERENCE_TOLERANCE = {"colour": 0, "shape": 0, "direction": 0}  # prompts per criterion that may be lost
+DENSE_SHAPE_MISSES = 1  # dense prompts whose shape was misread when measured (the blue square)
+MEASURED_WEIGHTS_SHA256 = "af67b5ef32c73f5d0d63d6822c73a7ddd3038ec4a54cb328e974ba810a0a0909"
 
 
 def measure() -> dict:
@@ -156,10 +157,14 @@ def test_adherence_does_not_drop(measured):
         )
 
 
-def test_dense_baseline_follows_colour_and_shape(measured):
+def test_dense_baseline_adheres(measured):
     # the adherence check above only means something if the dense videos adhere
     for (prompt, _), row in zip(PROMPTS, measured["dense"]):
-        assert row["colour"] and row["shape"], f"dense video does not follow {prompt!r}: {row} {_weights_note()}"
+        assert row["colour"] and row["direction"], f"dense video does not follow {prompt!r}: {row} {_weights_note()}"
+    shapes = sum(bool(row["shape"]) for row in measured["dense"])
+    assert shapes >= len(PROMPTS) - DENSE_SHAPE_MISSES, (
+        f"dense shape right on {shapes} of {len(PROMPTS)} prompts: {measured['dense']} {_weights_note()}"
+    )
 
 
 if __name__ == "__main__":  # print the figures the floors are set from
