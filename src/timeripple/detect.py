@@ -310,7 +310,7 @@ def token_sources_from_scores(
         below = best < kth
         ties = (best == kth) & eligible
         room = n_reuse - below.sum(-1, keepdim=True)  # ties taken in index order
-        any_pass = eligible & (n_reuse > 0) & (below | (ties & (_row_cumsum(ties) <= room)))
+        any_pass = eligible & (n_reuse > 0) & (below | (ties & (ties.cumsum(-1) <= room)))
     partner = torch.stack([axis_partners(grid, a, window, device)[0] for a in axes])  # (A, Nv)
     chosen = partner[best_axis, idx]  # (B, H, Nv)
     src = torch.where(any_pass, chosen, idx)
@@ -321,16 +321,6 @@ def token_sources_from_scores(
     for _ in range(len(axes)):  # one hop fixes one axis (see resolve_sources)
         src = torch.gather(src, 2, src)
     return src.to(torch.int32), via
-
-
-def _row_cumsum(x: torch.Tensor) -> torch.Tensor:
-    """Integer prefix sum over the last dim; the Triton row scan when Triton is there (torch's
-    innermost-dim integer scan is slow on CUDA for long rows)."""
-    try:
-        from .kernels.token_kernels import row_cumsum
-    except ImportError:  # Triton is optional
-        return x.cumsum(-1)
-    return row_cumsum(x)
 
 
 def budget_for_pair_savings(
