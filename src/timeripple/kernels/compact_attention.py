@@ -47,17 +47,19 @@ def _gather_rows_kernel(
     X, IDX, L, OUT, stride_xb, stride_xh, stride_xn, H, HC, H0, N, M,
     HEAD_DIM: tl.constexpr, DOUT: tl.constexpr, DP: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """``OUT[b, h, r, :D] = X[b, H0 + h, IDX[b, h, r]]`` for ``r < L[b, h]`` (row ``IDX[b, h, 0]`` for
-    padding rows), channels ``D..DOUT`` zero. ``OUT`` is contiguous ``(B, HC, M, DOUT)``."""
+    """``OUT[b, h - H0, r, :D] = X[b, h, IDX[b, h, r]]`` for ``r < L[b, h]`` (row ``IDX[b, h, 0]`` for
+    padding rows), channels ``D..DOUT`` zero. ``IDX``/``L`` cover all ``H`` heads; ``OUT`` is the
+    chunk's contiguous ``(B, HC, M, DOUT)``."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)                                            # over (B, HC)
     b = bh // HC
     h = H0 + bh % HC
+    gbh = b * H + h                                                  # row of the (B, H, ·) layout
     offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)                   # (R,) compacted rows
     offs_d = tl.arange(0, DP)                                        # (DP,) DP = next pow2 >= DOUT
     in_m = offs_r < M
-    length = tl.load(L + bh)
-    row = tl.load(IDX + bh.to(tl.int64) * N + tl.where(offs_r < length, offs_r, 0), mask=in_m, other=0)
+    length = tl.load(L + gbh)
+    row = tl.load(IDX + gbh.to(tl.int64) * N + tl.where(offs_r < length, offs_r, 0), mask=in_m, other=0)
     x_base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
     vals = tl.load(x_base + row[:, None].to(tl.int64) * stride_xn + offs_d[None, :],
                    mask=in_m[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
@@ -83,9 +85,10 @@ def _merge_values_kernel(
     offs_r = pid * BLOCK_G + tl.arange(0, BLOCK_G)                   # (G,) kept-key ranks
     offs_d = tl.arange(0, DP)                                        # (DP,) DP = next pow2 >= DOUT
     in_m = offs_r < MK
-    lk = tl.load(LK + bh)
+    gbh = b * H + h                                                  # row of the (B, H, ·) layout
+    lk = tl.load(LK + gbh)
     valid = offs_r < lk
-    row = bh.to(tl.int64) * N
+    row = gbh.to(tl.int64) * N
     s = tl.load(IDX_K + row + offs_r, mask=valid, other=0)           # (G,) key index
     cnt = tl.load(COUNT + row + s, mask=valid, other=0)              # (G,) group size
     start = tl.load(START + row + s, mask=valid, other=0)            # (G,) first slot in PERM
@@ -130,8 +133,8 @@ def _finish_kernel(
     offs_d = tl.arange(0, DH)                                        # (DH,) DH = next pow2 >= D
     ok = offs_i < N
     ok_d = offs_d[None, :] < HEAD_DIM
-    row = bh.to(tl.int64) * N
-    src = tl.load(Q_SRC + (b.to(tl.int64) * H + h) * N + offs_i, mask=ok, other=0)
+    row = (b.to(tl.int64) * H + h) * N                               # row of the (B, H, N) layout
+    src = tl.load(Q_SRC + row + offs_i, mask=ok, other=0)
     r = tl.load(RANK_Q + row + src, mask=ok, other=0)                # (S,) compacted row
     oa_rows = OA + (bh.to(tl.int64) * MQ + r) * DA                   # (S,) row pointers
     o = tl.load(oa_rows[:, None] + offs_d[None, :], mask=ok[:, None] & ok_d, other=0.0).to(tl.float32)
@@ -164,8 +167,9 @@ def use_compaction(q: torch.Tensor, ratio: float) -> bool:
 
 def heads_per_chunk(B, H, N, D, mq, mk, itemsize, dv, share=CHUNK_SHARE) -> int:
     """Heads per chunk so that the chunk's compacted buffers (q, k, v, out of SDPA) take at most
-    ``share`` of the bytes of ``q`` (at least one head)."""
-    per_head = B * (mq * (D + dv) + mk * (D + dv)) * itemsize + B * 3 * N * 4 * 2  # + int32 layout
+    ``share`` of the bytes of ``q`` (at least one head). The int32 token layout (six ``(B, H, N)``
+    tensors, ~9% of q's bytes in bf16 at d 128) is built once for all heads, outside this share."""
+    per_head = B * (mq * (D + dv) + mk * (D + dv)) * itemsize
     return max(1, min(H, int(share * B * H * N * D * itemsize // per_head)))
 
 
@@ -206,36 +210,35 @@ def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, vari
     interp = interpreting()
     BLOCK_R = 16 if interp else 64
     BLOCK_S = 16 if interp else 64
+    # -- the token layout, once for all heads (few launches, B·H rows per scan) --
+    lq, lk = lq.contiguous(), lk.contiguous()                           # (B, H) kept counts
+    kept_q, kept_k = q_src == ar, k_src == ar                           # (B, H, N)
+    rank_q = row_cumsum(kept_q, 1)                                      # rank among the kept
+    idx_q, idx_k = pack_kept(kept_q, rank_q).contiguous(), pack_kept(kept_k).contiguous()
+    del kept_q, kept_k
+    count = torch.zeros((B, H, N), dtype=torch.int32, device=q.device)
+    count.scatter_add_(2, k_src.long(), torch.ones_like(count))         # group size at each source
+    start = row_cumsum(count) - count                                   # first slot in perm
+    perm = torch.argsort(k_src, dim=-1, stable=True).to(torch.int32)    # keys grouped by source
     for h0 in range(0, H, hc):
         h1 = min(H, h0 + hc)
         nh = h1 - h0
-        qs, ks = q_src[:, h0:h1], k_src[:, h0:h1]                       # (B, nh, N)
-        kept_q, kept_k = qs == ar, ks == ar
-        lq_c, lk_c = lq[:, h0:h1].contiguous(), lk[:, h0:h1].contiguous()
-        rank_q = row_cumsum(kept_q, 1)                                  # (B, nh, N) rank among kept
-        idx_q, idx_k = pack_kept(kept_q, rank_q).contiguous(), pack_kept(kept_k).contiguous()
-        count = torch.zeros((B, nh, N), dtype=torch.int32, device=q.device)
-        count.scatter_add_(2, ks.long(), torch.ones_like(count))      # group size at each source
-        start = (row_cumsum(count) - count).contiguous()
-        perm = torch.argsort(ks, dim=-1, stable=True).to(torch.int32)  # keys grouped by source
-        del kept_q, kept_k
         # -- compacted q, k (contiguous), merged values (+ weight channel or bias) --
         qc = torch.empty((B, nh, mq, dq), dtype=q.dtype, device=q.device)
         kc = torch.empty((B, nh, mk, dq), dtype=k.dtype, device=k.device)
         va = torch.empty((B, nh, mk, dv), dtype=v.dtype, device=v.device)
         bias = torch.empty((B, nh, mk), dtype=torch.float32, device=q.device) if not weighted else va
-        for x, idx, length, dst, m in ((q, idx_q, lq_c, qc, mq), (k, idx_k, lk_c, kc, mk)):
+        for x, idx, length, dst, m in ((q, idx_q, lq, qc, mq), (k, idx_k, lk, kc, mk)):
             _gather_rows_kernel[(triton.cdiv(m, BLOCK_R), B * nh)](
                 x, idx, length, dst, x.stride(0), x.stride(1), x.stride(2), H, nh, h0, N, m,
                 HEAD_DIM=D, DOUT=dq, DP=triton.next_power_of_2(dq), BLOCK_R=BLOCK_R, num_warps=4,
             )
         _merge_values_kernel[(triton.cdiv(mk, BLOCK_R), B * nh)](
-            v, idx_k, lk_c, count, start, perm, kb if kb is not None else va, va, bias,
+            v, idx_k, lk, count, start, perm, kb if kb is not None else va, va, bias,
             v.stride(0), v.stride(1), v.stride(2), H, nh, h0, N, mk,
             HAS_KB=kb is not None, WEIGHTED=weighted, HEAD_DIM=D, DOUT=dv, DP=triton.next_power_of_2(dv),
             BLOCK_G=BLOCK_R, num_warps=4,
         )
-        del idx_q, idx_k, count, start, perm
         # -- attention over the kept tokens (the fastest SDPA backend for these shapes) --
         mask = None if weighted else bias.to(q.dtype)[:, :, None, :]   # (B, nh, 1, Mk)
         if interp:  # the CPU math SDPA rounds its bf16 internals; run it as cuDNN does (fp32 inside)
@@ -249,5 +252,5 @@ def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, vari
             oa, q_src, rank_q, out, out.stride(0), out.stride(1), out.stride(2), H, nh, h0, N, mq,
             DIVIDE=weighted, HEAD_DIM=D, DH=triton.next_power_of_2(D), DA=dv, BLOCK_S=BLOCK_S, num_warps=4,
         )
-        del oa, rank_q
+        del oa
     return out

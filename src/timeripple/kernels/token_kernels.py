@@ -194,45 +194,31 @@ def _scatter_rows_kernel(
 
 
 @triton.jit
-def _block_sums_kernel(X, SUMS, N, NB, BLOCK: tl.constexpr):
-    """``SUMS[r, j]`` = sum of block ``j`` (``BLOCK`` entries) of row ``r`` of ``X`` (R, N)."""
-    row = tl.program_id(0).to(tl.int64)
-    blk = tl.program_id(1)
-    offs = blk * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(X + row * N + offs, mask=offs < N, other=0).to(tl.int32)
-    tl.store(SUMS + row * NB + blk, tl.sum(x, axis=0))
-
-
-@triton.jit
-def _block_scan_kernel(X, BASE, OUT, N, NB, SHIFT, BLOCK: tl.constexpr):
-    """``OUT`` = inclusive prefix sum of each block plus ``BASE[r, j]`` (the sum of the row's earlier
-    blocks) minus ``SHIFT``."""
-    row = tl.program_id(0).to(tl.int64)
-    blk = tl.program_id(1)
-    offs = blk * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < N
-    x = tl.load(X + row * N + offs, mask=ok, other=0).to(tl.int32)
-    base = tl.load(BASE + row * NB + blk) - SHIFT
-    tl.store(OUT + row * N + offs, tl.cumsum(x, axis=0) + base, mask=ok)
+def _row_cumsum_kernel(X, OUT, N, SHIFT, BLOCK: tl.constexpr):
+    """Inclusive int32 prefix sum of each row of ``X`` (R, N) minus ``SHIFT``; one program per row,
+    walking the row in blocks with a running carry."""
+    row = tl.program_id(0).to(tl.int64) * N
+    carry = tl.sum(tl.zeros([BLOCK], dtype=tl.int32), axis=0) - SHIFT
+    for start in range(0, N, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        ok = offs < N
+        x = tl.load(X + row + offs, mask=ok, other=0).to(tl.int32)
+        tl.store(OUT + row + offs, tl.cumsum(x, axis=0) + carry, mask=ok)
+        carry += tl.sum(x, axis=0)
 
 
 def row_cumsum(x: torch.Tensor, shift: int = 0) -> torch.Tensor:
     """``torch.cumsum(x, -1, dtype=int32) - shift`` for a bool/int tensor. On CUDA (or under
-    ``TRITON_INTERPRET=1``) a two-level Triton scan (block sums, a scan of the few block sums, block
-    scans): torch's innermost-dim integer scan takes ~0.1 ms per call on rows of 30-70k tokens, and
-    the token layout needs several per call."""
+    ``TRITON_INTERPRET=1``) one Triton program per row, one launch: torch's innermost-dim integer
+    scan takes ~0.1 ms per call on rows of 30-70k tokens. The token layout is built for all heads at
+    once, so there are enough rows (``B·H``) to fill the GPU."""
     if not (x.is_cuda or interpreting()) or x.numel() == 0:
         return torch.cumsum(x, -1, dtype=torch.int32) - shift
     x = x.contiguous()
-    N = x.shape[-1]
-    R = x.numel() // N
-    BLOCK = 32 if interpreting() else 1024
-    NB = triton.cdiv(N, BLOCK)
-    sums = torch.empty((R, NB), dtype=torch.int32, device=x.device)
-    _block_sums_kernel[(R, NB)](x, sums, N, NB, BLOCK=BLOCK, num_warps=4)
-    base = (torch.cumsum(sums, -1, dtype=torch.int32) - sums).contiguous()  # (R, NB), short rows
     out = torch.empty(x.shape, dtype=torch.int32, device=x.device)
-    _block_scan_kernel[(R, NB)](x, base, out, N, NB, shift, BLOCK=BLOCK, num_warps=4)
+    N = x.shape[-1]
+    BLOCK = 64 if interpreting() else 4096
+    _row_cumsum_kernel[(x.numel() // N,)](x, out, N, shift, BLOCK=BLOCK, num_warps=8)
     return out
 
 
