@@ -37,10 +37,7 @@ from .token_kernels import interpreting, pack_kept, row_cumsum
 VARIANTS = ("vcount", "pad", "bias")
 DEFAULT_VARIANT = "vcount"
 # compacted buffers of one chunk of heads, as a share of q's bytes (peak memory <= dense + 10%)
-# the int32 token layout (all heads) plus one chunk's compacted buffers, as a share of q's bytes
-# (peak memory <= dense + 10%: dense holds q, k, v and the output)
-CHUNK_SHARE = 0.27
-LAYOUT_INTS = 6  # int32 (B, H, N) tensors of the layout: rank_q, idx_q, idx_k, count, start, perm
+CHUNK_SHARE = 0.18  # + the int32 token layout (~0.09 q) stays within dense + 10% (measured)
 # largest padded-pairs / real-pairs ratio for which compaction + cuDNN beats the varlen Triton kernel
 PAD_LIMIT = 1.8
 
@@ -169,13 +166,11 @@ def use_compaction(q: torch.Tensor, ratio: float) -> bool:
 
 
 def heads_per_chunk(B, H, N, D, mq, mk, itemsize, dv, share=CHUNK_SHARE) -> int:
-    """Heads per chunk so that the token layout (``LAYOUT_INTS`` int32 ``(B, H, N)`` tensors, built
-    once for all heads: 9% of q's bytes in bf16 at d 128, 19% at d 64) plus one chunk's compacted
-    buffers (q, k, v and the SDPA output) take at most ``share`` of the bytes of ``q`` (at least one
-    head per chunk)."""
+    """Heads per chunk so that the chunk's compacted buffers (q, k, v, out of SDPA) take at most
+    ``share`` of the bytes of ``q`` (at least one head). The int32 token layout (six ``(B, H, N)``
+    tensors, ~9% of q's bytes in bf16 at d 128) is built once for all heads, outside this share."""
     per_head = B * (mq * (D + dv) + mk * (D + dv)) * itemsize
-    room = share * B * H * N * D * itemsize - LAYOUT_INTS * B * H * N * 4
-    return max(1, min(H, int(room // per_head)))
+    return max(1, min(H, int(share * B * H * N * D * itemsize // per_head)))
 
 
 def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, variant=DEFAULT_VARIANT,
