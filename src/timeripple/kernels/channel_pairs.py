@@ -65,6 +65,19 @@ def _passes(a, b, theta):
 
 
 @triton.jit
+def cube_row(row, bh, H, NPY, NBX, BLOCK_X: tl.constexpr):
+    """Program ``(row, bh)`` of a window-2 cube kernel -> ``(b, h, t0, y0, xc)``: batch, head, the
+    first t and y of its cubes, and the ``BLOCK_X`` cube indices along x (cubes are 2x2x2; ``NPY`` cube
+    rows along y, ``NBX`` programs along x)."""
+    b = bh // H
+    h = bh % H
+    xb = row % NBX
+    yp = (row // NBX) % NPY
+    tp = row // (NBX * NPY)
+    return b, h, 2 * tp, 2 * yp, xb * BLOCK_X + tl.arange(0, BLOCK_X)
+
+
+@triton.jit
 def _pairs_kernel(
     x_ptr, out_ptr, cnt_ptr,
     sxb, sxh, sxn, sob, soh, son,
@@ -74,16 +87,8 @@ def _pairs_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_X: tl.constexpr, STATS: tl.constexpr,
 ):
     # -- which cubes: program (row of cubes, batch*head) --
-    row = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    xb = row % NBX
-    yp = (row // NBX) % NPY
-    tp = row // (NBX * NPY)
-    t0 = 2 * tp
-    y0 = 2 * yp
-    xc = xb * BLOCK_X + tl.arange(0, BLOCK_X)  # (BX,) cube index along x
+    b, h, t0, y0, xc = cube_row(tl.program_id(0), bh, H, NPY, NBX, BLOCK_X)  # xc: (BX,) cube index along x
     d = tl.arange(0, D_PAD)
     dmask = d < HEAD_DIM
     x_base = x_ptr + b * sxb + h * sxh

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from .._validation import value_error
+from .channel_pairs import cube_row
 from .token_kernels import interpreting
 
 CRITERIA = ("strict", "rms")
@@ -102,16 +103,9 @@ def _cube_scores_kernel(
     """Window 2: one program per row of ``BLOCK_X`` 2x2x2 cubes of one (b, h). The eight members are
     read once as (BLOCK_X, D) tiles; each of the cube's 12 edges gives the score of its second member
     on the edge's axis. First members (offset 0 on an axis) get NaN there."""
-    row = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    xb = row % NBX
-    yp = (row // NBX) % NPY
-    tp = row // (NBX * NPY)
-    t0 = 2 * tp
-    y0 = 2 * yp
-    xa = 2 * (xb * BLOCK_X + tl.arange(0, BLOCK_X))                  # (BX,) x of the first members
+    b, h, t0, y0, xc = cube_row(tl.program_id(0), bh, H, NPY, NBX, BLOCK_X)
+    xa = 2 * xc                                                     # (BX,) x of the first members
     d = tl.arange(0, HEAD_DIM)[None, :]
     in_a = xa < WG
     in_b = (xa + 1) < WG
