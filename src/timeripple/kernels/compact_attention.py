@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .token_kernels import interpreting, pack_kept, row_cumsum
+from .token_kernels import TokenPlanLayout, interpreting
 
 VARIANTS = ("vcount", "pad", "bias")
 DEFAULT_VARIANT = "vcount"
@@ -211,15 +211,7 @@ def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, vari
     BLOCK_R = 16 if interp else 64
     BLOCK_S = 16 if interp else 64
     # -- the token layout, once for all heads (few launches, B·H rows per scan) --
-    lq, lk = lq.contiguous(), lk.contiguous()                           # (B, H) kept counts
-    kept_q, kept_k = q_src == ar, k_src == ar                           # (B, H, N)
-    rank_q = row_cumsum(kept_q, 1)                                      # rank among the kept
-    idx_q, idx_k = pack_kept(kept_q, rank_q).contiguous(), pack_kept(kept_k).contiguous()
-    del kept_q, kept_k
-    count = torch.zeros((B, H, N), dtype=torch.int32, device=q.device)
-    count.scatter_add_(2, k_src.long(), torch.ones_like(count))         # group size at each source
-    start = row_cumsum(count) - count                                   # first slot in perm
-    perm = torch.argsort(k_src, dim=-1, stable=True).to(torch.int32)    # keys grouped by source
+    layout = TokenPlanLayout(q_src, k_src, (lq, lk, mq, mk))
     for h0 in range(0, H, hc):
         h1 = min(H, h0 + hc)
         nh = h1 - h0
@@ -228,13 +220,13 @@ def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, vari
         kc = torch.empty((B, nh, mk, dq), dtype=k.dtype, device=k.device)
         va = torch.empty((B, nh, mk, dv), dtype=v.dtype, device=v.device)
         bias = torch.empty((B, nh, mk), dtype=torch.float32, device=q.device) if not weighted else va
-        for x, idx, length, dst, m in ((q, idx_q, lq, qc, mq), (k, idx_k, lk, kc, mk)):
+        for x, idx, length, dst, m in ((q, layout.idx_q, layout.lq, qc, mq), (k, layout.idx_k, layout.lk, kc, mk)):
             _gather_rows_kernel[(triton.cdiv(m, BLOCK_R), B * nh)](
                 x, idx, length, dst, x.stride(0), x.stride(1), x.stride(2), H, nh, h0, N, m,
                 HEAD_DIM=D, DOUT=dq, DP=triton.next_power_of_2(dq), BLOCK_R=BLOCK_R, num_warps=4,
             )
         _merge_values_kernel[(triton.cdiv(mk, BLOCK_R), B * nh)](
-            v, idx_k, lk, count, start, perm, kb if kb is not None else va, va, bias,
+            v, layout.idx_k, layout.lk, layout.count, layout.start, layout.perm, kb if kb is not None else va, va, bias,
             v.stride(0), v.stride(1), v.stride(2), H, nh, h0, N, mk,
             HAS_KB=kb is not None, WEIGHTED=weighted, HEAD_DIM=D, DOUT=dv, DP=triton.next_power_of_2(dv),
             BLOCK_G=BLOCK_R, num_warps=4,
@@ -249,7 +241,7 @@ def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, vari
         del qc, kc, va, mask
         # -- every output row from its kept source's compacted row --
         _finish_kernel[(triton.cdiv(N, BLOCK_S), B * nh)](
-            oa, q_src, rank_q, out, out.stride(0), out.stride(1), out.stride(2), H, nh, h0, N, mq,
+            oa, q_src, layout.rank_q, out, out.stride(0), out.stride(1), out.stride(2), H, nh, h0, N, mq,
             DIVIDE=weighted, HEAD_DIM=D, DH=triton.next_power_of_2(D), DA=dv, BLOCK_S=BLOCK_S, num_warps=4,
         )
         del oa

@@ -239,8 +239,9 @@ def pack_kept(kept: torch.Tensor, rank: torch.Tensor | None = None) -> torch.Ten
 
 
 class TokenPlanLayout:
-    """Device-side layout of a token plan (everything the kernels read), built without host syncs
-    except ``mk`` (the largest kept-key count, sizes the merged-key buffers)."""
+    """Device-side layout of a token plan (everything the kernels read, for all heads at once; used by
+    the varlen Triton path and by the compaction path), built without host syncs except ``mk`` (the
+    largest kept-key count) when ``lengths`` does not bring it."""
 
     def __init__(self, q_src: torch.Tensor, k_src: torch.Tensor, lengths=None):
         B, H, N = q_src.shape
@@ -252,18 +253,23 @@ class TokenPlanLayout:
             lq, lk, _, mk = lengths
         self.lq = lq.reshape(B * H).contiguous()                        # (B*H,) int32
         self.lk = lk.reshape(B * H).contiguous()                        # (B*H,) int32
-        self.idx_q = pack_kept(kept_q).contiguous()                     # (B, H, N)
+        self.rank_q = row_cumsum(kept_q, 1)                             # (B, H, N) rank among kept queries
+        self.idx_q = pack_kept(kept_q, self.rank_q).contiguous()        # (B, H, N)
         self.idx_k = pack_kept(kept_k).contiguous()                     # (B, H, N)
         k_long = k_src.long()
         self.count = torch.zeros((B, H, N), dtype=torch.int32, device=q_src.device)
         self.count.scatter_add_(2, k_long, torch.ones_like(self.count))  # group size at each source
         self.start = row_cumsum(self.count) - self.count               # first slot in perm
         self.perm = torch.argsort(k_src, dim=-1, stable=True).to(torch.int32)  # keys grouped by source
-        pairs = self.lq.long() * self.lk.long()
-        self.order = torch.argsort(pairs, descending=True).to(torch.int32)  # (B*H,) longest first
         self.mk = int(self.lk.max()) if mk is None else int(mk)       # the one host sync
         self.q_src = q_src.int().contiguous()
         self.shape = (B, H, N)
+
+    @property
+    def order(self) -> torch.Tensor:
+        """(B*H,) int32 heads by kept pairs, most first (the varlen attention kernel's launch order;
+        the compaction path does not need it)."""
+        return torch.argsort(self.lq.long() * self.lk.long(), descending=True).to(torch.int32)
 
 
 def merge_keys_torch(v, k, k_src, layout: TokenPlanLayout, key_bias=None):
