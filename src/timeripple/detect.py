@@ -238,30 +238,21 @@ def detect_token_sources(
         `tuple[torch.Tensor, torch.Tensor]`: ``src`` int64 ``(B, H, Nv)`` and ``via`` int8
         ``(B, H, Nv)`` (index in ``AXES``, -1 when computed).
     """
-    shape = tuple(x.shape[:3])
     axes = _checked_axes(thresholds, priority)
-    if budget is None:
+    if budget is None:  # an axis with θ = 0 passes nothing: no need to score it
         axes = [a for a in axes if float(thresholds[a]) != 0]
-    partners, scores = {}, []
-    for axis in axes:
-        partner, non_first = axis_partners(grid, axis, window, x.device)
-        score = token_scores(x, grid, axis, window, criterion, fraction)  # (B, H, Nv)
-        partners[axis] = partner
-        scores.append(torch.where(non_first.view(1, 1, -1), score, math.nan))
-    if budget is None:
-        passes = [(a, s < float(thresholds[a])) for a, s in zip(axes, scores)]
-        return _sources_from_passes(passes, partners, shape, x.device)
-    if not axes:
-        return _sources_from_passes([], partners, shape, x.device)
-    stacked = torch.stack(scores, dim=-1).nan_to_num(nan=math.inf)  # (B, H, Nv, A)
-    best, best_axis = stacked.min(dim=-1)  # first minimum = highest priority on ties
-    eligible = torch.isfinite(best)  # (B, H, Nv)
-    n_reuse = torch.round(eligible.sum(-1, keepdim=True).double() * budget).long()  # (B, H, 1)
-    order = torch.argsort(best, dim=-1, stable=True)  # smallest first, +inf last
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(shape[2], device=x.device).expand_as(order))
-    reuse = eligible & (rank < n_reuse)  # (B, H, Nv)
-    passes = [(a, reuse & (best_axis == i)) for i, a in enumerate(axes)]
-    return _sources_from_passes(passes, partners, shape, x.device)
+    cols = []
+    for axis in AXES:  # the (B, H, Nv, 3) score layout of token_sources_from_scores
+        if axis in axes:
+            _, non_first = axis_partners(grid, axis, window, x.device)
+            score = token_scores(x, grid, axis, window, criterion, fraction)  # (B, H, Nv)
+            cols.append(torch.where(non_first.view(1, 1, -1), score, math.nan))
+        else:  # never read
+            cols.append(torch.full(x.shape[:3], math.nan, device=x.device))
+    src, via = token_sources_from_scores(
+        torch.stack(cols, dim=-1), grid, thresholds, window=window, priority=priority, budget=budget
+    )
+    return src.long(), via
 
 
 def token_sources_from_scores(
@@ -281,9 +272,11 @@ def token_sources_from_scores(
     (b, h) over ``Nv``; ties broken by token index, as the stable argsort of the plain path) and chain
     resolution (``len(axes)`` unconditional hops, no equality check) run on these small tensors.
 
+    :func:`detect_token_sources` (the torch path) computes the same scores with :func:`token_scores`
+    and selects through this function too, so both paths share one selection.
+
     Returns:
-        `tuple[torch.Tensor, torch.Tensor]`: ``src`` int32 ``(B, H, Nv)`` and ``via`` int8 ``(B, H, Nv)``,
-        equal to :func:`detect_token_sources` on scores equal to ``token_scores``.
+        `tuple[torch.Tensor, torch.Tensor]`: ``src`` int32 ``(B, H, Nv)`` and ``via`` int8 ``(B, H, Nv)``.
     """
     B, H, Nv, _ = scores.shape
     device = scores.device
