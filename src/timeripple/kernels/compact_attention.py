@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .token_kernels import TokenPlanLayout, interpreting
+from .token_kernels import TokenPlanLayout, group_v_sums, interpreting
 
 VARIANTS = ("vcount", "pad", "bias")
 DEFAULT_VARIANT = "vcount"
@@ -89,17 +89,9 @@ def _merge_values_kernel(
     lk = tl.load(LK + gbh)
     valid = offs_r < lk
     row = gbh.to(tl.int64) * N
-    s = tl.load(IDX_K + row + offs_r, mask=valid, other=0)           # (G,) key index
-    cnt = tl.load(COUNT + row + s, mask=valid, other=0)              # (G,) group size
-    start = tl.load(START + row + s, mask=valid, other=0)            # (G,) first slot in PERM
     v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-    # -- sum the v rows of each group --
-    acc = tl.zeros([BLOCK_G, DP], dtype=tl.float32)
-    for g in range(0, tl.max(cnt, axis=0)):
-        take = valid & (g < cnt)
-        j = tl.load(PERM + row + start + g, mask=take, other=0)      # (G,) member index
-        acc += tl.load(v_base + j[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
-                       mask=take[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0).to(tl.float32)
+    s, cnt, acc = group_v_sums(v_base, stride_vn, IDX_K, COUNT, START, PERM, row, offs_r, valid, offs_d,
+                               HEAD_DIM, BLOCK_G, DP)                 # summed v of each group
     cnt_f = cnt.to(tl.float32)
     if WEIGHTED:
         e = tl.full([BLOCK_G], 1.0, dtype=tl.float32)

@@ -40,6 +40,24 @@ def interpreting() -> bool:
 
 
 @triton.jit
+def group_v_sums(V_BASE, stride_vn, IDX_K, COUNT, START, PERM, row, offs_r, valid, offs_d,
+                 HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, DP: tl.constexpr):
+    """For the kept-key ranks ``offs_r`` of one (b, h) (layout row offset ``row``): the key index
+    ``s``, its group size ``cnt`` and the float32 sum of its group's ``v`` rows ``(BLOCK_G, DP)``
+    (members are contiguous in ``PERM`` from ``START[s]``; channels ``>= HEAD_DIM`` are zero)."""
+    s = tl.load(IDX_K + row + offs_r, mask=valid, other=0)           # (G,) key index
+    cnt = tl.load(COUNT + row + s, mask=valid, other=0)              # (G,) group size
+    start = tl.load(START + row + s, mask=valid, other=0)            # (G,) first slot in PERM
+    acc = tl.zeros([BLOCK_G, DP], dtype=tl.float32)
+    for g in range(0, tl.max(cnt, axis=0)):
+        take = valid & (g < cnt)
+        j = tl.load(PERM + row + start + g, mask=take, other=0)      # (G,) member index
+        acc += tl.load(V_BASE + j[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
+                       mask=take[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0).to(tl.float32)
+    return s, cnt, acc
+
+
+@triton.jit
 def _merge_keys_kernel(
     V, K, IDX_K, LK, COUNT, START, PERM, KEY_BIAS, VM, KC, BIAS,
     stride_vb, stride_vh, stride_vn, stride_kb, stride_kh, stride_kn,
@@ -58,18 +76,9 @@ def _merge_keys_kernel(
     offs_d = tl.arange(0, HEAD_DIM)                                  # (D,)
     valid = offs_r < lk
     row = bh.to(tl.int64) * N
-    s = tl.load(IDX_K + row + offs_r, mask=valid, other=0)           # (G,) key index
-    cnt = tl.load(COUNT + row + s, mask=valid, other=0)              # (G,) group size
-    start = tl.load(START + row + s, mask=valid, other=0)            # (G,) first slot in PERM
     v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-    # -- sum the v rows of each group (members are contiguous in PERM) --
-    acc = tl.zeros([BLOCK_G, HEAD_DIM], dtype=tl.float32)
-    gmax = tl.max(cnt, axis=0)
-    for g in range(0, gmax):
-        take = valid & (g < cnt)
-        j = tl.load(PERM + row + start + g, mask=take, other=0)      # (G,) member index
-        acc += tl.load(v_base + j[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
-                       mask=take[:, None], other=0.0).to(tl.float32)
+    s, cnt, acc = group_v_sums(v_base, stride_vn, IDX_K, COUNT, START, PERM, row, offs_r, valid, offs_d,
+                               HEAD_DIM, BLOCK_G, HEAD_DIM)
     cnt_f = tl.maximum(cnt, 1).to(tl.float32)
     out_row = bh.to(tl.int64) * MK + offs_r                          # (G,) row in (B*H, MK)
     tl.store(VM + out_row[:, None] * HEAD_DIM + offs_d[None, :],
