@@ -12,6 +12,7 @@ import logging
 from typing import Callable, Optional
 
 import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from ..._validation import value_error
 from ..parallel import rank_dense_products, ulysses_ripple_attention
@@ -116,6 +117,19 @@ class TimeRippleAttnProcessor:
                 "module was called outside `transformer.forward`)", _HOW_TO,
             )
         return ctx
+
+    def _dispatch_dense(self, query, key, value, attn_mask=None) -> Callable[[], torch.Tensor]:
+        """The stock call of diffusers' attention dispatcher on ``(B, N, H, D)`` tensors, as a closure
+        returning ``(B, H, N, D)`` (the ``dense`` argument of :meth:`_attend`)."""
+
+        def dense():
+            out = dispatch_attention_fn(
+                query, key, value, attn_mask=attn_mask, dropout_p=0.0, is_causal=False,
+                backend=self._attention_backend, parallel_config=self._parallel_config,
+            )
+            return out.transpose(1, 2)
+
+        return dense
 
     def _attend(
         self,

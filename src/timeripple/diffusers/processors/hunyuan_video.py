@@ -9,7 +9,6 @@ Swapped: ``transformer_blocks.*.attn`` (dual-stream, text from ``add_*_proj``) a
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video import (
@@ -69,12 +68,7 @@ class HunyuanVideoTimeRippleAttnProcessor(TimeRippleAttnProcessor, HunyuanVideoA
             key = torch.cat([key, encoder_key], dim=1)
             value = torch.cat([value, encoder_value], dim=1)
 
-        def dense():
-            out = dispatch_attention_fn(
-                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                backend=self._attention_backend, parallel_config=self._parallel_config,
-            )
-            return out.transpose(1, 2)
+        dense = self._dispatch_dense(query, key, value, attention_mask)
 
         hidden_states = self._attend(
             query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dense=dense,

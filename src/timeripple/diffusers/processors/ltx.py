@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_ltx import (
     LTXAttention,
     LTXVideoAttnProcessor,
@@ -59,12 +58,7 @@ class LTXVideoTimeRippleAttnProcessor(TimeRippleAttnProcessor, LTXVideoAttnProce
         key = key.unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
 
-        def dense():
-            out = dispatch_attention_fn(
-                query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
-                backend=self._attention_backend, parallel_config=self._parallel_config,
-            )
-            return out.transpose(1, 2)
+        dense = self._dispatch_dense(query, key, value)
 
         hidden_states = self._attend(
             query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dense=dense

@@ -8,7 +8,6 @@ transposes the same way, so a threshold of 0 is bit-identical to stock.
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import (
     WanAttention,
     WanAttnProcessor,
@@ -61,12 +60,7 @@ class WanTimeRippleAttnProcessor(TimeRippleAttnProcessor, WanAttnProcessor):
             query = _apply_rotary_emb(query, *rotary_emb)
             key = _apply_rotary_emb(key, *rotary_emb)
 
-        def dense():
-            out = dispatch_attention_fn(
-                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                backend=self._attention_backend, parallel_config=self._parallel_config,
-            )
-            return out.transpose(1, 2)
+        dense = self._dispatch_dense(query, key, value, attention_mask)
 
         hidden_states = self._attend(
             query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dense=dense, attn_mask=attention_mask
