@@ -128,6 +128,29 @@ def methods_for(name, args):
         yield f"token {target:.1%} kernels only", kernel_only, target, "plan prebuilt"
         if target == 0.75:
             yield "token plan (fused detection + selection)", plan_only, None, "q and k, budget 75%"
+        # keys merged in disjoint pairs (bias-free count classes), key-heavy split
+        bq, bk = detect.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
+        pair_kw = dict(budget=max(bq, 1e-6), key_budget=bk, token_keys="pairs")
+
+        def full_pairs(q, k, v, kw=pair_kw, repr_="source"):
+            return lambda: timeripple.ripple_attention(q, k, v, threshold=theta, mode="token", key_repr=repr_,
+                                                       **kw, **base)
+
+        def kernel_pairs(q, k, v, kw=pair_kw):
+            q_src, k_src, _, _ = build_token_plan(q, k, thresholds=thresholds, window=2, priority=("t", "y", "x"),
+                                                  criterion="strict", fraction=0.9, **kw, **base)
+            return lambda: token_attention(q, k, v, q_src, k_src)
+
+        def plan_pairs(q, k, v, kw=pair_kw):
+            return lambda: build_token_plan(q, k, thresholds=thresholds, window=2, priority=("t", "y", "x"),
+                                            criterion="strict", fraction=0.9, **kw, **base)
+
+        yield f"token {target:.1%} pairs (all)", full_pairs, target, "keys in pairs: bias-free count classes"
+        yield f"token {target:.1%} pairs kernels only", kernel_pairs, target, "plan prebuilt"
+        if target == 0.75:
+            yield (f"token {target:.1%} pairs, mean k (all)", lambda q, k, v: full_pairs(q, k, v, repr_="mean"),
+                   target, "merged key = pair mean")
+            yield "token plan, pairs (detection + selection)", plan_pairs, None, "q and k, 75%"
 
     def fused_detection(q, k, v):
         from timeripple.kernels.detect_kernels import token_axis_scores

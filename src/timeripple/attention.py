@@ -38,7 +38,10 @@ def ripple_attention(
     token_fraction: float = 0.9,
     budget: float | None = None,
     scale: float | None = None,
-    return_stats: bool = False,
+    return_stats: bool | str = False,
+    token_keys: str = "chain",
+    key_budget: float | None = None,
+    key_repr: str = "source",
 ):
     r"""Self-attention that reuses ``q``/``k`` values between neighbouring video tokens (TimeRipple).
 
@@ -81,7 +84,18 @@ def ripple_attention(
             ``(batch, head, side)`` with the smallest score, for predictable cost, in ``(0, 1]``. The
             threshold *value* is then ignored (a dict still selects the axes; ``None`` still means dense).
         scale (`float`, *optional*): softmax scale, default ``1/sqrt(D)``.
-        return_stats (`bool`, defaults to `False`): also return a :class:`~timeripple.RippleStats`.
+        return_stats (`bool` or `str`, defaults to `False`): also return a :class:`~timeripple.RippleStats`.
+            ``"device"`` (token mode): its ``qk_savings`` / ``pair_savings`` stay on the device and the
+            reused fractions are left empty, so the call makes no host sync for statistics.
+        token_keys (`str`, defaults to `"chain"`): token mode. ``"chain"``: keys merge like queries (any
+            group a window allows). ``"pairs"``: keys merge only in disjoint pairs (window 2; one pairing
+            axis per 2x2x2 cube), so every merged key has count 2 and, in budget mode, every head the
+            same number of pairs: attention then runs without a per-key bias (faster on cuDNN).
+        key_budget (`float`, *optional*): token mode with ``budget``: the key side's budget (default
+            ``budget``); with ``"pairs"`` the share of the possible pairs merged.
+            ``detect.pair_budgets_for_pair_savings`` gives both budgets for a pair-savings target.
+        key_repr (`str`, defaults to `"source"`): token mode. The key standing for a merged group: its
+            source's ``k`` or the group's ``"mean"`` ``k`` (``v`` is always the group mean).
 
     Returns:
         `torch.Tensor` ``(B, H, N, Dv)`` in ``q``'s dtype, or ``(out, stats)`` with ``return_stats``.
@@ -102,6 +116,7 @@ def ripple_attention(
     if mode not in MODES:
         raise value_error("mode", mode, "must be 'channel' or 'token'", "pass mode='channel' or mode='token'")
     _check_options(mode, channel_alpha, token_criterion, token_fraction, budget, scale)
+    _check_token_plan_options(mode, token_keys, key_budget, key_repr, budget, window, return_stats)
     _check_mask(attn_mask, q)
     if threshold is None:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
@@ -114,7 +129,7 @@ def ripple_attention(
             q, k, v, grid=grid, thresholds=thresholds, threshold=threshold, text_len=text_len,
             text_position=text_position, attn_mask=attn_mask, window=window, axes=axes, priority=priority,
             criterion=token_criterion, fraction=token_fraction, budget=budget, scale=scale,
-            return_stats=return_stats,
+            return_stats=return_stats, token_keys=token_keys, key_budget=key_budget, key_repr=key_repr,
         )
     if all(theta == 0 for theta in thresholds.values()):  # nothing can pass: skip detection entirely
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
@@ -288,6 +303,32 @@ def _check_options(mode, channel_alpha, criterion, fraction, budget, scale) -> N
             raise value_error("budget", budget, "applies to mode='token' only", "pass mode='token' or budget=None")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or math.isnan(scale)):
         raise value_error("scale", scale, "must be None or a real number", "leave scale=None for 1/sqrt(D)")
+
+
+def _check_token_plan_options(mode, token_keys, key_budget, key_repr, budget, window, return_stats) -> None:
+    from .kernels.reference import check_key_repr
+
+    if token_keys not in detect.TOKEN_KEYS:
+        raise value_error("token_keys", token_keys, f"must be one of {detect.TOKEN_KEYS}",
+                          "pass token_keys='chain' (default) or 'pairs'")
+    check_key_repr(key_repr)
+    if return_stats not in (True, False, "device"):
+        raise value_error("return_stats", return_stats, "must be True, False or 'device'", "pass return_stats=True")
+    if return_stats == "device" and mode != "token":
+        raise value_error("return_stats", return_stats, "'device' statistics exist in token mode only",
+                          "pass return_stats=True")
+    if mode != "token" and (token_keys != "chain" or key_budget is not None or key_repr != "source"):
+        raise value_error("mode", mode, "token_keys, key_budget and key_repr apply to mode='token' only",
+                          "pass mode='token' or leave them at their defaults")
+    if token_keys == "pairs" and window != 2:
+        raise value_error("window", window, "token_keys='pairs' pairs the members of 2x2x2 cubes",
+                          "use window=2, or token_keys='chain'")
+    if key_budget is not None:
+        if isinstance(key_budget, bool) or not isinstance(key_budget, numbers.Real) or not 0 <= key_budget <= 1:
+            raise value_error("key_budget", key_budget, "must be None or a number in [0, 1]", "use e.g. 1.0")
+        if budget is None:
+            raise value_error("key_budget", key_budget, "needs budget (the query side's budget) to be set",
+                              "pass budget=..., e.g. from detect.pair_budgets_for_pair_savings(...)")
 
 
 def _check_mask(attn_mask, q) -> None:

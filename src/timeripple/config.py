@@ -33,7 +33,8 @@ MODES = ("channel", "token")
 TOKEN_CRITERIA = ("strict", "fraction", "rms")
 NEWLINE_END_OF_DOCUMENT = "\n...\n"  # what yaml.safe_dump puts after a plain scalar
 # config fields passed to ripple_attention unchanged (besides the scheduled threshold)
-_ATTENTION_FIELDS = ("mode", "window", "axes", "priority", "channel_alpha", "token_criterion", "token_fraction", "budget")
+_ATTENTION_FIELDS = ("mode", "window", "axes", "priority", "channel_alpha", "token_criterion", "token_fraction", "budget",
+                     "token_keys", "key_budget", "key_repr")
 
 # field -> comment written above it in YAML (meaning and unit)
 _FIELD_DOCS = {
@@ -69,6 +70,12 @@ _FIELD_DOCS = {
     "token_fraction": "Token mode, criterion fraction: share of channels that must pass (0 < f <= 1).",
     "budget": "Token mode only: reuse this fraction of the eligible tokens per head and side, those with the "
     "smallest Delta (0 < b <= 1); null = the threshold alone decides.",
+    "token_keys": "Token mode only: chain = keys merge like queries (any group a window allows); pairs = keys "
+    "merge only in disjoint pairs (window 2), so attention needs no per-key bias (faster on a GPU).",
+    "key_budget": "Token mode with budget only: the key side's budget (with token_keys pairs: the share of the "
+    "possible pairs merged, 0..1); null = budget.",
+    "key_repr": "Token mode only: the key standing for a merged group: source = its first token's k; mean = "
+    "the group's mean k. The value is always the group's mean v.",
 }
 
 
@@ -158,6 +165,10 @@ class TimeRippleConfig:
         token_criterion (`str`, defaults to ``"strict"``): token mode: ``"strict"``, ``"fraction"``, ``"rms"``.
         token_fraction (`float`, defaults to 0.9): share of channels that must pass for ``"fraction"``.
         budget (`float`, *optional*): token mode only: fraction (``0 < b <= 1``) of eligible tokens reused.
+        token_keys (`str`, defaults to ``"chain"``): token mode: ``"chain"`` or ``"pairs"`` (keys merge in
+            disjoint pairs only; window 2; bias-free attention).
+        key_budget (`float`, *optional*): token mode with ``budget``: the key side's budget (``0..1``).
+        key_repr (`str`, defaults to ``"source"``): token mode: merged key = source ``k`` or group ``"mean"``.
 
     Example:
 
@@ -189,6 +200,9 @@ class TimeRippleConfig:
     token_criterion: str = "strict"
     token_fraction: float = 0.9
     budget: Optional[float] = None
+    token_keys: str = "chain"
+    key_budget: Optional[float] = None
+    key_repr: str = "source"
 
     def __post_init__(self):
         def put(field, value):  # frozen: normalised values are stored with object.__setattr__
@@ -242,6 +256,20 @@ class TimeRippleConfig:
                 "set `mode: token` or `budget: null`",
             )
         put("budget", budget)
+        put("token_keys", _check_choice("token_keys", self.token_keys, ("chain", "pairs")))
+        put("key_repr", _check_choice("key_repr", self.key_repr, ("source", "mean")))
+        key_budget = _check_real("key_budget", self.key_budget, allow_none=True, low=0, high=1)
+        if key_budget is not None and budget is None:
+            raise value_error("key_budget", key_budget, "needs `budget` (the query side's budget) to be set",
+                              "set `budget`, or `key_budget: null`")
+        put("key_budget", key_budget)
+        if self.mode != "token" and (self.token_keys != "chain" or self.key_repr != "source"):
+            raise value_error("token_keys / key_repr", (self.token_keys, self.key_repr),
+                              f"apply only with mode='token', got mode={self.mode!r}",
+                              "set `mode: token`, or leave them at chain / source")
+        if self.token_keys == "pairs" and self.window != 2:
+            raise value_error("window", self.window, "token_keys 'pairs' pairs the members of 2x2x2 cubes",
+                              "set `window: 2`, or `token_keys: chain`")
 
     def _checked_scale(self) -> Optional[Dict[str, float]]:
         scale = self.axis_threshold_scale

@@ -31,6 +31,8 @@ def build_token_plan(
     fraction: float = 0.9,
     budget: float | None = None,
     fused: bool | None = None,
+    token_keys: str = "chain",
+    key_budget: float | None = None,
 ):
     """Detect reusable tokens of ``q`` and ``k`` ``(B, H, N, D)`` and build the token plan.
 
@@ -42,27 +44,43 @@ def build_token_plan(
     fused path (CPU tensors work under ``TRITON_INTERPRET=1``), ``False`` the torch path. Both give the
     same plan up to float32 rounding of the scores.
 
+    ``token_keys``: ``"chain"`` (both sides as above) or ``"pairs"`` (keys merge only in disjoint pairs,
+    :func:`detect.pair_sources_from_scores`; window 2). ``key_budget``: the key side's budget (default
+    ``budget``; with ``"pairs"`` a share of the pairs, else of the eligible keys).
+
     Returns:
         ``(q_src, k_src, via_q, via_k)``: int32 ``(B, H, N)`` sources over the whole sequence and int8
         ``(B, H, Nv)`` axis indices (into ``detect.AXES``, -1 = computed) over the video tokens.
     """
     if fused is None:
         fused = fused_detection_reason(q, criterion) is None
+    if token_keys not in detect.TOKEN_KEYS:
+        raise value_error("token_keys", token_keys, f"must be one of {detect.TOKEN_KEYS}",
+                          "pass token_keys='chain' (default) or 'pairs'")
+    if token_keys == "pairs" and window != 2:
+        raise value_error("window", window, "token_keys='pairs' pairs the members of 2x2x2 cubes",
+                          "use window=2, or token_keys='chain'")
     out = []
-    for x in (q, k):
+    for side, x in enumerate((q, k)):
         video, start = reuse.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+        pairs = side == 1 and token_keys == "pairs"
+        side_budget = budget if side == 0 or key_budget is None or budget is None else key_budget
         if fused:
             from .kernels.detect_kernels import token_axis_scores
 
             scores = token_axis_scores(video, grid, window, criterion, axes=tuple(thresholds))  # (B,H,Nv,3)
-            src, via = detect.token_sources_from_scores(
-                scores, grid, thresholds, window=window, priority=priority, budget=budget,
-            )  # (B, H, Nv)
+            if pairs:
+                src, via = detect.pair_sources_from_scores(scores, grid, thresholds, priority=priority,
+                                                           budget=side_budget)
+            else:
+                src, via = detect.token_sources_from_scores(
+                    scores, grid, thresholds, window=window, priority=priority, budget=side_budget,
+                )  # (B, H, Nv)
             del scores
         else:
             src, via = detect.detect_token_sources(
                 video, grid, thresholds, window=window, priority=priority, criterion=criterion,
-                fraction=fraction, budget=budget,
+                fraction=fraction, budget=side_budget, pairs=pairs,
             )  # (B, H, Nv)
         B, H, N = x.shape[:3]
         full = torch.arange(N, device=x.device, dtype=torch.int32).expand(B, H, N).clone()  # (B, H, N)
@@ -142,7 +160,7 @@ def _token_stats(q_src, k_src, via_q, via_k, axes):
 
 def token_mode_attention(
     q, k, v, *, grid, thresholds, threshold, text_len, text_position, attn_mask, window, axes, priority,
-    criterion, fraction, budget, scale, return_stats,
+    criterion, fraction, budget, scale, return_stats, token_keys="chain", key_budget=None, key_repr="source",
 ):
     """``ripple_attention(mode="token")`` after argument checks; see its docstring."""
     from .kernels import token_attention
@@ -158,10 +176,16 @@ def token_mode_attention(
     q_src, k_src, via_q, via_k = build_token_plan(
         q, k, grid=grid, thresholds=thresholds, text_len=text_len, text_position=text_position,
         window=window, priority=priority, criterion=criterion, fraction=fraction, budget=budget,
+        token_keys=token_keys, key_budget=key_budget,
     )
-    out = token_attention(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias)  # (B, H, N, D)
+    out = token_attention(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr)  # (B,H,N,D)
     if not return_stats:
         return out
+    if return_stats == "device":  # no host sync: savings stay on the device until someone reads them
+        pair = _pair_savings(q_src, k_src)
+        stats = RippleStats(qk_savings=pair, qk_products=B * H * N * N * D, mode="token", threshold=threshold,
+                            pair_savings=pair)
+        return out, stats
     pair, frac_q, frac_k = _token_stats(q_src, k_src, via_q, via_k, axes)
     stats = RippleStats(
         qk_savings=pair.clone(),

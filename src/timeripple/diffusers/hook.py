@@ -55,6 +55,8 @@ class RippleContext:
         self.num_steps: Optional[int] = None
         self.attention_kwargs: Optional[Dict[str, Any]] = None
         self.threshold = None
+        # per-forward memo of the processors (e.g. HunyuanVideo's text-padding layout, read once per call)
+        self.cache: Dict[Any, Any] = {}
 
     @property
     def ready(self) -> bool:
@@ -95,6 +97,7 @@ class TimeRippleHook(ModelHook):
         ctx = self.context
         ctx.recorder.begin_call(step, num_steps)
         ctx.grid, ctx.step, ctx.num_steps = grid, step, num_steps
+        ctx.cache = {}
         ctx.attention_kwargs = ctx.config.attention_kwargs(step, num_steps)
         ctx.threshold = None if ctx.attention_kwargs is None else ctx.attention_kwargs["threshold"]
         ctx.recorder.set_threshold(step, ctx.threshold)

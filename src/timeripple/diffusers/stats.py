@@ -122,14 +122,29 @@ class StatsRecorder:
         self.thresholds[step] = threshold
 
     @torch.compiler.disable
-    def add(self, step: int, layer: str, qk_savings: float, qk_products: int) -> None:
+    def add(self, step: int, layer: str, qk_savings, qk_products: int) -> None:
+        """Count one call. ``qk_savings`` is a float, or a 0-d tensor that stays where it is (a GPU
+        tensor is summed on the GPU, so a reuse step makes no host sync); :meth:`stats` reads it."""
         self.num_calls += 1
-        skipped = float(qk_savings) * qk_products
+        if isinstance(qk_savings, torch.Tensor):
+            skipped = qk_savings.detach().double() * qk_products
+        else:
+            skipped = float(qk_savings) * qk_products
         for table, key in ((self.per_step, step), (self.per_layer, layer)):
             table[key][0] += qk_products
-            table[key][1] += skipped
+            table[key][1] = table[key][1] + skipped
+
+    def _settle(self) -> None:
+        """Bring device-side sums to the host: one sync per device holding any."""
+        entries = [e for table in (self.per_step, self.per_layer) for e in table.values()
+                   if isinstance(e[1], torch.Tensor)]
+        for device in {e[1].device for e in entries}:
+            group = [e for e in entries if e[1].device == device]
+            for e, value in zip(group, torch.stack([e[1].reshape(()) for e in group]).tolist()):
+                e[1] = float(value)
 
     def stats(self) -> GenerationStats:
+        self._settle()
         steps = range(self.num_steps)
         total_weight = sum(w for w, _ in self.per_step.values())
         total_skipped = sum(s for _, s in self.per_step.values())

@@ -7,8 +7,11 @@ Public functions:
   custom op ``timeripple::token_attention`` so ``torch.compile`` traces through it.
 * ``token_attention_ref``: the plain-torch reference (and fallback).
 
-Dispatch on CUDA with Triton importable (one host sync for the kept lengths):
+Dispatch on CUDA with Triton importable (one host sync for the kept lengths and class sizes):
 
+* fp16/bf16, ``D % 8 == 0``, and every (batch, head) with the same number of kept keys of each merge
+  count (at most two counts; budget mode with ``token_keys="pairs"``, or no merged keys): one bias-free
+  cuDNN call per count class, combined through the log-sum-exps (``class_attention``);
 * fp16/bf16, ``D % 8 == 0``, ``D + 8 <= 256`` and kept lengths close enough over the heads that padding
   them to the longest adds at most ``compact_attention.PAD_LIMIT`` x the pairs (always in budget mode):
   compaction + cuDNN SDPA with the bias folded into a weight channel of ``v``
@@ -28,7 +31,7 @@ from .reference import check_token_inputs, normalize_key_bias, token_attention_r
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["token_attention", "token_attention_ref", "triton_available", "triton_unsupported_reason"]
+__all__ = ["METHODS", "token_attention", "token_attention_ref", "triton_available", "triton_unsupported_reason"]
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -65,45 +68,69 @@ def _warn_once(reason: str) -> None:
         logger.warning("timeripple token attention falls back to plain torch: %s", reason)
 
 
-def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias):
+METHODS = ("auto", "classes", "compact", "triton", "reference")
+
+
+def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="source", method="auto"):
+    if method == "reference":
+        return token_attention_ref(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr)
+    from .token_kernels import interpreting
+
     lengths = None
-    if q.is_cuda:
+    if q.is_cuda or (interpreting() and method != "auto"):
         if _TRITON_IMPORT_ERROR is None and q.dtype in SUPPORTED_DTYPES:
             from . import compact_attention as ca
 
             q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
             q_src, k_src = q_src.contiguous(), k_src.contiguous()
-            ar = torch.arange(q.shape[2], device=q.device, dtype=q_src.dtype)
-            lq, lk = (q_src == ar).sum(-1, dtype=torch.int32), (k_src == ar).sum(-1, dtype=torch.int32)
-            mq, mk, ratio = ca.padded_pair_ratio(lq, lk)  # the one host sync
-            lengths = (lq, lk, mq, mk)
-            if ca.use_compaction(q, ratio) or q.shape[-1] not in SUPPORTED_HEAD_DIMS:
-                if q.shape[-1] % 8 == 0 and q.shape[-1] + 8 <= 256:
+            D = q.shape[-1]
+            sdpa_ok = D % 8 == 0 and D <= 256
+            if method in ("auto", "classes") and sdpa_ok and (q.dtype != torch.float32 or method == "classes"):
+                from . import class_attention as cl
+
+                lay = cl.class_layout(q_src, k_src, key_bias)  # the one host sync
+                if lay.reason is None:
+                    return cl.token_attention_classes(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias,
+                                                      key_repr=key_repr, layout=lay)
+                if method == "classes":
+                    _warn_once(f"the count-class path cannot run this plan ({lay.reason}); using compaction")
+                lengths, ratio = lay.lengths, lay.pad_ratio
+            if lengths is None:
+                ar = torch.arange(q.shape[2], device=q.device, dtype=q_src.dtype)
+                lq, lk = (q_src == ar).sum(-1, dtype=torch.int32), (k_src == ar).sum(-1, dtype=torch.int32)
+                mq, mk, ratio = ca.padded_pair_ratio(lq, lk)  # the one host sync
+                lengths = (lq, lk, mq, mk)
+            use_compact = method in ("compact", "classes") or (method == "auto" and ca.use_compaction(q, ratio))
+            if use_compact or D not in SUPPORTED_HEAD_DIMS or key_repr == "mean":
+                if D % 8 == 0 and D + 8 <= 256:
                     return ca.token_attention_compact(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias,
-                                                      lengths=lengths)
+                                                      lengths=lengths, key_repr=key_repr)
         reason = triton_unsupported_reason(q)
+        if reason is None and key_repr == "mean":
+            reason = "key_repr='mean' has no varlen Triton kernel for this head dim"
         if reason is None:
             from .token_kernels import token_attention_triton
 
             return token_attention_triton(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, lengths=lengths)
         _warn_once(reason)
-    return token_attention_ref(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias)
+    return token_attention_ref(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr)
 
 
 @torch.library.custom_op("timeripple::token_attention", mutates_args=())
 def _token_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_src: torch.Tensor, k_src: torch.Tensor,
-    scale: float, key_bias: torch.Tensor | None,
+    scale: float, key_bias: torch.Tensor | None, key_repr: str, method: str,
 ) -> torch.Tensor:
-    return _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias)
+    return _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr, method)
 
 
 @_token_attention_op.register_fake
-def _token_attention_fake(q, k, v, q_src, k_src, scale, key_bias):
+def _token_attention_fake(q, k, v, q_src, k_src, scale, key_bias, key_repr, method):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
-def token_attention(q, k, v, q_src, k_src, *, scale=None, key_bias=None) -> torch.Tensor:
+def token_attention(q, k, v, q_src, k_src, *, scale=None, key_bias=None, key_repr="source",
+                    method="auto") -> torch.Tensor:
     """Attention over the kept tokens of a token plan; reused queries copy their source's row.
 
     Args:
@@ -113,6 +140,11 @@ def token_attention(q, k, v, q_src, k_src, *, scale=None, key_bias=None) -> torc
         scale (`float`, *optional*): score scale, default ``1 / sqrt(D)``.
         key_bias (`torch.Tensor`, *optional*): additive per-key bias broadcastable to ``(B, N)``
             (``-inf`` masks a key; a bool tensor means True = keep).
+        key_repr (`str`, defaults to `"source"`): a merged key is its source's ``k`` (``"source"``) or the
+            mean ``k`` of its group (``"mean"``); ``v`` is always the group mean.
+        method (`str`, defaults to `"auto"`): ``"auto"`` (below), or force ``"classes"`` (bias-free count
+            classes), ``"compact"``, ``"triton"`` (varlen kernel) or ``"reference"`` (plain torch). A forced
+            path that cannot run the input falls back to one that can, with one warning.
 
     Returns:
         ``(B, H, N, D)`` in ``q``'s dtype. The more tokens are reused (fewer kept), the faster: cost is
@@ -125,8 +157,14 @@ def token_attention(q, k, v, q_src, k_src, *, scale=None, key_bias=None) -> torc
         >>> token_attention(q, k, v, src, src).shape
         torch.Size([1, 2, 6, 64])
     """
+    from .._validation import value_error
+    from .reference import check_key_repr
+
     check_token_inputs(q, k, v, q_src, k_src)
+    check_key_repr(key_repr)
+    if method not in METHODS:
+        raise value_error("method", method, f"must be one of {METHODS}", "pass method='auto'")
     B, H, N, D = q.shape
     scale = D ** -0.5 if scale is None else float(scale)
     kb = normalize_key_bias(key_bias, B, N, q.device)
-    return _token_attention_op(q, k, v, q_src.int(), k_src.int(), scale, kb)
+    return _token_attention_op(q, k, v, q_src.int(), k_src.int(), scale, kb, key_repr, method)

@@ -166,7 +166,7 @@ def heads_per_chunk(B, H, N, D, mq, mk, itemsize, dv, share=CHUNK_SHARE) -> int:
 
 
 def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, variant=DEFAULT_VARIANT,
-                            lengths=None, chunk_share=CHUNK_SHARE):
+                            lengths=None, chunk_share=CHUNK_SHARE, key_repr="source"):
     """Token attention (same contract as ``reference.token_attention_ref``) by compaction + SDPA.
 
     Args:
@@ -176,6 +176,7 @@ def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, vari
         variant (`str`): ``"vcount"``, ``"pad"`` or ``"bias"`` (module docstring).
         lengths: optional ``(lq, lk, mq, mk)`` if the caller already has them (saves a host sync).
         chunk_share (`float`): compacted buffers of one chunk of heads <= this share of q's bytes.
+        key_repr (`str`): ``"source"`` (a merged key is its source's ``k``) or ``"mean"`` (its group's mean).
     """
     B, H, N, D = q.shape
     out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
@@ -216,6 +217,14 @@ def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, vari
             _gather_rows_kernel[(triton.cdiv(m, BLOCK_R), B * nh)](
                 x, idx, length, dst, x.stride(0), x.stride(1), x.stride(2), H, nh, h0, N, m,
                 HEAD_DIM=D, DOUT=dq, DP=triton.next_power_of_2(dq), BLOCK_R=BLOCK_R, num_warps=4,
+            )
+        if key_repr == "mean":  # the group mean of k replaces the gathered source rows
+            _merge_values_kernel[(triton.cdiv(mk, BLOCK_R), B * nh)](
+                k, layout.idx_k, layout.lk, layout.count, layout.start, layout.perm, kc, kc,
+                torch.empty((B, nh, mk), dtype=torch.float32, device=q.device),  # bias output, unused
+                k.stride(0), k.stride(1), k.stride(2), H, nh, h0, N, mk,
+                HAS_KB=False, WEIGHTED=False, HEAD_DIM=D, DOUT=dq, DP=triton.next_power_of_2(dq),
+                BLOCK_G=BLOCK_R, num_warps=4,
             )
         _merge_values_kernel[(triton.cdiv(mk, BLOCK_R), B * nh)](
             v, layout.idx_k, layout.lk, layout.count, layout.start, layout.perm, kb if kb is not None else va, va, bias,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .._validation import type_error, value_error
 
-__all__ = ["token_attention_ref", "check_token_inputs", "normalize_key_bias", "random_token_plan"]
+__all__ = ["token_attention_ref", "check_token_inputs", "check_key_repr", "KEY_REPRS", "normalize_key_bias", "random_token_plan"]
 
 
 def check_token_inputs(q, k, v, q_src, k_src) -> None:
@@ -51,6 +51,16 @@ def check_token_inputs(q, k, v, q_src, k_src) -> None:
         if src.device != q.device:
             raise value_error(f"{name}.device", src.device, f"must be q's device {q.device}",
                               f"move {name} to {q.device}")
+
+
+KEY_REPRS = ("source", "mean")
+
+
+def check_key_repr(key_repr) -> None:
+    """Validate ``key_repr`` (``"source"`` or ``"mean"``)."""
+    if key_repr not in KEY_REPRS:
+        raise value_error("key_repr", key_repr, "must be 'source' or 'mean'",
+                          "pass key_repr='source' (the group's first token) or 'mean' (the group mean)")
 
 
 def normalize_key_bias(key_bias, B: int, N: int, device) -> torch.Tensor | None:
@@ -88,7 +98,7 @@ def _pack(kept: torch.Tensor, M: int) -> torch.Tensor:
     return packed[..., :M]                                              # (B, H, M)
 
 
-def token_attention_ref(q, k, v, q_src, k_src, *, scale=None, key_bias=None) -> torch.Tensor:
+def token_attention_ref(q, k, v, q_src, k_src, *, scale=None, key_bias=None, key_repr="source") -> torch.Tensor:
     """Token attention in plain torch (reference and fallback of ``timeripple.kernels.token_attention``).
 
     Args:
@@ -98,6 +108,8 @@ def token_attention_ref(q, k, v, q_src, k_src, *, scale=None, key_bias=None) -> 
         scale (`float`, *optional*): score scale, default ``1 / sqrt(D)``.
         key_bias (`torch.Tensor`, *optional*): additive per-key bias broadcastable to ``(B, N)``;
             ``-inf`` masks a key; a bool tensor means True = keep.
+        key_repr (`str`, defaults to `"source"`): the key that stands for a merged group: its source's
+            ``k`` (``"source"``) or the group's mean ``k`` (``"mean"``). ``v`` is always the group mean.
 
     Returns:
         ``(B, H, N, D)`` in ``q``'s dtype. A query whose kept keys are all masked gets zeros.
@@ -110,6 +122,7 @@ def token_attention_ref(q, k, v, q_src, k_src, *, scale=None, key_bias=None) -> 
         torch.Size([1, 2, 6, 8])
     """
     check_token_inputs(q, k, v, q_src, k_src)
+    check_key_repr(key_repr)
     B, H, N, D = q.shape
     if N == 0:
         return torch.empty_like(q)
@@ -129,7 +142,12 @@ def token_attention_ref(q, k, v, q_src, k_src, *, scale=None, key_bias=None) -> 
     valid_k = torch.arange(Mk, device=q.device) < kept_k.sum(-1, keepdim=True)  # (B, H, Mk)
     cnt_k = count.gather(2, idx_k).clamp_min(1.0)                       # (B, H, Mk)
     vm = vsum.gather(2, idx_k[..., None].expand(B, H, Mk, D)) / cnt_k[..., None]  # (B, H, Mk, D)
-    kc = k.to(cdt).gather(2, idx_k[..., None].expand(B, H, Mk, D))      # (B, H, Mk, D)
+    if key_repr == "mean":
+        ksum = torch.zeros((B, H, N, D), dtype=cdt, device=q.device)
+        ksum.scatter_add_(2, k_src[..., None].expand(B, H, N, D), k.to(cdt))
+        kc = ksum.gather(2, idx_k[..., None].expand(B, H, Mk, D)) / cnt_k[..., None]  # (B, H, Mk, D)
+    else:
+        kc = k.to(cdt).gather(2, idx_k[..., None].expand(B, H, Mk, D))  # (B, H, Mk, D)
 
     # -- per-key bias: log(count) + key_bias, -inf on padding --
     bias = cnt_k.log()

@@ -169,11 +169,13 @@ class TimeRippleAttnProcessor:
             )
         from ...attention import ripple_attention
 
+        token = ctx.attention_kwargs.get("mode") == "token"
         out, stats = ripple_attention(
             query, key, value, grid=grid, text_len=text_len, text_position=text_position,
-            attn_mask=attn_mask, return_stats=True, **ctx.attention_kwargs,
+            attn_mask=attn_mask, return_stats="device" if token else True, **ctx.attention_kwargs,
         )
-        self._record(ctx, stats.qk_savings_mean, stats.qk_products)
+        # token mode: the savings stay on the device (no host sync per layer) until the stats are read
+        self._record(ctx, stats.qk_savings.mean() if token else stats.qk_savings_mean, stats.qk_products)
         return out
 
     def _attend_parallel(self, ctx, query, key, value, text_len, text_position, attn_mask, grid):

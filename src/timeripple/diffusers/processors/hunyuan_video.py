@@ -2,13 +2,24 @@
 
 Swapped: ``transformer_blocks.*.attn`` (dual-stream, text from ``add_*_proj``) and
 ``single_transformer_blocks.*.attn`` (single-stream, text concatenated first). The text refiner
-(``context_embedder.token_refiner.*``) stays stock. The boolean key-padding mask (B, 1, 1, N) is passed to
-``ripple_attention`` unchanged, so padded text tokens stay masked; text is never reused.
+(``context_embedder.token_refiner.*``) stays stock. Text is never reused.
+
+Padded text keys (lossless, default): stock diffusers passes a boolean key-padding mask (B, 1, 1, N) whose
+masked keys are the tail of the text. A mask keeps SDPA off its fastest kernel (DESIGN.md section 6: 139
+vs 97 ms per attention call on an H200), so when every batch row has the same number of valid text tokens
+(always at batch 1) the processor drops the padded keys instead, on every step, dense steps included:
+attention runs over the first ``L`` tokens without a mask, and the padded query rows (which no other
+token ever attends to, and which the model's output never reads) attend to the same ``L`` keys
+(dense). Results equal stock up to floating-point rounding (another SDPA kernel). Set
+``processor.drop_padded_text = False`` (every processor, e.g. through ``transformer.attn_processors``)
+for the stock masked call, bit-identical to stock on dense steps. Rows with different valid lengths keep
+the mask.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video import (
@@ -23,7 +34,29 @@ __all__ = ["HunyuanVideoTimeRippleAttnProcessor"]
 
 
 class HunyuanVideoTimeRippleAttnProcessor(TimeRippleAttnProcessor, HunyuanVideoAttnProcessor2_0):
-    """TimeRipple processor for HunyuanVideo's dual- and single-stream joint attention."""
+    """TimeRipple processor for HunyuanVideo's dual- and single-stream joint attention.
+
+    ``drop_padded_text`` (class attribute, default True): drop the padded text keys instead of masking
+    them (module docstring); False = the stock masked call."""
+
+    drop_padded_text = True
+
+    def _valid_length(self, attention_mask: torch.Tensor, n: int):
+        """``L`` when every row's valid keys are the same prefix ``[0, L)`` of the ``n`` tokens, else None.
+        One host sync per transformer forward (memoised in the step context)."""
+        ctx = self._context()
+        memo = (id(attention_mask), attention_mask.data_ptr(), attention_mask._version, n)
+        if ctx.cache.get("text_mask_key") != memo:
+            mask = attention_mask.reshape(attention_mask.shape[0], -1).bool()  # (B, N)
+            if mask.shape[1] != n:
+                length = None
+            else:
+                counts = mask.sum(1)  # (B,)
+                prefix = torch.arange(n, device=mask.device)[None, :] < counts[:, None]
+                lo, hi, same = torch.stack([counts.min(), counts.max(), (mask == prefix).all().long()]).tolist()
+                length = int(hi) if same and lo == hi and hi > 0 else None
+            ctx.cache["text_mask_key"], ctx.cache["text_length"] = memo, length
+        return ctx.cache["text_length"]
 
     def __call__(
         self,
@@ -68,12 +101,28 @@ class HunyuanVideoTimeRippleAttnProcessor(TimeRippleAttnProcessor, HunyuanVideoA
             key = torch.cat([key, encoder_key], dim=1)
             value = torch.cat([value, encoder_value], dim=1)
 
-        dense = self._dispatch_dense(query, key, value, attention_mask)
-
-        hidden_states = self._attend(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dense=dense,
-            text_len=text_len, text_position="after", attn_mask=attention_mask,
-        ).transpose(1, 2)  # (B, N, H, D)
+        n = query.shape[1]
+        length = None
+        if self.drop_padded_text and attention_mask is not None and text_len > 0:
+            length = self._valid_length(attention_mask, n)
+        if length is not None and length >= n - text_len:  # padded text keys dropped, no mask
+            q_main, k_main, v_main = query[:, :length], key[:, :length], value[:, :length]
+            dense = self._dispatch_dense(q_main, k_main, v_main, None)
+            main = self._attend(
+                q_main.transpose(1, 2), k_main.transpose(1, 2), v_main.transpose(1, 2), dense=dense,
+                text_len=text_len - (n - length), text_position="after",
+            )  # (B, H, L, D)
+            if length < n:  # padded query rows: over the same valid keys (nothing reads them)
+                pad = F.scaled_dot_product_attention(query[:, length:].transpose(1, 2), k_main.transpose(1, 2),
+                                                     v_main.transpose(1, 2))
+                main = torch.cat([main, pad.to(main.dtype)], dim=2)
+            hidden_states = main.transpose(1, 2)  # (B, N, H, D)
+        else:
+            dense = self._dispatch_dense(query, key, value, attention_mask)
+            hidden_states = self._attend(
+                query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dense=dense,
+                text_len=text_len, text_position="after", attn_mask=attention_mask,
+            ).transpose(1, 2)  # (B, N, H, D)
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
 
         if encoder_hidden_states is not None:
