@@ -178,7 +178,17 @@ def token_mode_attention(
         window=window, priority=priority, criterion=criterion, fraction=fraction, budget=budget,
         token_keys=token_keys, key_budget=key_budget,
     )
-    out = token_attention(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr)  # (B,H,N,D)
+    expected = None
+    if budget is not None and token_keys == "pairs" and key_bias is None and window == 2:
+        from .kernels.class_attention import expected_class_sizes
+
+        axes_checked = tuple(a for a in detect.AXES if a in thresholds)
+        kb = budget if key_budget is None else key_budget
+        mq, sizes = expected_class_sizes(N, N - text_len, detect.eligible_count(grid, 2, axes_checked), budget,
+                                         detect.pair_count(grid, axes_checked), kb)
+        expected = [mq, sizes[1], sizes[2]]
+    out = token_attention(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr,
+                          expected=expected)  # (B, H, N, D)
     if not return_stats:
         return out
     if return_stats == "device":  # no host sync: savings stay on the device until someone reads them

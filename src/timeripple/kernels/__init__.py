@@ -71,7 +71,7 @@ def _warn_once(reason: str) -> None:
 METHODS = ("auto", "classes", "compact", "triton", "reference")
 
 
-def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="source", method="auto"):
+def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="source", method="auto", expected=None):
     if method == "reference":
         return token_attention_ref(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr)
     from .token_kernels import interpreting
@@ -88,12 +88,14 @@ def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="sour
             if method in ("auto", "classes") and sdpa_ok and (q.dtype != torch.float32 or method == "classes"):
                 from . import class_attention as cl
 
-                lay = cl.class_layout(q_src, k_src, key_bias)  # the one host sync
+                if expected is not None:  # static sizes from the caller: no host sync
+                    expected = (expected[0], {c + 1: n for c, n in enumerate(expected[1:])})
+                lay = cl.class_layout(q_src, k_src, key_bias, expected)  # the one host sync, unless expected
                 if lay.reason is None:
                     return cl.token_attention_classes(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias,
                                                       key_repr=key_repr, layout=lay)
                 if method == "classes":
-                    _warn_once(f"the count-class path cannot run this plan ({lay.reason}); using compaction")
+                    cl._warn_once(f"the count-class path cannot run this plan ({lay.reason}); using compaction")
                 lengths, ratio = lay.lengths, lay.pad_ratio
             if lengths is None:
                 ar = torch.arange(q.shape[2], device=q.device, dtype=q_src.dtype)
@@ -119,18 +121,19 @@ def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="sour
 @torch.library.custom_op("timeripple::token_attention", mutates_args=())
 def _token_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_src: torch.Tensor, k_src: torch.Tensor,
-    scale: float, key_bias: torch.Tensor | None, key_repr: str, method: str,
+    scale: float, key_bias: torch.Tensor | None, key_repr: str = "source", method: str = "auto",
+    expected: list[int] | None = None,
 ) -> torch.Tensor:
-    return _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr, method)
+    return _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr, method, expected)
 
 
 @_token_attention_op.register_fake
-def _token_attention_fake(q, k, v, q_src, k_src, scale, key_bias, key_repr, method):
+def _token_attention_fake(q, k, v, q_src, k_src, scale, key_bias, key_repr="source", method="auto", expected=None):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 def token_attention(q, k, v, q_src, k_src, *, scale=None, key_bias=None, key_repr="source",
-                    method="auto") -> torch.Tensor:
+                    method="auto", expected=None) -> torch.Tensor:
     """Attention over the kept tokens of a token plan; reused queries copy their source's row.
 
     Args:
@@ -145,6 +148,10 @@ def token_attention(q, k, v, q_src, k_src, *, scale=None, key_bias=None, key_rep
         method (`str`, defaults to `"auto"`): ``"auto"`` (below), or force ``"classes"`` (bias-free count
             classes), ``"compact"``, ``"triton"`` (varlen kernel) or ``"reference"`` (plain torch). A forced
             path that cannot run the input falls back to one that can, with one warning.
+        expected (`list[int]`, *optional*): ``[kept queries, keys of count 1, keys of count 2, ...]`` per
+            head when the caller knows them (budget mode with keys in pairs): the count-class path then
+            makes no host sync; a plan without these sizes (non-finite scores) gives NaN, never a result
+            built on wrong sizes.
 
     Returns:
         ``(B, H, N, D)`` in ``q``'s dtype. The more tokens are reused (fewer kept), the faster: cost is
@@ -167,4 +174,5 @@ def token_attention(q, k, v, q_src, k_src, *, scale=None, key_bias=None, key_rep
     B, H, N, D = q.shape
     scale = D ** -0.5 if scale is None else float(scale)
     kb = normalize_key_bias(key_bias, B, N, q.device)
-    return _token_attention_op(q, k, v, q_src.int(), k_src.int(), scale, kb, key_repr, method)
+    expected = None if expected is None else [int(x) for x in expected]
+    return _token_attention_op(q, k, v, q_src.int(), k_src.int(), scale, kb, key_repr, method, expected)

@@ -88,7 +88,8 @@ def _combine_finish_kernel(
     ok2 = ok[:, None] & (offs_d[None, :] < HEAD_DIM)
     row = (b.to(tl.int64) * H + h) * N                               # row of the (B, H, N) layout
     src = tl.load(Q_SRC + row + offs_i, mask=ok, other=0)
-    r = bh.to(tl.int64) * MQ + tl.load(RANK_Q + row + src, mask=ok, other=0)  # (S,) compacted row
+    rank = tl.minimum(tl.load(RANK_Q + row + src, mask=ok, other=0), MQ - 1)  # in range even on a bad plan
+    r = bh.to(tl.int64) * MQ + rank                                  # (S,) compacted row
     o = tl.load(O1 + r[:, None] * HEAD_DIM + offs_d[None, :], mask=ok2, other=0.0).to(tl.float32)
     if HAS2:
         l1 = tl.load(L1 + r, mask=ok, other=float("-inf")) + LOGW1
@@ -99,8 +100,10 @@ def _combine_finish_kernel(
         w2 = tl.exp(l2 - m_safe)
         den = w1 + w2
         o2 = tl.load(O2 + r[:, None] * HEAD_DIM + offs_d[None, :], mask=ok2, other=0.0).to(tl.float32)
+        # no key at all: zeros; a NaN log-sum-exp (a poisoned plan, non-finite input): NaN
         o = tl.where(den[:, None] > 0.0,
                      (o * w1[:, None] + o2 * w2[:, None]) / tl.where(den > 0.0, den, 1.0)[:, None], 0.0)
+        o = o + (den - den)[:, None]  # 0, or NaN where den is NaN
     o_base = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
     tl.store(o_base + offs_i[:, None].to(tl.int64) * stride_on + offs_d[None, :], o.to(OUT.dtype.element_ty),
              mask=ok2)
@@ -110,9 +113,10 @@ class ClassLayout:
     """Per-class packed key lists of a token plan (for all heads), or the reason the class path cannot
     run it. Built with one host sync (class sizes and kept query lengths)."""
 
-    def __init__(self, q_src, k_src, key_bias=None):
+    def __init__(self, q_src, k_src, key_bias=None, expected=None):
         B, H, N = q_src.shape
         self.reason = None
+        self.valid = None
         ar = torch.arange(N, dtype=q_src.dtype, device=q_src.device)
         kept_q = q_src == ar
         lq = kept_q.sum(-1, dtype=torch.int32)                          # (B, H)
@@ -128,6 +132,9 @@ class ClassLayout:
         other_bias = torch.zeros(1, dtype=torch.int32, device=q_src.device)
         if key_bias is not None:  # a float mask (not 0 / -inf) cannot move into a class constant
             other_bias = ((key_bias != 0) & (key_bias != float("-inf"))).any().int().reshape(1)
+        if expected is not None:  # sizes known on the host: no sync; the plan is checked on the device
+            self._expected(expected, lq, hist, other_bias, kept_q, label, count, k_src, q_src)
+            return
         extra = torch.stack([lq.amax(), lq.sum(), lk.amax(), (lq.long() * lk.long()).sum()]).double()
         host = torch.cat([hist.amax(0).double(), hist.amin(0).double(), extra, other_bias.double()])
         host = [int(x) for x in host.tolist()]  # the one host sync
@@ -157,6 +164,26 @@ class ClassLayout:
             self.reason = "kept query lengths differ too much between heads"
             return
         self.sizes = [hmax[c] for c in self.classes]
+        self._finish(lq, kept_q, label, count, k_src, q_src)
+
+    def _expected(self, expected, lq, hist, other_bias, kept_q, label, count, k_src, q_src):
+        """Static sizes ``(mq, {count: size})`` from the caller (budget mode): ``valid`` is a 0-d device
+        tensor that is False when the plan does not have them (non-finite scores); the attention then
+        returns NaN rather than a result built on wrong sizes."""
+        self.mq, sizes = int(expected[0]), {int(c): int(n) for c, n in expected[1].items() if n > 0}
+        self.classes = sorted(sizes)
+        self.sizes = [sizes[c] for c in self.classes]
+        want = torch.zeros(hist.shape[1], dtype=torch.int32, device=hist.device)
+        for c, n in sizes.items():
+            want[c] = n
+        want[0] = hist[0, 0]  # the non-kept slot is free
+        self.valid = (hist[:, 1:] == want[1:]).all() & (lq == self.mq).all() & (other_bias == 0).all()
+        self.lengths = None
+        self.pad_ratio = 1.0
+        self._finish(lq, kept_q, label, count, k_src, q_src)
+
+    def _finish(self, lq, kept_q, label, count, k_src, q_src):
+        B, H, N = q_src.shape
         self.lq = lq.reshape(B * H).contiguous()
         self.rank_q = row_cumsum(kept_q, 1)                             # (B, H, N) rank among kept queries
         self.idx_q = pack_kept(kept_q, self.rank_q).contiguous()
@@ -169,9 +196,20 @@ class ClassLayout:
         self.q_src = q_src.int().contiguous()
 
 
-def class_layout(q_src, k_src, key_bias=None) -> ClassLayout:
-    """The :class:`ClassLayout` of a plan; ``.reason`` is None when the class path can run it."""
-    return ClassLayout(q_src.int().contiguous(), k_src.int().contiguous(), key_bias)
+def class_layout(q_src, k_src, key_bias=None, expected=None) -> ClassLayout:
+    """The :class:`ClassLayout` of a plan; ``.reason`` is None when the class path can run it.
+
+    ``expected`` (optional): ``(kept queries per head, {merge count: keys per head})`` known on the
+    host (budget mode, :func:`expected_class_sizes`): no host sync, checked on the device."""
+    return ClassLayout(q_src.int().contiguous(), k_src.int().contiguous(), key_bias, expected)
+
+
+def expected_class_sizes(n_tokens, n_video, eligible_q, budget_q, pairs, key_budget):
+    """Host-side sizes of a budget plan with keys in pairs: ``(kept queries, {1: singles, 2: pairs})``
+    per head, when every score is finite (the rounding of ``detect._budget_pass``)."""
+    reuse_q = int(torch.round(torch.tensor(eligible_q, dtype=torch.float64) * budget_q))
+    p = int(torch.round(torch.tensor(pairs, dtype=torch.float64) * key_budget))
+    return n_tokens - reuse_q, {1: n_tokens - 2 * p, 2: p}
 
 
 def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_repr="source", layout=None,
@@ -237,9 +275,14 @@ def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_
                         HAS_KB=False, WEIGHTED=False, HEAD_DIM=D, DOUT=D, DP=DP, BLOCK_G=BLOCK, num_warps=4,
                     )
             o, lse = sdpa_lse(qc, kc, vc, scale)  # (B, nh, Mq, D), (B, nh, Mq)
+            if lay.valid is not None and not results:  # static sizes that the plan does not have: NaN out
+                lse = lse + torch.where(lay.valid, 0.0, float("nan"))
             results.append((o.contiguous(), lse.contiguous(), math.log(c)))
             del kc, vc
         del qc
+        if lay.valid is not None and len(results) == 1:  # one class: the LSE is not read, poison o
+            o, lse, w = results[0]
+            results[0] = (o + torch.where(lay.valid, 0.0, float("nan")).to(o.dtype), lse, w)
         (o1, l1, w1), (o2, l2, w2) = results[0], results[-1]
         _combine_finish_kernel[(triton.cdiv(N, BLOCK), B * nh)](
             o1, l1, o2, l2, lay.q_src, lay.rank_q, out, out.stride(0), out.stride(1), out.stride(2),

@@ -235,13 +235,14 @@ def pack_kept(kept: torch.Tensor, rank: torch.Tensor | None = None) -> torch.Ten
     """Indices of the True entries of ``kept`` (B, H, N), ascending, packed to the front; int32 (B, H, N).
 
     ``rank`` (optional): ``cumsum(kept) - 1`` if the caller has it. Entries past the kept count are
-    unspecified.
+    valid token indices (0 or a kept token), never out of range: a kernel told a wrong length reads
+    wrong rows, not out of bounds.
     """
     B, H, N = kept.shape
     if rank is None:
         rank = row_cumsum(kept, 1)                                      # (B, H, N)
     dest = torch.where(kept, rank, N).long()                            # non-kept -> dump slot N
-    packed = torch.empty((B, H, N + 1), dtype=torch.int32, device=kept.device)
+    packed = torch.zeros((B, H, N + 1), dtype=torch.int32, device=kept.device)
     ar = torch.arange(N, dtype=torch.int32, device=kept.device).expand(B, H, N)
     packed.scatter_(2, dest, ar)
     return packed[..., :N]

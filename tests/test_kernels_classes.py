@@ -1,0 +1,224 @@
+"""Bias-free token attention by count classes (kernels/class_attention.py), the pairs-only key plan
+(detect.pair_sources_from_scores) and the merged-key representative (key_repr).
+
+On a CPU machine the Triton kernels run under the interpreter on small shapes and the log-sum-exp SDPA
+falls back to float32 torch; on a GPU the same tests run compiled on cuDNN, plus large shapes.
+"""
+
+import logging
+import math
+
+import pytest
+import torch
+from test_kernels_triton import assert_close_to_reference
+
+from timeripple import detect, ripple_attention
+from timeripple.kernels import class_attention as cl
+from timeripple.kernels import token_attention, token_attention_ref
+from timeripple.kernels.detect_kernels import token_axis_scores_torch
+from timeripple.kernels.reference import random_token_plan
+from timeripple.token import build_token_plan
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def smooth(B, H, grid, D, text_len=0, noise=0.1, device=DEVICE):
+    """q/k-like input: slowly varying over the grid plus noise, text appended."""
+    T, Hg, Wg = grid
+    coarse = torch.randn(B * H, D, 2, 2, 2)
+    video = torch.nn.functional.interpolate(coarse, size=grid, mode="trilinear", align_corners=True)
+    video = video.flatten(2).transpose(1, 2).reshape(B, H, T * Hg * Wg, D)
+    x = torch.cat([video + noise * torch.randn_like(video), torch.randn(B, H, text_len, D)], dim=2)
+    return x.to(device)
+
+
+def pairs_plan(q, k, grid, text_len, budget, key_budget, text_position="after"):
+    q_src, k_src, _, _ = build_token_plan(
+        q, k, grid=grid, thresholds={"t": 1.0, "y": 1.0, "x": 1.0}, text_len=text_len,
+        text_position=text_position, budget=budget, key_budget=key_budget, token_keys="pairs",
+        fused=q.is_cuda,
+    )
+    return q_src, k_src
+
+
+@pytest.mark.parametrize("grid", [(4, 4, 6), (3, 5, 4), (5, 3, 3)])
+@pytest.mark.parametrize("budget", [None, 0.4, 1.0])
+def test_pair_plan_merges_disjoint_pairs_only(grid, budget):
+    B, H, D = 2, 3, 16
+    x = smooth(B, H, grid, D, device="cpu")
+    scores = token_axis_scores_torch(x, grid, 2, "strict")  # (B, H, Nv, 3)
+    src, via = detect.pair_sources_from_scores(scores, grid, {"t": 0.3, "y": 0.3, "x": 0.3}, budget=budget)
+    ar = torch.arange(x.shape[2])
+    reused = src != ar
+    assert reused.any()  # the test can fail: something is merged
+    # sources are computed (no chains) and absorb exactly one token each (pairs)
+    assert (src.gather(2, src.long()) == src).all()
+    count = torch.zeros_like(src).scatter_add_(2, src.long(), torch.ones_like(src))
+    assert count.max() <= 2
+    # a pair is two neighbours on the axis named by `via`, in one 2x2x2 cube
+    T, Hg, Wg = grid
+    stride = {0: Hg * Wg, 1: Wg, 2: 1}
+    for axis, s in stride.items():
+        on = reused & (via == axis)
+        assert ((ar - src)[on] == s).all()
+    if budget is not None:  # the same number of pairs in every (b, h): equal class sizes
+        per_head = reused.sum(-1)
+        assert (per_head == per_head.flatten()[0]).all()
+        assert per_head.flatten()[0] == round(budget * detect.pair_count(grid, ("t", "y", "x")))
+
+
+def test_pair_plan_same_on_torch_and_fused_scores():
+    grid, B, H, D = (4, 6, 8), 1, 2, 32
+    q, k = smooth(B, H, grid, D, device="cpu"), smooth(B, H, grid, D, device="cpu")
+    kw = dict(grid=grid, thresholds={"t": 1.0, "y": 1.0, "x": 1.0}, budget=0.6, key_budget=0.8, token_keys="pairs")
+    torch_plan = build_token_plan(q, k, fused=False, **kw)
+    fused_plan = build_token_plan(q, k, fused=True, **kw)
+    for a, b in zip(torch_plan[:2], fused_plan[:2]):
+        assert torch.equal(a.int(), b.int())
+
+
+@pytest.mark.parametrize("target", [0.5, 0.75, 0.875])
+def test_pair_budgets_give_the_target_savings(target):
+    grid, text_len, H = (6, 6, 8), 10, 2
+    q, k = smooth(1, H, grid, 16, text_len, device="cpu"), smooth(1, H, grid, 16, text_len, device="cpu")
+    bq, bk = detect.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
+    q_src, k_src = pairs_plan(q, k, grid, text_len, max(bq, 1e-9), bk)
+    N = q.shape[2]
+    ar = torch.arange(N)
+    kept = (q_src == ar).sum(-1).double() * (k_src == ar).sum(-1).double()
+    assert ((1 - kept / N**2) - target).abs().max() < 0.01
+
+
+def test_pair_budgets_reject_unreachable_target():
+    with pytest.raises(ValueError, match="target"):
+        detect.pair_budgets_for_pair_savings(0.99, (4, 4, 4))
+
+
+@pytest.mark.parametrize("key_repr", ["source", "mean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("text_len,text_position", [(0, "after"), (7, "after"), (5, "before")])
+def test_classes_match_reference(key_repr, dtype, text_len, text_position):
+    grid, B, H, D = (4, 4, 6), 2, 3, 64
+    q, k, v = (smooth(B, H, grid, D, text_len).to(dtype) for _ in range(3))
+    if text_position == "before":
+        q, k, v = (torch.roll(x, text_len, dims=2) for x in (q, k, v))
+    q_src, k_src = pairs_plan(q, k, grid, text_len, 0.5, 0.75, text_position)
+    lay = cl.class_layout(q_src, k_src)
+    assert lay.reason is None and lay.classes == [1, 2]
+    got = token_attention(q, k, v, q_src, k_src, key_repr=key_repr, method="classes")
+    want = token_attention_ref(q.double(), k.double(), v.double(), q_src, k_src, key_repr=key_repr)
+    assert got.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    assert (got.double() - want).abs().max() < tol
+    if key_repr == "source":
+        assert_close_to_reference(got, q, k, v, q_src, k_src)
+
+
+def test_mean_key_differs_from_source_key_and_compaction_agrees():
+    grid, B, H, D = (4, 4, 6), 1, 2, 64
+    q, k, v = (smooth(B, H, grid, D) for _ in range(3))
+    q_src, k_src = random_token_plan(B, H, q.shape[2], 0.6, device=DEVICE)  # chains: counts up to 4+
+    ref_mean = token_attention_ref(q.double(), k.double(), v.double(), q_src, k_src, key_repr="mean")
+    ref_src = token_attention_ref(q.double(), k.double(), v.double(), q_src, k_src)
+    assert (ref_mean - ref_src).abs().max() > 1e-4  # the option changes the result
+    got = token_attention(q, k, v, q_src, k_src, key_repr="mean", method="compact")
+    assert (got.double() - ref_mean).abs().max() < 1e-5
+
+
+def test_key_padding_mask_drops_keys_from_every_class():
+    grid, text_len, B, H, D = (4, 4, 4), 8, 2, 2, 64
+    q, k, v = (smooth(B, H, grid, D, text_len) for _ in range(3))
+    q_src, k_src = pairs_plan(q, k, grid, text_len, 0.5, 1.0)
+    bias = torch.zeros(B, q.shape[2], device=DEVICE)
+    bias[:, -3:] = float("-inf")  # padded text, the same in every row
+    assert cl.class_layout(q_src, k_src, bias).reason is None
+    got = token_attention(q, k, v, q_src, k_src, key_bias=bias, method="classes")
+    assert_close_to_reference(got, q, k, v, q_src, k_src, key_bias=bias)
+    bias[0, -5] = float("-inf")  # rows with different numbers of keys: not one static shape
+    assert "differ" in cl.class_layout(q_src, k_src, bias).reason
+
+
+def test_forced_classes_fall_back_with_one_warning(caplog):
+    B, H, N, D = 1, 2, 40, 64
+    q, k, v = (torch.randn(B, H, N, D, device=DEVICE) for _ in range(3))
+    keep = torch.tensor([[0.3, 0.8]])  # class sizes differ between heads: the class path cannot run it
+    q_src, k_src = random_token_plan(B, H, N, keep, device=DEVICE)
+    reason = cl.class_layout(q_src, k_src).reason
+    assert reason is not None and "differ" in reason
+    with pytest.raises(ValueError, match="class path cannot run"):
+        cl.token_attention_classes(q, k, v, q_src.int(), k_src.int(), scale=D ** -0.5)
+    with caplog.at_level(logging.WARNING, logger="timeripple"):
+        got = token_attention(q, k, v, q_src, k_src, method="classes")
+    assert any("count-class path cannot run" in r.getMessage() for r in caplog.records)
+    assert_close_to_reference(got, q, k, v, q_src, k_src)
+
+
+def test_float_key_bias_is_not_a_class_constant():
+    B, H, N, D = 1, 2, 30, 64
+    src = torch.arange(N, dtype=torch.int32, device=DEVICE).expand(B, H, N).contiguous()
+    assert "bias" in cl.class_layout(src, src, torch.randn(B, N, device=DEVICE)).reason
+
+
+@pytest.mark.parametrize("bad", [dict(token_keys="triples"), dict(key_repr="median"),
+                                 dict(token_keys="pairs", window=3), dict(key_budget=0.5)])
+def test_ripple_attention_rejects_bad_plan_options(bad):
+    q = torch.randn(1, 1, 64, 16)
+    kw = dict(grid=(4, 4, 4), threshold=0.5, mode="token", **bad)
+    with pytest.raises(ValueError):
+        ripple_attention(q, q, q, **kw)
+
+
+def test_ripple_attention_pairs_device_stats_and_savings():
+    grid, text_len = (4, 6, 6), 12
+    q, k, v = (smooth(1, 2, grid, 64, text_len) for _ in range(3))
+    bq, bk = detect.pair_budgets_for_pair_savings(0.75, grid, text_len=text_len)
+    out, stats = ripple_attention(q, k, v, grid=grid, text_len=text_len, threshold=0.5, mode="token",
+                                  budget=bq, key_budget=bk, token_keys="pairs", return_stats="device")
+    assert stats.qk_savings.device == q.device and abs(float(stats.qk_savings.mean()) - 0.75) < 0.01
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    err = (out - dense).abs().mean() / dense.abs().mean()
+    assert 0 < err < 0.5, err  # an approximation of dense attention, not a copy of it
+
+
+@requires_cuda
+@pytest.mark.parametrize("key_repr", ["source", "mean"])
+def test_cuda_classes_large_match_reference_and_auto_picks_them(key_repr, monkeypatch):
+    grid, text_len, H, D = (9, 16, 20), 77, 4, 128
+    q, k, v = (smooth(1, H, grid, D, text_len).bfloat16() for _ in range(3))
+    q_src, k_src = pairs_plan(q, k, grid, text_len, 0.55, 1.0)
+    calls = []
+    real = cl.token_attention_classes
+    monkeypatch.setattr(cl, "token_attention_classes", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    got = token_attention(q, k, v, q_src, k_src, key_repr=key_repr)
+    assert calls, "auto dispatch did not take the count-class path"
+    want = token_attention_ref(q.double(), k.double(), v.double(), q_src, k_src, key_repr=key_repr)
+    err = (got.double() - want).abs()
+    assert err.max() < 3e-2 and err.mean() < 2e-3, (err.max(), err.mean())
+
+
+@requires_cuda
+def test_cuda_sdpa_lse_matches_float32():
+    q, k, v = (torch.randn(1, 2, 300, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    out, lse = cl.sdpa_lse(q, k, v, 128 ** -0.5)
+    s = q.float() @ k.float().transpose(-1, -2) * 128 ** -0.5
+    assert (lse - torch.logsumexp(s, -1)).abs().max() < 1e-3
+    assert (out.float() - torch.softmax(s, -1) @ v.float()).abs().max() < 2e-2
+    assert math.isfinite(float(lse.sum()))
+
+
+def test_static_sizes_skip_the_sync_and_wrong_sizes_give_nan():
+    grid, text_len, B, H, D = (4, 4, 6), 6, 1, 2, 64
+    q, k, v = (smooth(B, H, grid, D, text_len) for _ in range(3))
+    bq, bk = 0.5, 0.75
+    q_src, k_src = pairs_plan(q, k, grid, text_len, bq, bk)
+    N = q.shape[2]
+    mq, sizes = cl.expected_class_sizes(N, N - text_len, detect.eligible_count(grid, 2, ("t", "y", "x")), bq,
+                                        detect.pair_count(grid, ("t", "y", "x")), bk)
+    lay = cl.class_layout(q_src, k_src)
+    assert (lay.mq, lay.sizes) == (mq, [sizes[1], sizes[2]])  # the host prediction is the plan's
+    want = token_attention(q, k, v, q_src, k_src, method="classes")
+    got = token_attention(q, k, v, q_src, k_src, method="classes", expected=[mq, sizes[1], sizes[2]])
+    assert torch.equal(got, want)
+    wrong = token_attention(q, k, v, q_src, k_src, method="classes", expected=[mq, sizes[1] - 2, sizes[2] + 1])
+    assert torch.isnan(wrong).all()  # never a result built on wrong sizes
