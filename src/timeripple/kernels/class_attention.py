@@ -35,6 +35,8 @@ from .token_kernels import interpreting, pack_kept, row_cumsum
 
 logger = logging.getLogger(__name__)
 
+# compacted buffers of one chunk of heads, as a share of q's bytes (see the measurements in docs/kernels.md)
+CLASS_CHUNK_SHARE = CHUNK_SHARE
 # the largest merge count that gets its own class (window 2 over three axes merges at most 8 keys)
 MAX_CLASS = 64
 _warned: set = set()
@@ -107,6 +109,31 @@ def _combine_finish_kernel(
     o_base = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
     tl.store(o_base + offs_i[:, None].to(tl.int64) * stride_on + offs_d[None, :], o.to(OUT.dtype.element_ty),
              mask=ok2)
+
+
+@triton.jit
+def _pair_mean_kernel(
+    X, IDX, PARTNER, OUT, stride_xb, stride_xh, stride_xn, H, HC, H0, N, M,
+    HEAD_DIM: tl.constexpr, DP: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """``OUT[b, h - H0, r] = (X[s] + X[PARTNER[s]]) / 2`` with ``s = IDX[b, h, r]``: the mean row of a
+    key merged with at most one partner (``PARTNER[s] == s`` for a key merged with none: its own row)."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // HC
+    h = H0 + bh % HC
+    gbh = (b * H + h).to(tl.int64)
+    offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, DP)
+    in_m = offs_r < M
+    ok = in_m[:, None] & (offs_d[None, :] < HEAD_DIM)
+    s = tl.load(IDX + gbh * N + offs_r, mask=in_m, other=0)
+    p = tl.load(PARTNER + gbh * N + s, mask=in_m, other=0)
+    base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
+    a = tl.load(base + s[:, None].to(tl.int64) * stride_xn + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    c = tl.load(base + p[:, None].to(tl.int64) * stride_xn + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    tl.store(OUT + (bh.to(tl.int64) * M + offs_r[:, None]) * HEAD_DIM + offs_d[None, :],
+             ((a + c) * 0.5).to(OUT.dtype.element_ty), mask=ok)
 
 
 class ClassLayout:
@@ -189,7 +216,12 @@ class ClassLayout:
         self.idx_q = pack_kept(kept_q, self.rank_q).contiguous()
         self.idx = [pack_kept(label == c).contiguous() for c in self.classes]
         self.lens = [torch.full((B * H,), n, dtype=torch.int32, device=q_src.device) for n in self.sizes]
-        if max(self.classes) > 1:  # merged keys: groups contiguous in perm (what the merge kernel reads)
+        self.partner = None
+        if max(self.classes) == 2:  # pairs: a merged key's partner is the largest index of its group
+            ar = torch.arange(N, dtype=torch.int32, device=q_src.device).expand(B, H, N)
+            self.partner = torch.zeros((B, H, N), dtype=torch.int32, device=q_src.device).scatter_reduce_(
+                2, k_src.long(), ar, "amax", include_self=False).contiguous()
+        elif max(self.classes) > 2:  # larger groups: contiguous in perm (what the merge kernel reads)
             self.count = count
             self.start = row_cumsum(count) - count
             self.perm = torch.argsort(k_src, dim=-1, stable=True).to(torch.int32)
@@ -213,7 +245,7 @@ def expected_class_sizes(n_tokens, n_video, eligible_q, budget_q, pairs, key_bud
 
 
 def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_repr="source", layout=None,
-                            chunk_share=CHUNK_SHARE):
+                            chunk_share=None):
     """Token attention (contract of ``reference.token_attention_ref``) by count classes, bias-free.
 
     Args:
@@ -221,7 +253,8 @@ def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_
         scale (`float`): score scale. key_bias: float32 ``(B, N)`` of 0 / ``-inf`` or None.
         key_repr (`str`): ``"source"`` (a merged key is its source's ``k``) or ``"mean"`` (the group mean).
         layout (:class:`ClassLayout`, *optional*): prebuilt; its ``reason`` must be None.
-        chunk_share (`float`): compacted buffers of one chunk of heads <= this share of q's bytes.
+        chunk_share (`float`, *optional*): compacted buffers of one chunk of heads <= this share of q's
+            bytes (default ``CLASS_CHUNK_SHARE``).
 
     Raises:
         ValueError: when the plan cannot run here (``layout.reason``); use the dispatcher instead.
@@ -237,6 +270,7 @@ def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_
         raise value_error("token plan", "count classes", f"the class path cannot run it: {lay.reason}",
                           "call timeripple.kernels.token_attention, which picks a path that can")
     mq, sizes = lay.mq, lay.sizes
+    chunk_share = CLASS_CHUNK_SHARE if chunk_share is None else chunk_share
     per_head = B * (mq * D * (1 + len(sizes)) + sum(sizes) * 2 * D) * q.element_size()
     hc = max(1, min(H, int(chunk_share * B * H * N * D * q.element_size() // max(per_head, 1))))
     interp = interpreting()
@@ -265,6 +299,12 @@ def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_
                     v, idx, lens, vc, v.stride(0), v.stride(1), v.stride(2), H, nh, h0, N, n,
                     HEAD_DIM=D, DOUT=D, DP=DP, BLOCK_R=BLOCK, num_warps=4,
                 )
+            elif lay.partner is not None:  # pairs: (row + partner row) / 2, no sort of the plan
+                for x, dst in pairs:
+                    _pair_mean_kernel[(triton.cdiv(n, BLOCK), B * nh)](
+                        x, idx, lay.partner, dst, x.stride(0), x.stride(1), x.stride(2), H, nh, h0, N, n,
+                        HEAD_DIM=D, DP=DP, BLOCK_R=BLOCK, num_warps=4,
+                    )
             else:  # mean of the group's rows (of v, and of k for key_repr="mean")
                 g = lay
                 dummy = torch.empty((B, nh, n), dtype=torch.float32, device=q.device)
