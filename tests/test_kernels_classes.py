@@ -70,7 +70,7 @@ def test_pair_plan_merges_disjoint_pairs_only(grid, budget):
 
 def test_pair_plan_same_on_torch_and_fused_scores():
     grid, B, H, D = (4, 6, 8), 1, 2, 32
-    q, k = smooth(B, H, grid, D, device="cpu"), smooth(B, H, grid, D, device="cpu")
+    q, k = smooth(B, H, grid, D), smooth(B, H, grid, D)  # CUDA, or CPU under the Triton interpreter
     kw = dict(grid=grid, thresholds={"t": 1.0, "y": 1.0, "x": 1.0}, budget=0.6, key_budget=0.8, token_keys="pairs")
     torch_plan = build_token_plan(q, k, fused=False, **kw)
     fused_plan = build_token_plan(q, k, fused=True, **kw)

@@ -30,13 +30,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .compact_attention import CHUNK_SHARE, PAD_LIMIT, _gather_rows_kernel, _merge_values_kernel
+from .compact_attention import PAD_LIMIT, _gather_rows_kernel, _merge_values_kernel
 from .token_kernels import interpreting, pack_kept, row_cumsum
 
 logger = logging.getLogger(__name__)
 
-# compacted buffers of one chunk of heads, as a share of q's bytes (see the measurements in docs/kernels.md)
-CLASS_CHUNK_SHARE = CHUNK_SHARE
+# compacted buffers of one chunk of heads, as a share of q's bytes. 0.18 (the compaction path's share)
+# ran Wan2.1-1.3B (12 heads) one head per chunk: 5.07 ms at 75% pairs against 3.07 ms at 1.0 and 2.99 ms
+# at 4.0 (H200, profile_pairs.py); HunyuanVideo 25.2 / 24.4 / 24.7 ms. 1.0 adds up to q's bytes to the
+# attention's peak (docs/kernels.md), a small share of a transformer forward's peak.
+CLASS_CHUNK_SHARE = 1.0
 # the largest merge count that gets its own class (window 2 over three axes merges at most 8 keys)
 MAX_CLASS = 64
 _warned: set = set()
