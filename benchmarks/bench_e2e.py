@@ -274,9 +274,8 @@ def render(results):
         "## End to end: full-size random-weight transformers (`benchmarks/bench_e2e.py`)",
         "",
         f"* card: {first['card']}; torch {first['torch']}; dates: {', '.join(sorted({r['date'] for r in results}))}",
-        "* commands: " + "; ".join(f"`python {r['command']}`" for r in results),
         "* timed: wall clock of one transformer forward (bf16, batch 1, random weights at the real config) "
-        f"between CUDA syncs, median of {first['repeats']} after a warm-up; every speedup is against `stock` "
+        "between CUDA syncs, median of the run's `--repeats` after a warm-up; every speedup is against `stock` "
         "(diffusers as installed) from the same run. 50 steps composed from the config's schedule (its dense "
         "steps at the `dense (processors)` time, the other steps at the row's time); the ceiling composes "
         "stock dense steps with free self-attention (`attention free`). Counted: pair savings recorded in "
@@ -287,6 +286,8 @@ def render(results):
     for res in results:
         lines += [f"### {res['label']}: grid {tuple(res['grid'])}, {res['dense_steps']} dense steps of 50 "
                   f"(bundled `{res['config']}` schedule), reuse step timed: {res['reuse_step']}", "",
+                  f"`python {res['command']}` (median of {res['repeats']})" + (f"; {res['note']}" if res.get("note") else ""),
+                  "",
                   "| variant | ms per step | step speedup | 50 steps | ceiling | peak vs stock | pair savings | finite |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         stock_peak = res["rows"][0]["peak_gib"]
