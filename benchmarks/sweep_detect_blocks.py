@@ -10,7 +10,7 @@ import torch, triton, math
 from triton.testing import do_bench
 import sys; sys.path.insert(0, "benchmarks")
 from bench_attention import SHAPES, structured
-from timeripple.kernels import detect_kernels as dk
+from timeripple.kernels import detect_fused as dk
 for name in ("hunyuan", "wan14b"):
     H, grid, text_len, pos, D, note = SHAPES[name]
     q, k = (structured(1, H, grid, 0, pos, D, "cuda", torch.bfloat16, seed=i) for i in range(2))

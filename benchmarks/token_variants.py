@@ -45,9 +45,9 @@ def backend_check(log):
 
 
 def correctness(log):
-    from timeripple.kernels import compact_attention as ca
+    from timeripple.kernels import token_attention_compact as ca
     from timeripple.kernels import token_attention
-    from timeripple.kernels.reference import random_token_plan, token_attention_ref
+    from timeripple.kernels.token_attention_torch import random_token_plan, token_attention_ref
 
     out = {}
     for H, N, D, keep in ((4, 17000, 128, 0.5), (3, 9001, 64, torch.tensor([[0.5, 0.3, 0.7]]))):
@@ -75,9 +75,9 @@ def correctness(log):
 def timings(shape, targets, log, bench):
     import timeripple
     from timeripple import detect
-    from timeripple.kernels import compact_attention as ca
-    from timeripple.kernels.detect_kernels import token_axis_scores
-    from timeripple.token import build_token_plan
+    from timeripple.kernels import token_attention_compact as ca
+    from timeripple.kernels.detect_fused import token_axis_scores
+    from timeripple.token_plan import build_token_plan
 
     H, grid, text_len, text_pos, D, note = SHAPES[shape]
     base = dict(grid=grid, text_len=text_len, text_position=text_pos)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import timeripple
 from _core_helpers import structured, video_slice, with_text
-from timeripple.reference import reference_sources
+from timeripple.testing import reference_sources
 
 
 def _qkv(grid, text_len, pos, B=2, H=2, D=8, seed=0):

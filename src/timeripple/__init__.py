@@ -65,4 +65,4 @@ if TYPE_CHECKING:  # pragma: no cover
         supported_models,
     )
     from .schedule import threshold_at
-    from .stats import RippleStats
+    from .ripple_stats import RippleStats

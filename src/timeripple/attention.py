@@ -10,9 +10,9 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import detect, reuse
+from . import detect, channel_mode
 from ._validation import type_error, value_error
-from .stats import RippleStats
+from .ripple_stats import RippleStats
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def ripple_attention(
         return (out, RippleStats.dense(q.shape, axes)) if return_stats else out
     thresholds = detect.normalize_thresholds(threshold, axes)
     if mode == "token":
-        from .token import token_mode_attention  # token mode needs the kernels package
+        from .token_plan import token_mode_attention  # token mode needs the kernels package
 
         return token_mode_attention(
             q, k, v, grid=grid, thresholds=thresholds, threshold=threshold, text_len=text_len,
@@ -129,11 +129,11 @@ def ripple_attention(
         if not return_stats:
             return out
         qk_savings, frac_q, frac_k = _stats_from_counts(counts, N, math.prod(grid), axes)
-    elif channel_alpha is None and reuse.cube_path_supported(grid, window):  # CPU / no Triton: window cubes
+    elif channel_alpha is None and channel_mode.cube_path_supported(grid, window):  # CPU / no Triton: window cubes
         sides = []
         for x in (q, k):
-            video, start = reuse.split_video(x, text_len, text_position)  # (B, H, Nv, D)
-            video_t, counts = reuse.cube_channel_reuse(video, grid, thresholds, window=window, priority=priority)
+            video, start = channel_mode.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+            video_t, counts = channel_mode.cube_channel_reuse(video, grid, thresholds, window=window, priority=priority)
             x_t = x.clone()
             x_t[:, :, start : start + video.shape[2]] = video_t
             sides.append((x_t, counts))
@@ -150,8 +150,8 @@ def ripple_attention(
         out = F.scaled_dot_product_attention(q_t, k_t, v, attn_mask=attn_mask, scale=scale)  # (B, H, N, Dv)
         if not return_stats:
             return out
-        qk_savings = reuse.channel_qk_savings(src_q, src_k, N, N)
-        frac_q, frac_k = reuse.reused_fractions(via_q, axes), reuse.reused_fractions(via_k, axes)
+        qk_savings = channel_mode.channel_qk_savings(src_q, src_k, N, N)
+        frac_q, frac_k = channel_mode.reused_fractions(via_q, axes), channel_mode.reused_fractions(via_k, axes)
     stats = RippleStats(
         qk_savings=qk_savings,
         reused_fraction_q=frac_q,
@@ -173,12 +173,12 @@ def channel_reuse(
     """
     results = []
     for x in (q, k):
-        video, start = reuse.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+        video, start = channel_mode.split_video(x, text_len, text_position)  # (B, H, Nv, D)
         src, via = detect.detect_channel_sources(
             video, grid, thresholds, window=window, priority=priority, channel_alpha=channel_alpha
         )
         if fill is None:
-            x_t = reuse.apply_sources(x, src, start)
+            x_t = channel_mode.apply_sources(x, src, start)
         else:
             x_t = x.clone()
             x_t[:, :, start : start + video.shape[2]] = video.masked_fill(via >= 0, fill)
@@ -200,11 +200,11 @@ def _fused_channel_kernels(q, k, window, channel_alpha):
     if not (q.is_cuda or _FUSED_ON_CPU):
         return None
     try:
-        from .kernels import channel_kernels
+        from .kernels import channel_fused
     except ImportError as exc:  # Triton is an optional dependency
         reason = f"triton is not importable ({exc!r})"
     else:
-        reason = channel_kernels.fused_unsupported_reason(q, window, channel_alpha)
+        reason = channel_fused.fused_unsupported_reason(q, window, channel_alpha)
         if reason is None and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
             reason = "the fused kernel has no backward (q or k requires grad)"
         if reason is None:
@@ -219,7 +219,7 @@ def _stats_from_counts(counts, n, nv, axes):
     """``(qk_savings, reused_fraction_q, reused_fraction_k)`` from the fused kernel's int32 counts
     ``(2, B, H, 4, D)`` (reused; via t, y, x), with one host sync."""
     _, B, H, _, D = counts.shape
-    savings = reuse.qk_savings_from_counts(counts[0, :, :, 0], counts[1, :, :, 0], n, n)  # (H,)
+    savings = channel_mode.qk_savings_from_counts(counts[0, :, :, 0], counts[1, :, :, 0], n, n)  # (H,)
     per_axis = counts[:, :, :, 1:].sum(dim=(1, 2, 4)).double() / max(B * H * nv * D, 1)  # (2, 3)
     host = torch.cat([savings, per_axis.flatten()]).cpu()
     frac = host[H:].view(2, 3).tolist()

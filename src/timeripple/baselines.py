@@ -14,10 +14,10 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import detect, reuse
+from . import detect, channel_mode
 from ._validation import value_error
 from .attention import _check_mask, _check_options, _check_tensors, _check_text, channel_reuse
-from .stats import RippleStats
+from .ripple_stats import RippleStats
 
 
 def magnitude_mask_attention(
@@ -71,7 +71,7 @@ def magnitude_mask_attention(
     _check_mask(attn_mask, q)
     masked, zeroed = [], []
     for x in (q, k):
-        video, start = reuse.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+        video, start = channel_mode.split_video(x, text_len, text_position)  # (B, H, Nv, D)
         nv = video.shape[2]
         n_zero = round(fraction * nv * D)
         flat = video.float().abs().reshape(B, H, nv * D)  # (B, H, Nv*D)
@@ -151,9 +151,9 @@ def skip_attention(
     if not return_stats:
         return out
     stats = RippleStats(
-        qk_savings=reuse.channel_qk_savings(src_q, src_k, N, N),
-        reused_fraction_q=reuse.reused_fractions(via_q, axes),
-        reused_fraction_k=reuse.reused_fractions(via_k, axes),
+        qk_savings=channel_mode.channel_qk_savings(src_q, src_k, N, N),
+        reused_fraction_q=channel_mode.reused_fractions(via_q, axes),
+        reused_fraction_k=channel_mode.reused_fractions(via_k, axes),
         qk_products=B * H * N * N * D,
         mode="skip",
         threshold=threshold,

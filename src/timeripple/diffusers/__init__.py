@@ -14,7 +14,7 @@ from .apply import TimeRippleHandle, apply_timeripple, get_stats, remove_timerip
 from .hook import HOOK_NAME, TimeRippleHook
 from .processors import TimeRippleAttnProcessor
 from .registry import FamilySpec, register_family, register_model, supported_models
-from .stats import GenerationStats
+from .generation_stats import GenerationStats
 
 __all__ = [
     "apply_timeripple",

@@ -19,7 +19,7 @@ from .._validation import type_error, value_error
 from ..config import TimeRippleConfig, load_config
 from .hook import HOOK_NAME, RippleContext, TimeRippleHook, forward_signature
 from .registry import FamilySpec, get_family, supported_models
-from .stats import GenerationStats, StatsRecorder
+from .generation_stats import GenerationStats, StatsRecorder
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import torch
 from diffusers.hooks import ModelHook
 
 from .._validation import value_error
-from .stats import StatsRecorder
+from .generation_stats import StatsRecorder
 
 logger = logging.getLogger(__name__)
 

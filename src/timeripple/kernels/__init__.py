@@ -24,7 +24,7 @@ import logging
 
 import torch
 
-from .reference import check_token_inputs, normalize_key_bias, token_attention_ref
+from .token_attention_torch import check_token_inputs, normalize_key_bias, token_attention_ref
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias):
     lengths = None
     if q.is_cuda:
         if _TRITON_IMPORT_ERROR is None and q.dtype in SUPPORTED_DTYPES:
-            from . import compact_attention as ca
+            from . import token_attention_compact as ca
 
             q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
             q_src, k_src = q_src.contiguous(), k_src.contiguous()
@@ -83,7 +83,7 @@ def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias):
                                                       lengths=lengths)
         reason = triton_unsupported_reason(q)
         if reason is None:
-            from .token_kernels import token_attention_triton
+            from .token_attention_triton import token_attention_triton
 
             return token_attention_triton(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, lengths=lengths)
         _warn_once(reason)

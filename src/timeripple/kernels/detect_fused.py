@@ -23,8 +23,8 @@ import triton
 import triton.language as tl
 
 from .._validation import value_error
-from .channel_pairs import cube_row
-from .token_kernels import interpreting
+from .channel_fused_pairs import cube_row
+from .token_attention_triton import interpreting
 
 CRITERIA = ("strict", "rms")
 

@@ -21,8 +21,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ._validation import type_error, value_error
-from .config import TimeRippleConfig, load_config
+from .._validation import type_error, value_error
+from ..config import TimeRippleConfig, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -395,7 +395,7 @@ def calibrate(
     Example:
 
     ```py
-    >>> from timeripple.calibrate import calibrate
+    >>> from timeripple.eval.calibration import calibrate
     >>> from timeripple.demo import load_tiny_pipeline
     >>> pipe = load_tiny_pipeline()
     >>> result = calibrate(pipe, "wan2.1", ["a blue square moving left quickly on a black background"],
@@ -405,8 +405,8 @@ def calibrate(
     """
     from tqdm.auto import tqdm
 
-    from .diffusers import apply_timeripple
-    from .eval.metrics import psnr, ssim
+    from ..diffusers import apply_timeripple
+    from ..video_metrics import psnr, ssim
 
     config, prompts, scales, seeds = _check_inputs(pipe, config, prompts, scales, seeds, num_inference_steps)
     target = _check_targets(target_psnr, target_savings)

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .._validation import value_error
-from .reference import check_token_inputs, normalize_key_bias
+from .token_attention_torch import check_token_inputs, normalize_key_bias
 
 LOG2E = 1.4426950408889634
 

@@ -35,7 +35,7 @@ import triton.language as tl
 
 from .. import detect
 from .._validation import value_error
-from .token_kernels import interpreting
+from .token_attention_triton import interpreting
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SUPPORTED_WINDOWS = (2, 3, 4)
@@ -182,7 +182,7 @@ def _launch(x: torch.Tensor, out: torch.Tensor, counts: torch.Tensor | None, gri
             window: int) -> None:
     """Write the video rows of ``out`` (``x`` and ``out``: video slices ``(B, H, Nv, D)``)."""
     if window == 2:  # the common case: a dedicated elementwise kernel over 2x2x2 cubes (memory-bound)
-        from .channel_pairs import launch_pairs
+        from .channel_fused_pairs import launch_pairs
 
         launch_pairs(x, out, counts, grid, thresholds, priority)
         return

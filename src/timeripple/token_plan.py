@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import detect, reuse
+from . import detect, channel_mode
 from ._validation import value_error
-from .stats import RippleStats
+from .ripple_stats import RippleStats
 
 
 def build_token_plan(
@@ -50,9 +50,9 @@ def build_token_plan(
         fused = fused_detection_reason(q, criterion) is None
     out = []
     for x in (q, k):
-        video, start = reuse.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+        video, start = channel_mode.split_video(x, text_len, text_position)  # (B, H, Nv, D)
         if fused:
-            from .kernels.detect_kernels import token_axis_scores
+            from .kernels.detect_fused import token_axis_scores
 
             scores = token_axis_scores(video, grid, window, criterion, axes=tuple(thresholds))  # (B,H,Nv,3)
             src, via = detect.token_sources_from_scores(
