@@ -10,13 +10,10 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import detect, channel_mode
-from ._validation import type_error, value_error
+from . import channel_mode, detect, options, sequence
 from .ripple_stats import RippleStats
 
 logger = logging.getLogger(__name__)
-
-MODES = ("channel", "token")
 
 
 def ripple_attention(
@@ -94,19 +91,18 @@ def ripple_attention(
         >>> out.shape, stats.qk_savings_mean > 0.5
         (torch.Size([1, 1, 144, 64]), True)
     """
-    _check_tensors(q, k, v)
+    options.check_tensors(q, k, v)
     B, H, N, D = q.shape
-    detect.check_geometry(grid, window, axes, priority)
+    options.check_geometry(grid, window, axes, priority)
     grid = tuple(int(g) for g in grid)
-    _check_text(text_len, text_position, grid, N)
-    if mode not in MODES:
-        raise value_error("mode", mode, "must be 'channel' or 'token'", "pass mode='channel' or mode='token'")
-    _check_options(mode, channel_alpha, token_criterion, token_fraction, budget, scale)
-    _check_mask(attn_mask, q)
+    options.check_text(text_len, text_position, grid, N)
+    options.check_mode_options(mode, channel_alpha=channel_alpha, token_criterion=token_criterion,
+                               token_fraction=token_fraction, budget=budget, scale=scale)
+    options.check_mask(attn_mask, q)
     if threshold is None:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
         return (out, RippleStats.dense(q.shape, axes)) if return_stats else out
-    thresholds = detect.normalize_thresholds(threshold, axes)
+    thresholds = options.normalize_thresholds(threshold, axes)
     if mode == "token":
         from .token_plan import token_mode_attention  # token mode needs the kernels package
 
@@ -132,7 +128,7 @@ def ripple_attention(
     elif channel_alpha is None and channel_mode.cube_path_supported(grid, window):  # CPU / no Triton: window cubes
         sides = []
         for x in (q, k):
-            video, start = channel_mode.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+            video, start = sequence.split_video(x, text_len, text_position)  # (B, H, Nv, D)
             video_t, counts = channel_mode.cube_channel_reuse(video, grid, thresholds, window=window, priority=priority)
             x_t = x.clone()
             x_t[:, :, start : start + video.shape[2]] = video_t
@@ -173,7 +169,7 @@ def channel_reuse(
     """
     results = []
     for x in (q, k):
-        video, start = channel_mode.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+        video, start = sequence.split_video(x, text_len, text_position)  # (B, H, Nv, D)
         src, via = detect.detect_channel_sources(
             video, grid, thresholds, window=window, priority=priority, channel_alpha=channel_alpha
         )
@@ -223,86 +219,5 @@ def _stats_from_counts(counts, n, nv, axes):
     per_axis = counts[:, :, :, 1:].sum(dim=(1, 2, 4)).double() / max(B * H * nv * D, 1)  # (2, 3)
     host = torch.cat([savings, per_axis.flatten()]).cpu()
     frac = host[H:].view(2, 3).tolist()
-    fractions = [{a: side[detect.AXES.index(a)] for a in axes} for side in frac]
+    fractions = [{a: side[options.AXES.index(a)] for a in axes} for side in frac]
     return host[:H].clone(), fractions[0], fractions[1]
-
-
-# ----------------------------------------------------------------------------------------------
-# argument checks
-
-
-def _check_tensors(q, k, v) -> None:
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor):
-            raise type_error(name, x, "a torch.Tensor (B, H, N, D)", f"pass {name} as a tensor")
-        if x.dim() != 4:
-            raise value_error(f"{name}.shape", tuple(x.shape), "must be 4-D (B, H, N, D)",
-                              "transpose (B, N, H, D) inputs with .transpose(1, 2)")
-        if not x.is_floating_point():
-            raise type_error(f"{name}.dtype", x.dtype, "a floating dtype", f"cast {name} to float16/bfloat16/float32")
-    if k.shape != q.shape:
-        raise value_error("k.shape", tuple(k.shape), f"must equal q.shape {tuple(q.shape)} (self-attention)",
-                          "pass q and k of the same layer")
-    if v.shape[:3] != q.shape[:3]:
-        raise value_error("v.shape", tuple(v.shape), f"must start with q's (B, H, N) {tuple(q.shape[:3])}",
-                          "pass v of the same layer in (B, H, N, D) layout")
-    for name, x in (("k", k), ("v", v)):
-        if x.dtype != q.dtype:
-            raise value_error(f"{name}.dtype", x.dtype, f"must equal q.dtype {q.dtype}", f"cast {name} to {q.dtype}")
-        if x.device != q.device:
-            raise value_error(f"{name}.device", x.device, f"must equal q.device {q.device}",
-                              f"move {name} to {q.device}")
-
-
-def _check_text(text_len, text_position, grid, n) -> None:
-    if not isinstance(text_len, int) or isinstance(text_len, bool) or text_len < 0:
-        raise value_error("text_len", text_len, "must be an int >= 0", "pass the number of text tokens, or 0")
-    if text_position not in ("before", "after"):
-        raise value_error("text_position", text_position, "must be 'before' or 'after'",
-                          "use 'after' for [video | text] (HunyuanVideo), 'before' for [text | video] (CogVideoX)")
-    nv = math.prod(grid)
-    if nv + text_len != n:
-        raise value_error("grid", grid, f"T*H*W ({nv}) + text_len ({text_len}) must equal N ({n}) of q",
-                          "pass the latent grid after patching and the exact number of text tokens")
-
-
-def _check_options(mode, channel_alpha, criterion, fraction, budget, scale) -> None:
-    if channel_alpha is not None:
-        if isinstance(channel_alpha, bool) or not isinstance(channel_alpha, numbers.Real):
-            raise type_error("channel_alpha", channel_alpha, "a float or None", "pass e.g. channel_alpha=1.0")
-        if not channel_alpha > 0 or math.isinf(channel_alpha):
-            raise value_error("channel_alpha", channel_alpha, "must be a finite number > 0", "pass e.g. 1.0")
-        if mode != "channel":
-            raise value_error("channel_alpha", channel_alpha, "applies to mode='channel' only",
-                              "drop channel_alpha or use mode='channel'")
-    if criterion not in detect.TOKEN_CRITERIA:
-        raise value_error("token_criterion", criterion, "must be 'strict', 'fraction' or 'rms'",
-                          "use token_criterion='strict'")
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
-        raise value_error("token_fraction", fraction, "must be a number in (0, 1]", "use e.g. 0.9")
-    if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not 0 < budget <= 1:
-            raise value_error("budget", budget, "must be None or a number in (0, 1]",
-                              "use e.g. budget=0.5, or detect.budget_for_pair_savings(...)")
-        if mode != "token":
-            raise value_error("budget", budget, "applies to mode='token' only", "pass mode='token' or budget=None")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or math.isnan(scale)):
-        raise value_error("scale", scale, "must be None or a real number", "leave scale=None for 1/sqrt(D)")
-
-
-def _check_mask(attn_mask, q) -> None:
-    if attn_mask is None:
-        return
-    if not isinstance(attn_mask, torch.Tensor):
-        raise type_error("attn_mask", attn_mask, "a torch.Tensor or None", "pass a bool or float mask tensor")
-    B, H, N, _ = q.shape
-    try:
-        ok = torch.broadcast_shapes(attn_mask.shape, (B, H, N, N)) == (B, H, N, N)
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise value_error("attn_mask.shape", tuple(attn_mask.shape), f"must broadcast to (B, H, N, N) = {(B, H, N, N)}",
-                          "reshape the mask, e.g. a key-padding mask to (B, 1, 1, N)")
-    if attn_mask.device != q.device:
-        raise value_error("attn_mask.device", attn_mask.device, f"must equal q.device {q.device}",
-                          f"move attn_mask to {q.device}")

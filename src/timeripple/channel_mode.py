@@ -9,14 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .detect import AXES
-
-
-def split_video(x: torch.Tensor, text_len: int, text_position: str) -> tuple[torch.Tensor, int]:
-    """Return the video slice of ``x`` ``(B, H, N, D)`` along dim 2 and its start offset."""
-    n = x.shape[2]
-    start = text_len if (text_position == "before" and text_len) else 0
-    return x[:, :, start : start + n - text_len], start
+from .options import AXES
 
 
 def apply_sources(x: torch.Tensor, src: torch.Tensor, start: int) -> torch.Tensor:
@@ -95,7 +88,7 @@ def cube_channel_reuse(x: torch.Tensor, grid, thresholds, *, window: int, priori
         ``(x̃, counts)``: ``x̃`` ``(B, H, Nv, D)`` in ``x``'s dtype and int64 counts ``(B, H, 4, D)``
         (reused elements; reused via t, y, x), the layout of the fused CUDA kernel.
     """
-    from .detect import _window_std  # the same Δ arithmetic as the reference path
+    from .detect import window_std  # the same Δ arithmetic as the reference path
 
     B, H, Nv, D = x.shape
     K = window
@@ -120,7 +113,7 @@ def cube_channel_reuse(x: torch.Tensor, grid, thresholds, *, window: int, priori
                 member = list(pos)
                 member[a] = m
                 members.append(cube[tuple(member)].float())
-            ok = _window_std(torch.stack(members, dim=-2)) < float(thresholds[axis])  # (B,H,nt,ny,nx,D)
+            ok = window_std(torch.stack(members, dim=-2)) < float(thresholds[axis])  # (B,H,nt,ny,nx,D)
             for m in range(1, K):
                 member = list(pos)
                 member[a] = m

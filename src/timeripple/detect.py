@@ -23,10 +23,9 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ._validation import type_error, value_error
+from ._validation import value_error
+from .options import AXES, check_geometry
 
-AXES = ("t", "y", "x")
-TOKEN_CRITERIA = ("strict", "fraction", "rms")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,18 +72,18 @@ def window_deltas(x: torch.Tensor, grid: Sequence[int], axis: str, window: int) 
     parts = []
     if n_full:
         full = x6[..., : n_full * window, :].unflatten(-2, (n_full, window))  # (..., nf, K, D)
-        parts.append(_window_std(full).unsqueeze(-2).expand_as(full).flatten(-3, -2))
+        parts.append(window_std(full).unsqueeze(-2).expand_as(full).flatten(-3, -2))
     if rest:
         tail = x6[..., n_full * window :, :].unsqueeze(-3)  # (..., 1, r, D)
         if rest >= 2:
-            parts.append(_window_std(tail).unsqueeze(-2).expand_as(tail).flatten(-3, -2))
+            parts.append(window_std(tail).unsqueeze(-2).expand_as(tail).flatten(-3, -2))
         else:
             parts.append(torch.full_like(tail.flatten(-3, -2), math.nan))
     delta = torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]  # (B, H, o1, o2, L, D)
     return delta.movedim(-2, dim).reshape(B, H, Nv, D)
 
 
-def _window_std(w: torch.Tensor) -> torch.Tensor:
+def window_std(w: torch.Tensor) -> torch.Tensor:
     """Population std over dim -2 of ``(..., n, K, D)`` float32 windows; NaN if any member is not finite."""
     size = w.shape[-2]
     if size == 2:  # |a0 - a1| / 2: the same value as the two-pass formula, and much cheaper
@@ -364,58 +363,3 @@ def eligible_count(grid: Sequence[int], window: int, axes: Sequence[str]) -> int
     for axis, length in zip(AXES, grid):
         firsts *= math.ceil(length / window) if axis in axes else length
     return math.prod(grid) - firsts
-
-
-# ----------------------------------------------------------------------------------------------
-# argument checks shared by ripple_attention and the baselines
-
-
-def check_geometry(grid, window, axes, priority=None) -> None:
-    """Validate ``grid``, ``window``, ``axes`` and ``priority``; raise ValueError/TypeError."""
-    if not isinstance(grid, (tuple, list)) or len(grid) != 3 or not all(
-        isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid
-    ):
-        raise value_error("grid", grid, "must be three positive ints (T, H, W) of the latent video grid",
-                          "pass e.g. grid=(T, H // patch, W // patch)")
-    if not isinstance(window, int) or isinstance(window, bool) or window < 2:
-        raise value_error("window", window, "must be an int >= 2", "use window=2 (the paper's default)")
-    if isinstance(axes, str) or not isinstance(axes, (tuple, list)) or not axes:
-        raise value_error("axes", axes, "must be a non-empty tuple of 't', 'y', 'x'", "pass e.g. ('t', 'y', 'x')")
-    for a in axes:
-        if a not in AXES:
-            raise value_error("axes", axes, f"unknown axis {a!r}; axes are 't', 'y', 'x'", "remove or rename it")
-    if len(set(axes)) != len(axes):
-        raise value_error("axes", axes, "axes must not repeat", "list each axis once")
-    if priority is not None:
-        if isinstance(priority, str) or not isinstance(priority, (tuple, list)) or any(
-            p not in AXES for p in priority
-        ) or len(set(priority)) != len(priority):
-            raise value_error("priority", priority, "must be a tuple of distinct axes 't', 'y', 'x'",
-                              "pass e.g. ('t', 'y', 'x')")
-        missing = [a for a in axes if a not in priority]
-        if missing:
-            raise value_error("priority", priority, f"axes {missing} are checked but have no priority",
-                              "list every axis of `axes` in `priority`")
-
-
-def normalize_thresholds(threshold, axes) -> dict[str, float]:
-    """``threshold`` (a number for all ``axes`` or a dict per axis) -> ``{axis: θ}`` for the checked
-    axes (dict keys outside ``axes`` are ignored). Rejects negative, NaN and non-numeric values."""
-    if isinstance(threshold, Mapping):
-        for key in threshold:
-            if key not in AXES:
-                raise value_error("threshold", dict(threshold), f"unknown axis {key!r}; axes are 't', 'y', 'x'",
-                                  "use keys 't', 'y', 'x'")
-        items = {a: threshold[a] for a in axes if a in threshold}
-    else:
-        items = {a: threshold for a in axes}
-    out = {}
-    for axis, theta in items.items():
-        if isinstance(theta, bool) or not isinstance(theta, numbers.Real):
-            raise type_error(f"threshold[{axis!r}]" if isinstance(threshold, Mapping) else "threshold",
-                             theta, "a float, a dict of floats per axis, or None", "pass e.g. threshold=0.4")
-        if math.isnan(theta) or theta < 0:
-            raise value_error("threshold", threshold, "thresholds must be >= 0 and not NaN",
-                              "use 0 for no reuse, None for dense attention, or a positive value such as 0.4")
-        out[axis] = float(theta)
-    return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import detect, channel_mode
+from . import detect, options, sequence
 from ._validation import value_error
 from .ripple_stats import RippleStats
 
@@ -26,7 +26,7 @@ def build_token_plan(
     text_len: int = 0,
     text_position: str = "after",
     window: int = 2,
-    priority=detect.AXES,
+    priority=options.AXES,
     criterion: str = "strict",
     fraction: float = 0.9,
     budget: float | None = None,
@@ -44,13 +44,13 @@ def build_token_plan(
 
     Returns:
         ``(q_src, k_src, via_q, via_k)``: int32 ``(B, H, N)`` sources over the whole sequence and int8
-        ``(B, H, Nv)`` axis indices (into ``detect.AXES``, -1 = computed) over the video tokens.
+        ``(B, H, Nv)`` axis indices (into ``options.AXES``, -1 = computed) over the video tokens.
     """
     if fused is None:
         fused = fused_detection_reason(q, criterion) is None
     out = []
     for x in (q, k):
-        video, start = channel_mode.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+        video, start = sequence.split_video(x, text_len, text_position)  # (B, H, Nv, D)
         if fused:
             from .kernels.detect_fused import token_axis_scores
 
@@ -130,7 +130,7 @@ def _token_stats(q_src, k_src, via_q, via_k, axes):
     (per layer on the GPU, so the three figures share it)."""
     H = q_src.shape[1]
     axes = tuple(axes)
-    per_axis = [(via == detect.AXES.index(a)).sum() for via in (via_q, via_k) for a in axes]
+    per_axis = [(via == options.AXES.index(a)).sum() for via in (via_q, via_k) for a in axes]
     host = torch.cat([_pair_savings(q_src, k_src), torch.stack(per_axis).double()]).cpu()  # axes is never empty
     counts = host[H:].tolist()
     fractions = [

@@ -18,7 +18,8 @@ from diffusers.hooks import HookRegistry
 from .._validation import type_error, value_error
 from ..config import TimeRippleConfig, load_config
 from .hook import HOOK_NAME, RippleContext, TimeRippleHook, forward_signature
-from .registry import FamilySpec, get_family, supported_models
+from .family import FamilySpec
+from .registry import get_family, supported_models
 from .generation_stats import GenerationStats, StatsRecorder
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,32 @@ def apply_timeripple(pipe_or_transformer, config, *, scheduler=None) -> TimeRipp
 
 
 def processors_for_model(transformer: torch.nn.Module, config, *, scheduler=None) -> dict:
-    """Backs [`TimeRippleAttnProcessor.for_model`]: registers the hook and returns the processor dict."""
+    r"""
+    The processor dict for ``transformer.set_attn_processor(...)`` (the diffusers idiom), with TimeRipple on
+    self-attention.
+
+    Self-attention layers get a fresh TimeRipple processor each; every other layer keeps its current
+    processor object. It also registers the transformer hook that supplies the grid and the step (the
+    processors' context) and returns before anything is swapped, so the swap is yours.
+    [`remove_timeripple`] undoes both.
+
+    Args:
+        transformer (`torch.nn.Module`): a supported transformer (see [`supported_models`]).
+        config ([`TimeRippleConfig`] or `str`): the config or a bundled config name.
+        scheduler (`SchedulerMixin`): the scheduler that drives the denoising loop (its ``timesteps``
+            give the step index).
+
+    Returns:
+        `dict[str, AttentionProcessor]`: ``{"<module>.processor": processor}`` for every attention layer.
+
+    Example:
+
+    ```py
+    >>> import timeripple
+    >>> processors = timeripple.processors_for_model(pipe.transformer, "wan2.1", scheduler=pipe.scheduler)
+    >>> pipe.transformer.set_attn_processor(processors)
+    ```
+    """
     config, targets, scheduler_fn, spec = _prepare(transformer, config, scheduler)
     (name, transformer), = targets
     if not hasattr(transformer, "attn_processors"):
@@ -152,7 +178,7 @@ def processors_for_model(transformer: torch.nn.Module, config, *, scheduler=None
 
 def remove_timeripple(pipe_or_transformer_or_handle) -> None:
     r"""
-    Undo [`apply_timeripple`] (or [`TimeRippleAttnProcessor.for_model`]): the exact original processor
+    Undo [`apply_timeripple`] (or [`processors_for_model`]): the exact original processor
     objects come back and the hook is removed, so outputs are bit-identical to stock again.
 
     Args:

@@ -23,8 +23,7 @@ import triton
 import triton.language as tl
 
 from .._validation import value_error
-from .channel_fused_pairs import cube_row
-from .token_attention_triton import interpreting
+from .triton_common import cube_row, interpreting
 
 CRITERIA = ("strict", "rms")
 

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .token_attention_triton import TokenPlanLayout, group_v_sums, interpreting
+from .token_attention_triton import TokenPlanLayout
+from .triton_common import group_v_sums, interpreting
 
 VARIANTS = ("vcount", "pad", "bias")
 DEFAULT_VARIANT = "vcount"

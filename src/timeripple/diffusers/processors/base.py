@@ -23,7 +23,7 @@ __all__ = ["TimeRippleAttnProcessor"]
 
 _HOW_TO = (
     "install processors with `timeripple.apply_timeripple(pipe, config)`, or with "
-    "`pipe.transformer.set_attn_processor(TimeRippleAttnProcessor.for_model(pipe.transformer, config, "
+    "`pipe.transformer.set_attn_processor(timeripple.processors_for_model(pipe.transformer, config, "
     "scheduler=pipe.scheduler))`, which also registers the hook that supplies the grid and the step"
 )
 
@@ -35,14 +35,15 @@ class TimeRippleAttnProcessor:
     Every layer gets its own instance, bound to the transformer's step/grid context (filled by a
     transformer hook before each forward) and to its layer name (for per-layer statistics). So do not
     build one by hand and share it: get the whole processor dict for the diffusers idiom with
-    [`~TimeRippleAttnProcessor.for_model`], or let [`apply_timeripple`] do everything. A processor without
+    [`processors_for_model`] (the installer, ``diffusers/apply.py``; processors never install anything),
+    or let [`apply_timeripple`] do everything. A processor without
     its context raises a `ValueError` that says how to fix it; it never silently runs dense.
 
     Example:
 
     ```py
-    >>> from timeripple import TimeRippleAttnProcessor, remove_timeripple
-    >>> processors = TimeRippleAttnProcessor.for_model(pipe.transformer, "wan2.1", scheduler=pipe.scheduler)
+    >>> from timeripple import processors_for_model, remove_timeripple
+    >>> processors = processors_for_model(pipe.transformer, "wan2.1", scheduler=pipe.scheduler)
     >>> pipe.transformer.set_attn_processor(processors)
     >>> video = pipe(prompt, num_inference_steps=50).frames[0]
     >>> remove_timeripple(pipe.transformer)   # original processors and no hook again
@@ -77,29 +78,6 @@ class TimeRippleAttnProcessor:
             "processor", type(self).__name__, "a bare TimeRippleAttnProcessor has no model family, no layer "
             "name and no step/grid context", _HOW_TO,
         )
-
-    @classmethod
-    def for_model(cls, transformer: torch.nn.Module, config, *, scheduler=None) -> dict:
-        r"""
-        The processor dict for ``transformer.set_attn_processor(...)``, with TimeRipple on self-attention.
-
-        Self-attention layers get a fresh TimeRipple processor each; every other layer keeps its current
-        processor object. It also registers the transformer hook that supplies the grid and the step
-        (the processors' context) and returns before anything is swapped, so the swap is yours.
-        [`remove_timeripple`] undoes both.
-
-        Args:
-            transformer (`torch.nn.Module`): a supported transformer (see [`supported_models`]).
-            config ([`TimeRippleConfig`] or `str`): the config or a bundled config name.
-            scheduler (`SchedulerMixin`): the scheduler that drives the denoising loop (its ``timesteps``
-                give the step index).
-
-        Returns:
-            `dict[str, AttentionProcessor]`: ``{"<module>.processor": processor}`` for every attention layer.
-        """
-        from ..apply import processors_for_model
-
-        return processors_for_model(transformer, config, scheduler=scheduler)
 
     # -- helpers for subclasses -----------------------------------------------------------------------
 

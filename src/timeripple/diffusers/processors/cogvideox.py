@@ -14,7 +14,7 @@ from diffusers.models.attention_processor import Attention, CogVideoXAttnProcess
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXTransformer3DModel
 
-from ..registry import FamilySpec, register_family
+from ..family import FamilySpec
 from .base import TimeRippleAttnProcessor, register_like_stock
 
 __all__ = ["CogVideoXTimeRippleAttnProcessor"]
@@ -78,8 +78,6 @@ def _grid(transformer, bound) -> tuple:
 
 
 register_like_stock(CogVideoXTimeRippleAttnProcessor, CogVideoXAttnProcessor2_0)
-register_family(
-    CogVideoXTransformer3DModel,
-    FamilySpec(name="cogvideox", processor_cls=CogVideoXTimeRippleAttnProcessor, select=_select, grid=_grid,
-               attention_types=(Attention,), label="CogVideoX 1.0 / 1.5"),
-)
+# the family this module adds: ``diffusers/registry.py`` registers it for CogVideoXTransformer3DModel and its subclasses
+FAMILY = (CogVideoXTransformer3DModel, FamilySpec(name="cogvideox", processor_cls=CogVideoXTimeRippleAttnProcessor, select=_select, grid=_grid,
+               attention_types=(Attention,), label="CogVideoX 1.0 / 1.5"))

@@ -16,7 +16,7 @@ from diffusers.models.transformers.transformer_hunyuan_video import (
     HunyuanVideoTransformer3DModel,
 )
 
-from ..registry import FamilySpec, register_family
+from ..family import FamilySpec
 from .base import TimeRippleAttnProcessor, register_like_stock
 
 __all__ = ["HunyuanVideoTimeRippleAttnProcessor"]
@@ -97,8 +97,6 @@ def _grid(transformer, bound) -> tuple:
 
 
 register_like_stock(HunyuanVideoTimeRippleAttnProcessor, HunyuanVideoAttnProcessor2_0)
-register_family(
-    HunyuanVideoTransformer3DModel,
-    FamilySpec(name="hunyuan_video", processor_cls=HunyuanVideoTimeRippleAttnProcessor, select=_select,
-               grid=_grid, attention_types=(Attention,), label="HunyuanVideo"),
-)
+# the family this module adds: ``diffusers/registry.py`` registers it for HunyuanVideoTransformer3DModel and its subclasses
+FAMILY = (HunyuanVideoTransformer3DModel, FamilySpec(name="hunyuan_video", processor_cls=HunyuanVideoTimeRippleAttnProcessor, select=_select,
+               grid=_grid, attention_types=(Attention,), label="HunyuanVideo"))
