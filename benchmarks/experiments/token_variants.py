@@ -3,7 +3,7 @@ the timing of the execution variants and stages at the HunyuanVideo and Wan2.1-1
 
 Usage (one device call; logs to $OUT or ./gpu_out)::
 
-    python benchmarks/token_variants.py [--shapes hunyuan wan14b] [--targets 0.75 0.875]
+    python benchmarks/experiments/token_variants.py [--shapes hunyuan wan14b] [--targets 0.75 0.875]
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from bench_attention import SHAPES, structured  # noqa: E402
 
