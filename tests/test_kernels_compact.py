@@ -13,7 +13,7 @@ from test_kernels_triton import _CountLaunches, assert_close_to_reference
 from timeripple import detect, ripple_attention
 from timeripple.kernels import token_attention_compact as ca
 from timeripple.kernels import token_attention, token_attention_triton
-from timeripple.kernels.detect_fused import token_axis_scores_torch
+from timeripple.detect import axis_score_table as token_axis_scores_torch
 from timeripple.kernels.token_attention_torch import random_token_plan
 from timeripple.token_plan import build_token_plan
 

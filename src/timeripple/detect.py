@@ -212,6 +212,22 @@ def token_scores(
     return torch.where(torch.isnan(delta).any(dim=-1), math.nan, score)
 
 
+def axis_score_table(x, grid, window=2, criterion="strict", fraction=0.9, axes=AXES) -> torch.Tensor:
+    """The ``(B, H, Nv, 3)`` float32 table of :func:`token_scores` on the axes ``t, y, x`` (NaN where a token
+    is not a non-first window member, and in the columns of axes not in ``axes``): the plain-torch
+    specification of ``kernels.detect_fused.token_axis_scores`` and the input of
+    :func:`token_sources_from_scores`."""
+    cols = []
+    for axis in AXES:
+        if axis in axes:
+            _, non_first = axis_partners(grid, axis, window, x.device)
+            score = token_scores(x, grid, axis, window, criterion, fraction)  # (B, H, Nv)
+            cols.append(torch.where(non_first.view(1, 1, -1), score, math.nan))
+        else:  # never read
+            cols.append(torch.full(x.shape[:3], math.nan, device=x.device))
+    return torch.stack(cols, dim=-1)
+
+
 def detect_token_sources(
     x: torch.Tensor,
     grid: Sequence[int],
@@ -240,16 +256,8 @@ def detect_token_sources(
     axes = _checked_axes(thresholds, priority)
     if budget is None:  # an axis with θ = 0 passes nothing: no need to score it
         axes = [a for a in axes if float(thresholds[a]) != 0]
-    cols = []
-    for axis in AXES:  # the (B, H, Nv, 3) score layout of token_sources_from_scores
-        if axis in axes:
-            _, non_first = axis_partners(grid, axis, window, x.device)
-            score = token_scores(x, grid, axis, window, criterion, fraction)  # (B, H, Nv)
-            cols.append(torch.where(non_first.view(1, 1, -1), score, math.nan))
-        else:  # never read
-            cols.append(torch.full(x.shape[:3], math.nan, device=x.device))
     src, via = token_sources_from_scores(
-        torch.stack(cols, dim=-1), grid, thresholds, window=window, priority=priority, budget=budget
+        axis_score_table(x, grid, window, criterion, fraction, axes), grid, thresholds, window=window, priority=priority, budget=budget
     )
     return src.long(), via
 

@@ -20,7 +20,7 @@ Public pieces:
 * ``channel_reuse_fused(q, k, ...)``: ``q̃``, ``k̃`` ``(B, H, N, D)`` (text rows copied) and counts
   ``(2, B, H, 4, D)``; registered as the custom op ``timeripple::channel_reuse`` so ``torch.compile``
   traces through it. CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``.
-* ``channel_reuse_torch(x_video, ...)``: the plain-torch twin built on ``timeripple.detect`` (the
+* ``channel_mode.channel_reuse_counts(x_video, ...)``: the plain-torch twin built on ``timeripple.detect`` (the
   specification); ``fused_unsupported_reason(...)``: why a call has to use the torch path.
 """
 
@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import detect, options
+from .. import options
 from .._validation import value_error
 from .triton_common import interpreting
 
@@ -297,19 +297,3 @@ def channel_reuse_fused(
     thetas = [float(thresholds.get(a, 0.0)) for a in options.AXES]
     prio = [options.AXES.index(a) for a in priority]
     return _channel_reuse_op(q, k, start, nv, [T, Hg, Wg], thetas, prio, int(window), bool(stats))
-
-
-# ----------------------------------------------------------------------------------------------
-# plain-torch twin
-
-
-def channel_reuse_torch(x, grid, thresholds, window=2, priority=options.AXES):
-    """Plain-torch twin of one side of the kernel on the video part ``x`` ``(B, H, Nv, D)``.
-
-    Returns ``(x̃, counts)``: ``x̃`` ``(B, H, Nv, D)`` and int32 counts ``(B, H, 4, D)`` (reused; via t,
-    y, x), built on ``detect.detect_channel_sources``.
-    """
-    src, via = detect.detect_channel_sources(x, grid, thresholds, window=window, priority=priority)
-    x_t = torch.gather(x, 2, src)  # (B, H, Nv, D)
-    counts = torch.stack([(via >= 0).sum(2)] + [(via == i).sum(2) for i in range(3)], dim=2)  # (B, H, 4, D)
-    return x_t, counts.int()
