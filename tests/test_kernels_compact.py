@@ -1,4 +1,4 @@
-"""Token attention by compaction + SDPA (kernels/compact_attention.py) and the fused token plan.
+"""Token attention by compaction + SDPA (kernels/token_attention_compact.py) and the fused token plan.
 
 On a CPU machine the Triton kernels run under the interpreter on small shapes (tests/conftest.py); on
 a GPU the same tests run compiled, plus large shapes and the public dispatch.
@@ -148,7 +148,7 @@ def test_cuda_public_op_uses_compaction_and_compiles(monkeypatch):
     spy = _CountLaunches(ca._finish_kernel)
     monkeypatch.setattr(ca, "_finish_kernel", spy)
     tri = _CountLaunches(token_attention_triton._token_attn_kernel)
-    monkeypatch.setattr(token_kernels, "_token_attn_kernel", tri)
+    monkeypatch.setattr(token_attention_triton, "_token_attn_kernel", tri)
     eager = token_attention(q, k, v, q_src, k_src)
     assert spy.launches >= 1 and tri.launches == 0
     assert_close_to_reference(eager, q, k, v, q_src, k_src)

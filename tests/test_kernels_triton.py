@@ -62,7 +62,7 @@ def test_triton_token_attention_matches_reference(dtype, head_dim, text_len, tex
     q_src, k_src = random_token_plan(B, H, N, keep, text_len=text_len, text_position=text_position,
                                      device=DEVICE)
     spy = _CountLaunches(token_attention_triton._token_attn_kernel)
-    monkeypatch.setattr(token_kernels, "_token_attn_kernel", spy)
+    monkeypatch.setattr(token_attention_triton, "_token_attn_kernel", spy)
     got = token_attention_triton.token_attention_triton(q, k, v, q_src, k_src)
     assert spy.launches == 1
     assert got.dtype == dtype and got.shape == q.shape
@@ -159,7 +159,7 @@ def test_cuda_public_op_runs_triton_and_compiles(monkeypatch):
     # per-head lengths far apart: padding to the longest would cost > PAD_LIMIT, so the varlen kernel runs
     q_src, k_src = random_token_plan(1, 2, 300, torch.tensor([[0.95, 0.05]]), device="cuda")
     spy = _CountLaunches(token_attention_triton._token_attn_kernel)
-    monkeypatch.setattr(token_kernels, "_token_attn_kernel", spy)
+    monkeypatch.setattr(token_attention_triton, "_token_attn_kernel", spy)
     eager = token_attention(q, k, v, q_src, k_src)
     assert spy.launches == 1
     compiled = torch.compile(token_attention, fullgraph=True)(q, k, v, q_src, k_src)

@@ -204,7 +204,7 @@ def _fused_channel_kernels(q, k, window, channel_alpha):
         if reason is None and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
             reason = "the fused kernel has no backward (q or k requires grad)"
         if reason is None:
-            return channel_kernels
+            return channel_fused
     if reason not in _fallback_warned:
         _fallback_warned.add(reason)
         logger.warning("timeripple channel mode falls back to the torch path: %s", reason)

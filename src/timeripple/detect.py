@@ -274,7 +274,7 @@ def token_sources_from_scores(
     """:func:`detect_token_sources` from precomputed per-axis scores, without host syncs.
 
     The fast path of token mode on CUDA: ``scores`` is the float32 ``(B, H, Nv, 3)`` output of
-    ``kernels.detect_kernels.token_axis_scores`` (axes ``t, y, x``; NaN where a token is not a
+    ``kernels.detect_fused.token_axis_scores`` (axes ``t, y, x``; NaN where a token is not a
     non-first window member or its window is not finite). Thresholding, budget selection (sort per
     (b, h) over ``Nv``; ties broken by token index, as the stable argsort of the plain path) and chain
     resolution (``len(axes)`` unconditional hops, no equality check) run on these small tensors.

@@ -35,7 +35,7 @@ def build_token_plan(
     """Detect reusable tokens of ``q`` and ``k`` ``(B, H, N, D)`` and build the token plan.
 
     ``fused`` picks the detection: ``None`` (default) uses the fused Triton scores
-    (``kernels.detect_kernels.token_axis_scores``, reads q/k once, no float32 ``(B, H, Nv, D)``
+    (``kernels.detect_fused.token_axis_scores``, reads q/k once, no float32 ``(B, H, Nv, D)``
     intermediates, no host sync) followed by ``detect.token_sources_from_scores`` when
     :func:`fused_detection_reason` finds nothing against it (CUDA, Triton, ``strict``/``rms``,
     power-of-two head dim), else the plain-torch ``detect.detect_token_sources``. ``True`` forces the

@@ -10,11 +10,11 @@ Public functions:
 Dispatch on CUDA with Triton importable (one host sync for the kept lengths):
 
 * fp16/bf16, ``D % 8 == 0``, ``D + 8 <= 256`` and kept lengths close enough over the heads that padding
-  them to the longest adds at most ``compact_attention.PAD_LIMIT`` x the pairs (always in budget mode):
+  them to the longest adds at most ``token_attention_compact.PAD_LIMIT`` x the pairs (always in budget mode):
   compaction + cuDNN SDPA with the bias folded into a weight channel of ``v``
-  (``compact_attention.token_attention_compact``);
+  (``token_attention_compact.token_attention_compact``);
 * else head dim 64/128 (any of fp16/bf16/fp32): the varlen Triton kernel reading through index lists
-  (``token_kernels.token_attention_triton``); other head dims fall back to compaction when they can;
+  (``token_attention_triton.token_attention_triton``); other head dims fall back to compaction when they can;
 * everything else runs the reference, with one warning per reason.
 """
 
