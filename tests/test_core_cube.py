@@ -49,7 +49,7 @@ def test_ripple_attention_same_with_and_without_cube_path(monkeypatch, text_posi
     q, k, v = (torch.randn(2, 2, 60 + text, 16) for _ in range(3))
     kw = dict(grid=grid, threshold=0.6, text_len=text, text_position=text_position, return_stats=True)
     out_cube, st_cube = timeripple.ripple_attention(q, k, v, **kw)
-    monkeypatch.setattr(reuse, "cube_path_supported", lambda g, w: False)
+    monkeypatch.setattr(channel_mode, "cube_path_supported", lambda g, w: False)
     out_src, st_src = timeripple.ripple_attention(q, k, v, **kw)
     assert torch.equal(out_cube, out_src)
     assert torch.allclose(st_cube.qk_savings, st_src.qk_savings, rtol=0, atol=1e-12)

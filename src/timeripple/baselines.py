@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import channel_mode, detect, sequence
+from . import channel_mode, sequence
 from ._validation import value_error
 from .attention import channel_reuse
 from .options import check_geometry, check_mask, check_mode_options, check_tensors, check_text, normalize_thresholds

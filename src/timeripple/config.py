@@ -11,18 +11,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
-import math
 import os
 import textwrap
 from importlib import resources
-from numbers import Integral, Real
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import yaml
 
 from . import schedule
 from ._validation import type_error, value_error
-from .options import AXES, check_axes, check_choice, check_int, check_mode_options, check_real, check_window
+from .options import AXES, check_axes, check_int, check_mode_options, check_real, check_window
 
 logger = logging.getLogger(__name__)
 

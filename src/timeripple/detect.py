@@ -18,7 +18,6 @@ These functions are the plain-torch specification that the fused Triton detectio
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Mapping, Sequence
 
 import torch
