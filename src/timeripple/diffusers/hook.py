@@ -84,8 +84,18 @@ class TimeRippleHook(ModelHook):
         self.forward_signature = forward_signature
 
     def pre_forward(self, module, *args, **kwargs):
+        self._check_parallel(module)
         self._update(module, args, kwargs)
         return args, kwargs
+
+    @torch.compiler.disable
+    def _check_parallel(self, module) -> None:
+        # before the first step, not on the first reuse step: ring attention, or heads the degree does not divide
+        parallel = getattr(module, "_parallel_config", None)
+        if getattr(parallel, "context_parallel_config", None) is not None:
+            from .parallel import check_parallel_config
+
+            check_parallel_config(parallel, heads=module.config.num_attention_heads)
 
     @torch.compiler.disable
     def _update(self, module, args, kwargs) -> None:
