@@ -32,6 +32,7 @@ _EXPORTS = {
     "GenerationStats": "diffusers",
     "register_model": "diffusers",
     "supported_models": "diffusers",
+    "enable_context_parallel": "diffusers",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
         TimeRippleAttnProcessor,
         TimeRippleHandle,
         apply_timeripple,
+        enable_context_parallel,
         get_stats,
         register_model,
         remove_timeripple,

@@ -11,6 +11,7 @@ timeripple.remove_timeripple(pipe)
 """
 
 from .apply import TimeRippleHandle, apply_timeripple, get_stats, remove_timeripple
+from .context_parallel import enable_context_parallel
 from .hook import HOOK_NAME, TimeRippleHook
 from .processors import TimeRippleAttnProcessor
 from .registry import FamilySpec, register_family, register_model, supported_models
@@ -20,6 +21,7 @@ __all__ = [
     "apply_timeripple",
     "remove_timeripple",
     "get_stats",
+    "enable_context_parallel",
     "TimeRippleAttnProcessor",
     "TimeRippleHandle",
     "GenerationStats",

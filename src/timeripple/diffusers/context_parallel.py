@@ -22,6 +22,7 @@ are passed to ``enable_parallelism(cp_plan=...)`` by [`enable_context_parallel`]
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Optional
@@ -243,6 +244,22 @@ def _check_config(transformer, family: str, cp, degree: int) -> None:
         )
 
 
+@contextlib.contextmanager
+def _cpu_ranks_supported():
+    """diffusers 0.42.1 picks the rank's device as ``rank % torch.accelerator.device_count()``, which divides
+    by zero on a machine without an accelerator (CPU ranks over gloo). For the duration of the call only,
+    report one device there, so the rank's device is ``cpu``; with an accelerator nothing changes."""
+    if torch.accelerator.device_count() > 0:
+        yield
+        return
+    original = torch.accelerator.device_count
+    torch.accelerator.device_count = lambda: 1
+    try:
+        yield
+    finally:
+        torch.accelerator.device_count = original
+
+
 def enable_context_parallel(transformer: torch.nn.Module, config) -> None:
     r"""
     Turn on context parallelism for a Wan, HunyuanVideo or CogVideoX transformer, stock or with TimeRipple.
@@ -251,8 +268,8 @@ def enable_context_parallel(transformer: torch.nn.Module, config) -> None:
     CogVideoX self-attention processors (TimeRipple's handle parallelism themselves), registers a hook that
     checks the token counts before every forward, and calls diffusers' ``transformer.enable_parallelism``
     with the family's plan ([`context_parallel_plan`]; Wan: its own ``_cp_plan``). Apply TimeRipple before
-    or after it. ``torch.distributed`` must be initialised (``torchrun``). Nothing is changed on the
-    diffusers classes, and on error the transformer is left as it was.
+    or after it. ``torch.distributed`` must be initialised (``torchrun``); CPU ranks over gloo work too.
+    Nothing is changed on the diffusers classes, and on error the transformer is left as it was.
 
     Args:
         transformer (`torch.nn.Module`): a ``WanTransformer3DModel``, ``HunyuanVideoTransformer3DModel`` or
@@ -311,7 +328,8 @@ def enable_context_parallel(transformer: torch.nn.Module, config) -> None:
             ContextParallelCheckHook(family, 1 if uneven else degree, spec.grid, forward_signature(transformer)),
             CHECK_HOOK_NAME,
         )
-        transformer.enable_parallelism(config=config, cp_plan=context_parallel_plan(transformer))
+        with _cpu_ranks_supported():
+            transformer.enable_parallelism(config=config, cp_plan=context_parallel_plan(transformer))
     except BaseException:
         for module, processor, _ in swapped.values():
             module.processor = processor
