@@ -230,3 +230,23 @@ def test_families_without_cp_support_raise():
     q = torch.randn(1, 2, 4, 8)
     with pytest.raises(ValueError, match="does not support context parallelism.*Wan, HunyuanVideo and CogVideoX"):
         processor._attend_parallel(None, q, q, q, 0, "after", None, (1, 2, 2))
+
+
+def test_hook_refuses_unsupported_parallel_setups_before_any_layer_runs():
+    """diffusers' own `enable_parallelism` bypasses `enable_context_parallel`; the TimeRipple hook still refuses
+    ring attention and families without context-parallel support at the start of the forward."""
+    from diffusers import ContextParallelConfig, LTXVideoTransformer3DModel
+    from diffusers.models._modeling_parallel import ParallelConfig
+
+    scheduler = _scheduler()
+    cases = [(_tiny_wan(), CONFIG, ContextParallelConfig(ring_degree=2), "ring attention is not supported")]
+    torch.manual_seed(0)
+    ltx = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                     num_attention_heads=4, attention_head_dim=8, cross_attention_dim=32,
+                                     num_layers=1, caption_channels=32)
+    cases.append((ltx, CONFIG.replace(model_family="ltx"), ContextParallelConfig(ulysses_degree=2), "for Wan, HunyuanVideo and CogVideoX only"))
+    for model, config, cp, message in cases:
+        timeripple.apply_timeripple(model, config, scheduler=scheduler)
+        model._parallel_config = ParallelConfig(context_parallel_config=cp)  # what enable_parallelism records
+        with pytest.raises(ValueError, match=message):
+            model(hidden_states=torch.zeros(1), timestep=scheduler.timesteps[:1])  # never reaches a layer

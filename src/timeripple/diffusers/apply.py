@@ -278,7 +278,8 @@ def _select_layers(transformer: torch.nn.Module, spec: FamilySpec) -> Dict[str, 
 
 def _register_hook(transformer, spec: FamilySpec, context: RippleContext, scheduler_fn) -> None:
     signature = forward_signature(transformer)
-    hook = TimeRippleHook(context, scheduler_fn, spec.grid, signature)
+    hook = TimeRippleHook(context, scheduler_fn, spec.grid, signature,
+                          supports_context_parallel=spec.processor_cls._supports_context_parallel)
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, HOOK_NAME)
 
 
