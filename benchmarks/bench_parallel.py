@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import statistics
@@ -218,8 +217,11 @@ def main(argv=None):
     rank, world = dist.get_rank(), dist.get_world_size()
     specs = TINY if args.tiny else MODELS
     names = args.models or list(specs)
-    machine = (f"{torch.cuda.get_device_name()} x{world}" if device.type == "cuda" else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
-               ) + f", torch {torch.__version__}, {backend}, {datetime.date.today()}"
+    if device.type == "cuda":
+        machine = f"{torch.cuda.get_device_name()} x{world}"
+    else:
+        machine = f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    machine += f", torch {torch.__version__}, {backend}, {datetime.date.today()}"
     if rank == 0:
         print(f"device: {machine}; args: {vars(args)}", flush=True)
     rows = []

@@ -30,7 +30,8 @@ def test_multi_gpu_example_tiny_on_two_cpu_ranks(tmp_path):
     import subprocess
 
     src = os.path.dirname(importlib.import_module("timeripple").__path__[0])
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, (src, os.environ.get("PYTHONPATH")))))
+    path = os.pathsep.join(filter(None, (src, os.environ.get("PYTHONPATH"))))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                os.path.join(EXAMPLES, "multi_gpu.py"), "--family", "cogvideox", "--tiny", "--out", str(tmp_path)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

@@ -244,7 +244,8 @@ def test_hook_refuses_unsupported_parallel_setups_before_any_layer_runs():
     ltx = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
                                      num_attention_heads=4, attention_head_dim=8, cross_attention_dim=32,
                                      num_layers=1, caption_channels=32)
-    cases.append((ltx, CONFIG.replace(model_family="ltx"), ContextParallelConfig(ulysses_degree=2), "for Wan, HunyuanVideo and CogVideoX only"))
+    cases.append((ltx, CONFIG.replace(model_family="ltx"), ContextParallelConfig(ulysses_degree=2),
+                  "for Wan, HunyuanVideo and CogVideoX only"))
     for model, config, cp, message in cases:
         timeripple.apply_timeripple(model, config, scheduler=scheduler)
         model._parallel_config = ParallelConfig(context_parallel_config=cp)  # what enable_parallelism records

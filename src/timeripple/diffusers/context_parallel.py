@@ -120,9 +120,9 @@ def context_parallel_plan(transformer: torch.nn.Module) -> Optional[dict]:
     Returns:
         `dict` or `None`: a diffusers ``ContextParallelModelPlan``: for HunyuanVideo, split the RoPE
         tables' rows and the first block's ``hidden_states`` / ``encoder_hidden_states`` (the padding mask
-        stays global), gather at ``proj_out``; for CogVideoX, split the first block's ``hidden_states``,
-        ``encoder_hidden_states``, and the rows of the ``image_rotary_emb`` input, gather at ``proj_out``. `None` for Wan, whose
-        diffusers class carries its own ``_cp_plan``.
+        stays global), gather at ``proj_out``; for CogVideoX, split the rows of the ``image_rotary_emb``
+        input and the first block's ``hidden_states`` / ``encoder_hidden_states``, gather at ``proj_out``.
+        `None` for Wan, whose diffusers class carries its own ``_cp_plan``.
     """
     family = _family_name(transformer)
     if family == "hunyuan_video":
@@ -303,7 +303,8 @@ def enable_context_parallel(transformer: torch.nn.Module, config) -> None:
     spec = get_family(transformer)
     swapped = {}
     for name, module in transformer.named_modules():
-        if not (isinstance(module, spec.attention_types) and hasattr(module, "processor") and spec.select(name, module)):
+        selected = isinstance(module, spec.attention_types) and hasattr(module, "processor")
+        if not (selected and spec.select(name, module)):
             continue
         processor = module.processor
         if isinstance(processor, TimeRippleAttnProcessor):
