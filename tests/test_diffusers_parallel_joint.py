@@ -115,6 +115,8 @@ def _family_run(family):
     timeripple.apply_timeripple(model, _config(family, "token"), scheduler=scheduler)
     enable_context_parallel(model, ContextParallelConfig(ulysses_degree=WORLD))
     res["cp_token"] = _generation(model, inputs, REUSE_STEP, scheduler)
+    timeripple.remove_timeripple(model)  # the originals predate parallelism: they come back parallel
+    res["stock_cp_removed_before"] = _forward(model, inputs, REUSE_STEP, scheduler)
     return res
 
 
@@ -188,6 +190,7 @@ def test_stock_context_parallel_matches_single_process(two_ranks, family):
         res = results[family]
         _close(res["stock_cp"], res["stock"], f"{family} rank {rank}: stock CP")
         _close(res["stock_cp_removed"], res["stock"], f"{family} rank {rank}: stock CP after remove_timeripple")
+        _close(res["stock_cp_removed_before"], res["stock"], f"{family} rank {rank}: removed, applied before CP")
         _close(res["cp_dense"][0], res["stock_dense"], f"{family} rank {rank}: dense step with TimeRipple under CP")
 
 
