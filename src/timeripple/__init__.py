@@ -31,6 +31,7 @@ _EXPORTS = {
     "GenerationStats": "diffusers",
     "register_model": "diffusers",
     "supported_models": "diffusers",
+    "enable_context_parallel": "diffusers",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -57,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
         TimeRippleAttnProcessor,
         TimeRippleHandle,
         apply_timeripple,
+        enable_context_parallel,
         get_stats,
         processors_for_model,
         register_model,

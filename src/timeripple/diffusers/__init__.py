@@ -11,6 +11,7 @@ timeripple.remove_timeripple(pipe)
 """
 
 from .apply import TimeRippleHandle, apply_timeripple, get_stats, processors_for_model, remove_timeripple
+from .context_parallel import enable_context_parallel
 from .family import FamilySpec
 from .generation_stats import GenerationStats
 from .hook import HOOK_NAME, TimeRippleHook
@@ -22,6 +23,7 @@ __all__ = [
     "remove_timeripple",
     "get_stats",
     "processors_for_model",
+    "enable_context_parallel",
     "TimeRippleAttnProcessor",
     "TimeRippleHandle",
     "GenerationStats",

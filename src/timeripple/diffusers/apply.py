@@ -115,8 +115,13 @@ def apply_timeripple(pipe_or_transformer, config, *, scheduler=None) -> TimeRipp
             handle.originals[name] = {layer: module.processor for layer, module in selected.items()}
             _register_hook(transformer, spec, context, scheduler_fn)
             prefix = "" if name == "transformer" else f"{name}."  # Wan 2.2: distinct layer names
+            parallel = _context_parallel_config(transformer)
             for layer, module in selected.items():
-                _set_processor(module, spec.processor_cls(context, prefix + layer, original=module.processor))
+                processor = spec.processor_cls(context, prefix + layer, original=module.processor)
+                if parallel is not None:  # applied after `enable_parallelism`: join it, as its processors did
+                    _check_parallel_support(processor, parallel, module, prefix + layer)
+                    processor._parallel_config = parallel
+                _set_processor(module, processor)
             setattr(transformer, _HANDLE_ATTR, handle)
     except BaseException:
         handle.remove()
@@ -299,7 +304,8 @@ def _select_layers(transformer: torch.nn.Module, spec: FamilySpec) -> Dict[str, 
 
 def _register_hook(transformer, spec: FamilySpec, context: RippleContext, scheduler_fn) -> None:
     signature = forward_signature(transformer)
-    hook = TimeRippleHook(context, scheduler_fn, spec.grid, signature)
+    hook = TimeRippleHook(context, scheduler_fn, spec.grid, signature,
+                          supports_context_parallel=spec.processor_cls._supports_context_parallel)
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, HOOK_NAME)
 
 
@@ -310,10 +316,34 @@ def _set_processor(module: torch.nn.Module, processor) -> None:
         module.processor = processor
 
 
+def _context_parallel_config(transformer):
+    """The transformer's `ParallelConfig` if context parallelism is enabled on it, else `None`."""
+    parallel = getattr(transformer, "_parallel_config", None)
+    return parallel if getattr(parallel, "context_parallel_config", None) is not None else None
+
+
+def _check_parallel_support(processor, parallel, module, layer: str) -> None:
+    from .parallel import check_parallel_config
+
+    if not processor._supports_context_parallel:
+        raise value_error(
+            "transformer", "context parallelism enabled", f"{type(processor).__name__} does not support context "
+            "parallelism; Wan, HunyuanVideo and CogVideoX do", "run this model on one device with TimeRipple",
+        )
+    check_parallel_config(parallel, heads=module.heads, layer_name=layer)
+
+
 def _uninstall(transformer: torch.nn.Module, originals: Dict[str, object], had_forward: bool) -> None:
     modules = dict(transformer.named_modules())
+    parallel = _context_parallel_config(transformer)
     for layer, processor in originals.items():
         if layer in modules:
+            if parallel is not None:  # parallelism was enabled meanwhile: the stock processor must join it
+                from .context_parallel import parallel_processor_for
+
+                processor = parallel_processor_for(processor)
+                if hasattr(processor, "_parallel_config"):
+                    processor._parallel_config = parallel
             _set_processor(modules[layer], processor)
     registry = getattr(transformer, "_diffusers_hook", None)
     if registry is not None and registry.get_hook(HOOK_NAME) is not None:
