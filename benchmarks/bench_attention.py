@@ -79,10 +79,10 @@ def rotating(make_fn, inputs):
 def methods_for(name, args):
     """Yield (label, make_fn(q, k, v) -> callable, pair_savings or None, note)."""
     import timeripple
-    from timeripple import detect
+    from timeripple import detect, pairs
     from timeripple.config import load_config
     from timeripple.kernels import token_attention
-    from timeripple.token import build_token_plan, plan_pair_savings
+    from timeripple.token_plan import build_token_plan, plan_pair_savings
 
     H, grid, text_len, text_pos, D, _ = SHAPES[name]
     base = dict(grid=grid, text_len=text_len, text_position=text_pos)
@@ -129,7 +129,7 @@ def methods_for(name, args):
         if target == 0.75:
             yield "token plan (fused detection + selection)", plan_only, None, "q and k, budget 75%"
         # keys merged in disjoint pairs (bias-free count classes), key-heavy split
-        bq, bk = detect.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
+        bq, bk = pairs.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
         pair_kw = dict(budget=max(bq, 1e-6), key_budget=bk, token_keys="pairs")
 
         def full_pairs(q, k, v, kw=pair_kw, repr_="source"):
@@ -153,7 +153,7 @@ def methods_for(name, args):
             yield "token plan, pairs (detection + selection)", plan_pairs, None, "q and k, 75%"
 
     def fused_detection(q, k, v):
-        from timeripple.kernels.detect_kernels import token_axis_scores
+        from timeripple.kernels.detect_fused import token_axis_scores
 
         nv, lo = math.prod(grid), (text_len if text_pos == "before" else 0)
         return lambda: (token_axis_scores(q[:, :, lo:lo + nv], grid), token_axis_scores(k[:, :, lo:lo + nv], grid))
@@ -169,9 +169,9 @@ def methods_for(name, args):
 
 def kernel_variants(H, grid, text_len, text_pos):
     """Token-mode execution variants at 75% pair savings on a random plan (half the tokens per side)."""
-    from timeripple.kernels import compact_attention as ca
-    from timeripple.kernels import token_kernels as tk
-    from timeripple.kernels.reference import random_token_plan
+    from timeripple.kernels import token_attention_compact as ca
+    from timeripple.kernels import token_attention_triton as tk
+    from timeripple.kernels.token_attention_torch import random_token_plan
 
     N = math.prod(grid) + text_len
 

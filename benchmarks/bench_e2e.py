@@ -147,7 +147,7 @@ def timed(model, fw, sched, step, repeats):
 def variants(cfg_name, grid, text_len):
     """(label, config or None for stock, kind) in the order of the table."""
     import timeripple
-    from timeripple import detect
+    from timeripple import detect, pairs
 
     base = timeripple.load_config(cfg_name)
     yield "stock", None, "stock"
@@ -155,7 +155,7 @@ def variants(cfg_name, grid, text_len):
     for target in TARGETS:
         try:
             b = detect.budget_for_pair_savings(target, grid, text_len=text_len)
-            bq, bk = detect.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
+            bq, bk = pairs.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
         except ValueError as exc:  # the grid cannot reach this target (only tiny --smoke grids)
             print(f"  token {target:.1%}: skipped ({exc})")
             continue
@@ -219,9 +219,9 @@ def run_model(name, args):
 def real_loop(model, fw, sched, cfg_name, grid, text_len, target=0.75):
     """A real 50-step loop (one call per step, scheduler.step on the latents): stock vs token pairs."""
     import timeripple
-    from timeripple import detect
+    from timeripple import detect, pairs
 
-    bq, bk = detect.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
+    bq, bk = pairs.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
     cfg = timeripple.load_config(cfg_name).replace(mode="token", budget=bq, key_budget=bk, token_keys="pairs")
     out = {}
     for label, c in (("stock", None), (f"token {target:.0%} pairs", cfg)):

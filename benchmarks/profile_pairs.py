@@ -37,15 +37,15 @@ def wall(fn, iters=10):
 
 def run(name, target, args):
     import timeripple
-    from timeripple import detect
+    from timeripple import detect, pairs
     from timeripple.kernels import class_attention as cl
     from timeripple.kernels import token_attention
-    from timeripple.token import build_token_plan
+    from timeripple.token_plan import build_token_plan
 
     H, grid, text_len, text_pos, D, label = SHAPES[name]
     q, k, v = (structured(1, H, grid, text_len, text_pos, D, "cuda", torch.bfloat16, seed=i) for i in range(3))
     N = q.shape[2]
-    bq, bk = detect.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
+    bq, bk = pairs.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
     kw = dict(grid=grid, text_len=text_len, text_position=text_pos, budget=max(bq, 1e-6), key_budget=bk,
               token_keys="pairs")
     th = {"t": 0.5, "y": 0.5, "x": 0.5}
@@ -53,7 +53,7 @@ def run(name, target, args):
     q_src, k_src, _, _ = plan()
     axes = ("t", "y", "x")
     mq, sizes = cl.expected_class_sizes(N, N - text_len, detect.eligible_count(grid, 2, axes), max(bq, 1e-6),
-                                        detect.pair_count(grid, axes), bk)
+                                        pairs.pair_count(grid, axes), bk)
     expected = (mq, sizes)
     dense = wall(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
     rows = [("SDPA dense", dense)]

@@ -27,7 +27,7 @@ def psnr(a, b):
 
 def main():
     import timeripple
-    from timeripple import detect
+    from timeripple import detect, pairs
     from timeripple.demo import load_tiny_pipeline
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -41,7 +41,7 @@ def main():
     grid = (9, 16, 16)
     base = timeripple.load_config("wan2.1").replace(mode="token")
     b = detect.budget_for_pair_savings(args.target, grid)
-    bq, bk = detect.pair_budgets_for_pair_savings(args.target, grid)
+    bq, bk = pairs.pair_budgets_for_pair_savings(args.target, grid)
     methods = {
         "chain": base.replace(budget=b),
         "pairs": base.replace(budget=max(bq, 1e-6), key_budget=bk, token_keys="pairs"),

@@ -1,5 +1,5 @@
 """Bias-free token attention by count classes (kernels/class_attention.py), the pairs-only key plan
-(detect.pair_sources_from_scores) and the merged-key representative (key_repr).
+(pairs.pair_sources_from_scores) and the merged-key representative (key_repr).
 
 On a CPU machine the Triton kernels run under the interpreter on small shapes and the log-sum-exp SDPA
 falls back to float32 torch; on a GPU the same tests run compiled on cuDNN, plus large shapes.
@@ -12,12 +12,12 @@ import pytest
 import torch
 from test_kernels_triton import assert_close_to_reference
 
-from timeripple import detect, ripple_attention
+from timeripple import detect, pairs, ripple_attention
 from timeripple.kernels import class_attention as cl
 from timeripple.kernels import token_attention, token_attention_ref
-from timeripple.kernels.detect_kernels import token_axis_scores_torch
-from timeripple.kernels.reference import random_token_plan
-from timeripple.token import build_token_plan
+from timeripple.detect import axis_score_table as token_axis_scores_torch
+from timeripple.kernels.token_attention_torch import random_token_plan
+from timeripple.token_plan import build_token_plan
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -48,7 +48,7 @@ def test_pair_plan_merges_disjoint_pairs_only(grid, budget):
     B, H, D = 2, 3, 16
     x = smooth(B, H, grid, D, device="cpu")
     scores = token_axis_scores_torch(x, grid, 2, "strict")  # (B, H, Nv, 3)
-    src, via = detect.pair_sources_from_scores(scores, grid, {"t": 0.3, "y": 0.3, "x": 0.3}, budget=budget)
+    src, via = pairs.pair_sources_from_scores(scores, grid, {"t": 0.3, "y": 0.3, "x": 0.3}, budget=budget)
     ar = torch.arange(x.shape[2])
     reused = src != ar
     assert reused.any()  # the test can fail: something is merged
@@ -65,7 +65,7 @@ def test_pair_plan_merges_disjoint_pairs_only(grid, budget):
     if budget is not None:  # the same number of pairs in every (b, h): equal class sizes
         per_head = reused.sum(-1)
         assert (per_head == per_head.flatten()[0]).all()
-        assert per_head.flatten()[0] == round(budget * detect.pair_count(grid, ("t", "y", "x")))
+        assert per_head.flatten()[0] == round(budget * pairs.pair_count(grid, ("t", "y", "x")))
 
 
 def test_pair_plan_same_on_torch_and_fused_scores():
@@ -82,7 +82,7 @@ def test_pair_plan_same_on_torch_and_fused_scores():
 def test_pair_budgets_give_the_target_savings(target):
     grid, text_len, H = (6, 6, 8), 10, 2
     q, k = smooth(1, H, grid, 16, text_len, device="cpu"), smooth(1, H, grid, 16, text_len, device="cpu")
-    bq, bk = detect.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
+    bq, bk = pairs.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
     q_src, k_src = pairs_plan(q, k, grid, text_len, max(bq, 1e-9), bk)
     N = q.shape[2]
     ar = torch.arange(N)
@@ -92,7 +92,7 @@ def test_pair_budgets_give_the_target_savings(target):
 
 def test_pair_budgets_reject_unreachable_target():
     with pytest.raises(ValueError, match="target"):
-        detect.pair_budgets_for_pair_savings(0.99, (4, 4, 4))
+        pairs.pair_budgets_for_pair_savings(0.99, (4, 4, 4))
 
 
 @pytest.mark.parametrize("key_repr", ["source", "mean"])
@@ -172,7 +172,7 @@ def test_ripple_attention_rejects_bad_plan_options(bad):
 def test_ripple_attention_pairs_device_stats_and_savings():
     grid, text_len = (4, 6, 6), 12
     q, k, v = (smooth(1, 2, grid, 64, text_len) for _ in range(3))
-    bq, bk = detect.pair_budgets_for_pair_savings(0.75, grid, text_len=text_len)
+    bq, bk = pairs.pair_budgets_for_pair_savings(0.75, grid, text_len=text_len)
     out, stats = ripple_attention(q, k, v, grid=grid, text_len=text_len, threshold=0.5, mode="token",
                                   budget=bq, key_budget=bk, token_keys="pairs", return_stats="device")
     assert stats.qk_savings.device == q.device and abs(float(stats.qk_savings.mean()) - 0.75) < 0.01
@@ -214,7 +214,7 @@ def test_static_sizes_skip_the_sync_and_wrong_sizes_give_nan():
     q_src, k_src = pairs_plan(q, k, grid, text_len, bq, bk)
     N = q.shape[2]
     mq, sizes = cl.expected_class_sizes(N, N - text_len, detect.eligible_count(grid, 2, ("t", "y", "x")), bq,
-                                        detect.pair_count(grid, ("t", "y", "x")), bk)
+                                        pairs.pair_count(grid, ("t", "y", "x")), bk)
     lay = cl.class_layout(q_src, k_src)
     assert (lay.mq, lay.sizes) == (mq, [sizes[1], sizes[2]])  # the host prediction is the plan's
     want = token_attention(q, k, v, q_src, k_src, method="classes")

@@ -18,15 +18,13 @@ These functions are the plain-torch specification that the fused Triton detectio
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Mapping, Sequence
 
 import torch
 
-from ._validation import type_error, value_error
+from ._validation import value_error
+from .options import AXES, TOKEN_KEYS, check_geometry  # noqa: F401 (TOKEN_KEYS re-exported)
 
-AXES = ("t", "y", "x")
-TOKEN_CRITERIA = ("strict", "fraction", "rms")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,18 +71,18 @@ def window_deltas(x: torch.Tensor, grid: Sequence[int], axis: str, window: int) 
     parts = []
     if n_full:
         full = x6[..., : n_full * window, :].unflatten(-2, (n_full, window))  # (..., nf, K, D)
-        parts.append(_window_std(full).unsqueeze(-2).expand_as(full).flatten(-3, -2))
+        parts.append(window_std(full).unsqueeze(-2).expand_as(full).flatten(-3, -2))
     if rest:
         tail = x6[..., n_full * window :, :].unsqueeze(-3)  # (..., 1, r, D)
         if rest >= 2:
-            parts.append(_window_std(tail).unsqueeze(-2).expand_as(tail).flatten(-3, -2))
+            parts.append(window_std(tail).unsqueeze(-2).expand_as(tail).flatten(-3, -2))
         else:
             parts.append(torch.full_like(tail.flatten(-3, -2), math.nan))
     delta = torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]  # (B, H, o1, o2, L, D)
     return delta.movedim(-2, dim).reshape(B, H, Nv, D)
 
 
-def _window_std(w: torch.Tensor) -> torch.Tensor:
+def window_std(w: torch.Tensor) -> torch.Tensor:
     """Population std over dim -2 of ``(..., n, K, D)`` float32 windows; NaN if any member is not finite."""
     size = w.shape[-2]
     if size == 2:  # |a0 - a1| / 2: the same value as the two-pass formula, and much cheaper
@@ -135,7 +133,7 @@ def _sources_from_passes(
     return resolve_sources(src, len(passes)), via
 
 
-def _checked_axes(thresholds: Mapping[str, float], priority: Sequence[str]) -> list[str]:
+def checked_axes(thresholds: Mapping[str, float], priority: Sequence[str]) -> list[str]:
     return [a for a in priority if a in thresholds]
 
 
@@ -170,7 +168,7 @@ def detect_channel_sources(
     """
     shape = tuple(x.shape)
     partners, passes = {}, []
-    for axis in _checked_axes(thresholds, priority):
+    for axis in checked_axes(thresholds, priority):
         theta = float(thresholds[axis])
         if theta == 0:
             continue
@@ -213,6 +211,22 @@ def token_scores(
     return torch.where(torch.isnan(delta).any(dim=-1), math.nan, score)
 
 
+def axis_score_table(x, grid, window=2, criterion="strict", fraction=0.9, axes=AXES) -> torch.Tensor:
+    """The ``(B, H, Nv, 3)`` float32 table of :func:`token_scores` on the axes ``t, y, x`` (NaN where a token
+    is not a non-first window member, and in the columns of axes not in ``axes``): the plain-torch
+    specification of ``kernels.detect_fused.token_axis_scores`` and the input of
+    :func:`token_sources_from_scores`."""
+    cols = []
+    for axis in AXES:
+        if axis in axes:
+            _, non_first = axis_partners(grid, axis, window, x.device)
+            score = token_scores(x, grid, axis, window, criterion, fraction)  # (B, H, Nv)
+            cols.append(torch.where(non_first.view(1, 1, -1), score, math.nan))
+        else:  # never read
+            cols.append(torch.full(x.shape[:3], math.nan, device=x.device))
+    return torch.stack(cols, dim=-1)
+
+
 def detect_token_sources(
     x: torch.Tensor,
     grid: Sequence[int],
@@ -223,9 +237,8 @@ def detect_token_sources(
     criterion: str = "strict",
     fraction: float = 0.9,
     budget: float | None = None,
-    pairs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-granularity detection, per head (``pairs``: disjoint pairs only, :func:`pair_sources_from_scores`).
+    """Token-granularity detection, per head (keys in disjoint pairs: ``pairs.detect_pair_sources``).
 
     Threshold mode (``budget=None``): a non-first window member passes axis ``a`` when its
     :func:`token_scores` is ``< θ_a``; OR over axes with ``priority``; chains resolved.
@@ -239,24 +252,11 @@ def detect_token_sources(
         `tuple[torch.Tensor, torch.Tensor]`: ``src`` int64 ``(B, H, Nv)`` and ``via`` int8
         ``(B, H, Nv)`` (index in ``AXES``, -1 when computed).
     """
-    axes = _checked_axes(thresholds, priority)
+    axes = checked_axes(thresholds, priority)
     if budget is None:  # an axis with θ = 0 passes nothing: no need to score it
         axes = [a for a in axes if float(thresholds[a]) != 0]
-    cols = []
-    for axis in AXES:  # the (B, H, Nv, 3) score layout of token_sources_from_scores
-        if axis in axes:
-            _, non_first = axis_partners(grid, axis, window, x.device)
-            score = token_scores(x, grid, axis, window, criterion, fraction)  # (B, H, Nv)
-            cols.append(torch.where(non_first.view(1, 1, -1), score, math.nan))
-        else:  # never read
-            cols.append(torch.full(x.shape[:3], math.nan, device=x.device))
-    if pairs:
-        src, via = pair_sources_from_scores(torch.stack(cols, dim=-1), grid, thresholds, priority=priority,
-                                            budget=budget)
-        return src.long(), via
-    src, via = token_sources_from_scores(
-        torch.stack(cols, dim=-1), grid, thresholds, window=window, priority=priority, budget=budget
-    )
+    scores = axis_score_table(x, grid, window, criterion, fraction, axes)  # (B, H, Nv, 3)
+    src, via = token_sources_from_scores(scores, grid, thresholds, window=window, priority=priority, budget=budget)
     return src.long(), via
 
 
@@ -272,7 +272,7 @@ def token_sources_from_scores(
     """:func:`detect_token_sources` from precomputed per-axis scores, without host syncs.
 
     The fast path of token mode on CUDA: ``scores`` is the float32 ``(B, H, Nv, 3)`` output of
-    ``kernels.detect_kernels.token_axis_scores`` (axes ``t, y, x``; NaN where a token is not a
+    ``kernels.detect_fused.token_axis_scores`` (axes ``t, y, x``; NaN where a token is not a
     non-first window member or its window is not finite). Thresholding, budget selection (sort per
     (b, h) over ``Nv``; ties broken by token index, as the stable argsort of the plain path) and chain
     resolution (``len(axes)`` unconditional hops, no equality check) run on these small tensors.
@@ -285,7 +285,7 @@ def token_sources_from_scores(
     """
     B, H, Nv, _ = scores.shape
     device = scores.device
-    axes = _checked_axes(thresholds, priority)
+    axes = checked_axes(thresholds, priority)
     if budget is None:
         axes = [a for a in axes if float(thresholds[a]) != 0]
     idx = torch.arange(Nv, device=device)
@@ -301,7 +301,7 @@ def token_sources_from_scores(
         best_axis = passes.int().argmax(-1)  # first passing axis in priority order
     else:
         best, best_axis = cols.nan_to_num(nan=math.inf).min(dim=-1)  # (B, H, Nv); first min on ties
-        any_pass = _budget_pass(best, budget)
+        any_pass = budget_select(best, budget)
     partner = torch.stack([axis_partners(grid, a, window, device)[0] for a in axes])  # (A, Nv)
     chosen = partner[best_axis, idx]  # (B, H, Nv)
     src = torch.where(any_pass, chosen, idx)
@@ -314,7 +314,7 @@ def token_sources_from_scores(
     return src.to(torch.int32), via
 
 
-def _budget_pass(best: torch.Tensor, budget: float) -> torch.Tensor:
+def budget_select(best: torch.Tensor, budget: float) -> torch.Tensor:
     """Budget selection on ``best`` ``(B, H, Nv)`` (``+inf`` = ineligible): the ``round(budget · eligible)``
     smallest per (b, h), ties broken by token index (as a stable argsort). No host sync."""
     eligible = torch.isfinite(best)
@@ -325,9 +325,6 @@ def _budget_pass(best: torch.Tensor, budget: float) -> torch.Tensor:
     ties = (best == kth) & eligible
     room = n_reuse - below.sum(-1, keepdim=True)  # ties taken in index order
     return eligible & (n_reuse > 0) & (below | (ties & (ties.cumsum(-1) <= room)))
-
-
-TOKEN_KEYS = ("chain", "pairs")
 
 
 def budget_for_pair_savings(
@@ -379,61 +376,3 @@ def eligible_count(grid: Sequence[int], window: int, axes: Sequence[str]) -> int
         firsts *= math.ceil(length / window) if axis in axes else length
     return math.prod(grid) - firsts
 
-
-# ----------------------------------------------------------------------------------------------
-# argument checks shared by ripple_attention and the baselines
-
-
-def check_geometry(grid, window, axes, priority=None) -> None:
-    """Validate ``grid``, ``window``, ``axes`` and ``priority``; raise ValueError/TypeError."""
-    if not isinstance(grid, (tuple, list)) or len(grid) != 3 or not all(
-        isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid
-    ):
-        raise value_error("grid", grid, "must be three positive ints (T, H, W) of the latent video grid",
-                          "pass e.g. grid=(T, H // patch, W // patch)")
-    if not isinstance(window, int) or isinstance(window, bool) or window < 2:
-        raise value_error("window", window, "must be an int >= 2", "use window=2 (the paper's default)")
-    if isinstance(axes, str) or not isinstance(axes, (tuple, list)) or not axes:
-        raise value_error("axes", axes, "must be a non-empty tuple of 't', 'y', 'x'", "pass e.g. ('t', 'y', 'x')")
-    for a in axes:
-        if a not in AXES:
-            raise value_error("axes", axes, f"unknown axis {a!r}; axes are 't', 'y', 'x'", "remove or rename it")
-    if len(set(axes)) != len(axes):
-        raise value_error("axes", axes, "axes must not repeat", "list each axis once")
-    if priority is not None:
-        if isinstance(priority, str) or not isinstance(priority, (tuple, list)) or any(
-            p not in AXES for p in priority
-        ) or len(set(priority)) != len(priority):
-            raise value_error("priority", priority, "must be a tuple of distinct axes 't', 'y', 'x'",
-                              "pass e.g. ('t', 'y', 'x')")
-        missing = [a for a in axes if a not in priority]
-        if missing:
-            raise value_error("priority", priority, f"axes {missing} are checked but have no priority",
-                              "list every axis of `axes` in `priority`")
-
-
-def normalize_thresholds(threshold, axes) -> dict[str, float]:
-    """``threshold`` (a number for all ``axes`` or a dict per axis) -> ``{axis: θ}`` for the checked
-    axes (dict keys outside ``axes`` are ignored). Rejects negative, NaN and non-numeric values."""
-    if isinstance(threshold, Mapping):
-        for key in threshold:
-            if key not in AXES:
-                raise value_error("threshold", dict(threshold), f"unknown axis {key!r}; axes are 't', 'y', 'x'",
-                                  "use keys 't', 'y', 'x'")
-        items = {a: threshold[a] for a in axes if a in threshold}
-    else:
-        items = {a: threshold for a in axes}
-    out = {}
-    for axis, theta in items.items():
-        if isinstance(theta, bool) or not isinstance(theta, numbers.Real):
-            raise type_error(f"threshold[{axis!r}]" if isinstance(threshold, Mapping) else "threshold",
-                             theta, "a float, a dict of floats per axis, or None", "pass e.g. threshold=0.4")
-        if math.isnan(theta) or theta < 0:
-            raise value_error("threshold", threshold, "thresholds must be >= 0 and not NaN",
-                              "use 0 for no reuse, None for dense attention, or a positive value such as 0.4")
-        out[axis] = float(theta)
-    return out
-
-
-# keys merged in disjoint pairs only (token_keys='pairs'): timeripple/pairs.py, re-exported here
-from .pairs import pair_budgets_for_pair_savings, pair_count, pair_sources_from_scores  # noqa: E402,F401

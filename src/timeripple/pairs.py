@@ -1,7 +1,7 @@
 """Token sources with keys merged **in disjoint pairs only** (``token_keys="pairs"``, window 2).
 
 Every merged key then has count 2 and, in budget mode, every head the same number of pairs, so token
-attention needs no per-key bias (``kernels.class_attention``). Re-exported by :mod:`timeripple.detect`.
+attention needs no per-key bias (``kernels.class_attention``). 
 """
 
 from __future__ import annotations
@@ -12,9 +12,21 @@ from typing import Mapping, Sequence
 import torch
 
 from ._validation import value_error
-from .detect import AXES, _budget_pass, _checked_axes, check_geometry, eligible_count
+from .detect import axis_score_table, budget_select, checked_axes, eligible_count
+from .options import AXES, check_geometry
 
-__all__ = ["pair_sources_from_scores", "pair_count", "pair_budgets_for_pair_savings"]
+__all__ = ["detect_pair_sources", "pair_sources_from_scores", "pair_count", "pair_budgets_for_pair_savings"]
+
+
+def detect_pair_sources(x, grid, thresholds, *, priority=AXES, criterion="strict", fraction=0.9, budget=None):
+    """The plain-torch pairs plan of ``x`` ``(B, H, Nv, D)`` (window 2): :func:`pair_sources_from_scores`
+    on ``detect.axis_score_table``. Returns ``(src int64, via int8)`` ``(B, H, Nv)``."""
+    axes = checked_axes(thresholds, priority)
+    if budget is None:
+        axes = [a for a in axes if float(thresholds[a]) != 0]
+    scores = axis_score_table(x, grid, 2, criterion, fraction, axes)  # (B, H, Nv, 3)
+    src, via = pair_sources_from_scores(scores, grid, thresholds, priority=priority, budget=budget)
+    return src.long(), via
 
 
 def pair_sources_from_scores(
@@ -45,7 +57,7 @@ def pair_sources_from_scores(
     """
     B, H, Nv, _ = scores.shape
     device = scores.device
-    axes = _checked_axes(thresholds, priority)
+    axes = checked_axes(thresholds, priority)
     if budget is None:
         axes = [a for a in axes if float(thresholds[a]) != 0]
     idx = torch.arange(Nv, device=device)
@@ -79,7 +91,7 @@ def pair_sources_from_scores(
         partner = torch.where(on, idx - stride[a], partner)
         thr = torch.where(on, float(thresholds[a]), thr)
         axis_id = torch.where(on, AXES.index(a), axis_id)
-    any_pass = _budget_pass(best, budget) if budget is not None else best < thr
+    any_pass = budget_select(best, budget) if budget is not None else best < thr
     src = torch.where(any_pass, partner, idx)
     via = torch.where(any_pass, axis_id, via)
     return src.to(torch.int32), via

@@ -13,11 +13,11 @@ Dispatch on CUDA with Triton importable (one host sync for the kept lengths and 
   count (at most two counts; budget mode with ``token_keys="pairs"``, or no merged keys): one bias-free
   cuDNN call per count class, combined through the log-sum-exps (``class_attention``);
 * fp16/bf16, ``D % 8 == 0``, ``D + 8 <= 256`` and kept lengths close enough over the heads that padding
-  them to the longest adds at most ``compact_attention.PAD_LIMIT`` x the pairs (always in budget mode):
+  them to the longest adds at most ``token_attention_compact.PAD_LIMIT`` x the pairs (always in budget mode):
   compaction + cuDNN SDPA with the bias folded into a weight channel of ``v``
-  (``compact_attention.token_attention_compact``);
+  (``token_attention_compact.token_attention_compact``);
 * else head dim 64/128 (any of fp16/bf16/fp32): the varlen Triton kernel reading through index lists
-  (``token_kernels.token_attention_triton``); other head dims fall back to compaction when they can;
+  (``token_attention_triton.token_attention_triton``); other head dims fall back to compaction when they can;
 * everything else runs the reference, with one warning per reason.
 """
 
@@ -27,7 +27,7 @@ import logging
 
 import torch
 
-from .reference import check_token_inputs, normalize_key_bias, token_attention_ref
+from .token_attention_torch import check_token_inputs, normalize_key_bias, token_attention_ref
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +74,12 @@ METHODS = ("auto", "classes", "compact", "triton", "reference")
 def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="source", method="auto", expected=None):
     if method == "reference":
         return token_attention_ref(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr)
-    from .token_kernels import interpreting
+    from .triton_common import interpreting
 
     lengths = None
     if q.is_cuda or (interpreting() and method != "auto"):
         if _TRITON_IMPORT_ERROR is None and q.dtype in SUPPORTED_DTYPES:
-            from . import compact_attention as ca
+            from . import token_attention_compact as ca
 
             q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
             q_src, k_src = q_src.contiguous(), k_src.contiguous()
@@ -111,7 +111,7 @@ def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="sour
         if reason is None and key_repr == "mean":
             reason = "key_repr='mean' has no varlen Triton kernel for this head dim"
         if reason is None:
-            from .token_kernels import token_attention_triton
+            from .token_attention_triton import token_attention_triton
 
             return token_attention_triton(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, lengths=lengths)
         _warn_once(reason)
@@ -165,7 +165,7 @@ def token_attention(q, k, v, q_src, k_src, *, scale=None, key_bias=None, key_rep
         torch.Size([1, 2, 6, 64])
     """
     from .._validation import value_error
-    from .reference import check_key_repr
+    from .token_attention_torch import check_key_repr
 
     check_token_inputs(q, k, v, q_src, k_src)
     check_key_repr(key_repr)

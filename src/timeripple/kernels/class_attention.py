@@ -30,8 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .compact_attention import PAD_LIMIT, _gather_rows_kernel, _merge_values_kernel
-from .token_kernels import interpreting, pack_kept, row_cumsum
+from .token_attention_compact import PAD_LIMIT, gather_rows_kernel, merge_values_kernel
+from .token_attention_triton import pack_kept, row_cumsum
+from .triton_common import interpreting
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ def class_layout(q_src, k_src, key_bias=None, expected=None) -> ClassLayout:
 
 def expected_class_sizes(n_tokens, n_video, eligible_q, budget_q, pairs, key_budget):
     """Host-side sizes of a budget plan with keys in pairs: ``(kept queries, {1: singles, 2: pairs})``
-    per head, when every score is finite (the rounding of ``detect._budget_pass``)."""
+    per head, when every score is finite (the rounding of ``detect.budget_select``)."""
     reuse_q = int(torch.round(torch.tensor(eligible_q, dtype=torch.float64) * budget_q))
     p = int(torch.round(torch.tensor(pairs, dtype=torch.float64) * key_budget))
     return n_tokens - reuse_q, {1: n_tokens - 2 * p, 2: p}
@@ -282,7 +283,7 @@ def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_
     for h0 in range(0, H, hc):
         nh = min(H, h0 + hc) - h0
         qc = torch.empty((B, nh, mq, D), dtype=q.dtype, device=q.device)
-        _gather_rows_kernel[(triton.cdiv(mq, BLOCK), B * nh)](
+        gather_rows_kernel[(triton.cdiv(mq, BLOCK), B * nh)](
             q, lay.idx_q, lay.lq, qc, q.stride(0), q.stride(1), q.stride(2), H, nh, h0, N, mq,
             HEAD_DIM=D, DOUT=D, DP=DP, BLOCK_R=BLOCK, num_warps=4,
         )
@@ -292,13 +293,13 @@ def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_
             vc = torch.empty((B, nh, n, D), dtype=v.dtype, device=v.device)
             pairs = [(v, vc)] + ([(k, kc)] if key_repr == "mean" else [])
             if c == 1 or key_repr != "mean":
-                _gather_rows_kernel[(triton.cdiv(n, BLOCK), B * nh)](
+                gather_rows_kernel[(triton.cdiv(n, BLOCK), B * nh)](
                     k, idx, lens, kc, k.stride(0), k.stride(1), k.stride(2), H, nh, h0, N, n,
                     HEAD_DIM=D, DOUT=D, DP=DP, BLOCK_R=BLOCK, num_warps=4,
                 )
                 pairs = pairs[:1]
             if c == 1:
-                _gather_rows_kernel[(triton.cdiv(n, BLOCK), B * nh)](
+                gather_rows_kernel[(triton.cdiv(n, BLOCK), B * nh)](
                     v, idx, lens, vc, v.stride(0), v.stride(1), v.stride(2), H, nh, h0, N, n,
                     HEAD_DIM=D, DOUT=D, DP=DP, BLOCK_R=BLOCK, num_warps=4,
                 )
@@ -312,7 +313,7 @@ def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_
                 g = lay
                 dummy = torch.empty((B, nh, n), dtype=torch.float32, device=q.device)
                 for x, dst in pairs:
-                    _merge_values_kernel[(triton.cdiv(n, BLOCK), B * nh)](
+                    merge_values_kernel[(triton.cdiv(n, BLOCK), B * nh)](
                         x, idx, lens, g.count, g.start, g.perm, dst, dst, dummy,
                         x.stride(0), x.stride(1), x.stride(2), H, nh, h0, N, n,
                         HAS_KB=False, WEIGHTED=False, HEAD_DIM=D, DOUT=D, DP=DP, BLOCK_G=BLOCK, num_warps=4,

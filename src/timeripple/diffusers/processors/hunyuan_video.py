@@ -14,6 +14,8 @@ token ever attends to, and which the model's output never reads) attend to the s
 ``processor.drop_padded_text = False`` (every processor, e.g. through ``transformer.attn_processors``)
 for the stock masked call, bit-identical to stock on dense steps. Rows with different valid lengths keep
 the mask.
+Under context parallelism ``text_len`` is the rank's share of the text and the mask stays global
+(the model builds it); the padded keys are then masked as in stock.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from diffusers.models.transformers.transformer_hunyuan_video import (
     HunyuanVideoTransformer3DModel,
 )
 
-from ..registry import FamilySpec, register_family
+from ..family import FamilySpec
 from .base import TimeRippleAttnProcessor, register_like_stock
 
 __all__ = ["HunyuanVideoTimeRippleAttnProcessor"]
@@ -37,7 +39,13 @@ class HunyuanVideoTimeRippleAttnProcessor(TimeRippleAttnProcessor, HunyuanVideoA
     """TimeRipple processor for HunyuanVideo's dual- and single-stream joint attention.
 
     ``drop_padded_text`` (class attribute, default True): drop the padded text keys instead of masking
-    them (module docstring); False = the stock masked call."""
+    them (module docstring); False = the stock masked call.
+
+    Ulysses context parallelism is supported with the plan of ``enable_context_parallel``: each rank holds
+    ``[video_r | text_r]``; the dense call gets the padding mask in the gathered key order, and detection
+    runs on the global ``[video | text]`` order (see ``diffusers/parallel.py``)."""
+
+    _supports_context_parallel = True
 
     drop_padded_text = True
 
@@ -103,7 +111,7 @@ class HunyuanVideoTimeRippleAttnProcessor(TimeRippleAttnProcessor, HunyuanVideoA
 
         n = query.shape[1]
         length = None
-        if self.drop_padded_text and attention_mask is not None and text_len > 0:
+        if self.drop_padded_text and attention_mask is not None and text_len > 0 and self._parallel_config is None:
             length = self._valid_length(attention_mask, n)
         if length is not None and length >= n - text_len:  # padded text keys dropped, no mask
             q_main, k_main, v_main = query[:, :length], key[:, :length], value[:, :length]
@@ -118,7 +126,9 @@ class HunyuanVideoTimeRippleAttnProcessor(TimeRippleAttnProcessor, HunyuanVideoA
                 main = torch.cat([main, pad.to(main.dtype)], dim=2)
             hidden_states = main.transpose(1, 2)  # (B, N, H, D)
         else:
-            dense = self._dispatch_dense(query, key, value, attention_mask)
+            dense = self._dispatch_dense(
+                query, key, value, self._parallel_mask(attention_mask, query.shape[1], text_len, "after")
+            )
             hidden_states = self._attend(
                 query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dense=dense,
                 text_len=text_len, text_position="after", attn_mask=attention_mask,
@@ -146,8 +156,6 @@ def _grid(transformer, bound) -> tuple:
 
 
 register_like_stock(HunyuanVideoTimeRippleAttnProcessor, HunyuanVideoAttnProcessor2_0)
-register_family(
-    HunyuanVideoTransformer3DModel,
-    FamilySpec(name="hunyuan_video", processor_cls=HunyuanVideoTimeRippleAttnProcessor, select=_select,
-               grid=_grid, attention_types=(Attention,), label="HunyuanVideo"),
-)
+# the family this module adds: ``diffusers/registry.py`` registers it for HunyuanVideoTransformer3DModel and its subclasses
+FAMILY = (HunyuanVideoTransformer3DModel, FamilySpec(name="hunyuan_video", processor_cls=HunyuanVideoTimeRippleAttnProcessor, select=_select,
+               grid=_grid, attention_types=(Attention,), label="HunyuanVideo"))

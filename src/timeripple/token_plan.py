@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import detect, reuse
+from . import detect, options, sequence
+from . import pairs as key_pairs
 from ._validation import value_error
-from .stats import RippleStats
+from .ripple_stats import RippleStats
 
 
 def build_token_plan(
@@ -26,7 +27,7 @@ def build_token_plan(
     text_len: int = 0,
     text_position: str = "after",
     window: int = 2,
-    priority=detect.AXES,
+    priority=options.AXES,
     criterion: str = "strict",
     fraction: float = 0.9,
     budget: float | None = None,
@@ -37,7 +38,7 @@ def build_token_plan(
     """Detect reusable tokens of ``q`` and ``k`` ``(B, H, N, D)`` and build the token plan.
 
     ``fused`` picks the detection: ``None`` (default) uses the fused Triton scores
-    (``kernels.detect_kernels.token_axis_scores``, reads q/k once, no float32 ``(B, H, Nv, D)``
+    (``kernels.detect_fused.token_axis_scores``, reads q/k once, no float32 ``(B, H, Nv, D)``
     intermediates, no host sync) followed by ``detect.token_sources_from_scores`` when
     :func:`fused_detection_reason` finds nothing against it (CUDA, Triton, ``strict``/``rms``,
     power-of-two head dim), else the plain-torch ``detect.detect_token_sources``. ``True`` forces the
@@ -45,42 +46,45 @@ def build_token_plan(
     same plan up to float32 rounding of the scores.
 
     ``token_keys``: ``"chain"`` (both sides as above) or ``"pairs"`` (keys merge only in disjoint pairs,
-    :func:`detect.pair_sources_from_scores`; window 2). ``key_budget``: the key side's budget (default
+    :func:`pairs.pair_sources_from_scores`; window 2). ``key_budget``: the key side's budget (default
     ``budget``; with ``"pairs"`` a share of the pairs, else of the eligible keys).
 
     Returns:
         ``(q_src, k_src, via_q, via_k)``: int32 ``(B, H, N)`` sources over the whole sequence and int8
-        ``(B, H, Nv)`` axis indices (into ``detect.AXES``, -1 = computed) over the video tokens.
+        ``(B, H, Nv)`` axis indices (into ``options.AXES``, -1 = computed) over the video tokens.
     """
     if fused is None:
         fused = fused_detection_reason(q, criterion) is None
-    if token_keys not in detect.TOKEN_KEYS:
-        raise value_error("token_keys", token_keys, f"must be one of {detect.TOKEN_KEYS}",
+    if token_keys not in options.TOKEN_KEYS:
+        raise value_error("token_keys", token_keys, f"must be one of {options.TOKEN_KEYS}",
                           "pass token_keys='chain' (default) or 'pairs'")
     if token_keys == "pairs" and window != 2:
         raise value_error("window", window, "token_keys='pairs' pairs the members of 2x2x2 cubes",
                           "use window=2, or token_keys='chain'")
     out = []
     for side, x in enumerate((q, k)):
-        video, start = reuse.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+        video, start = sequence.split_video(x, text_len, text_position)  # (B, H, Nv, D)
         pairs = side == 1 and token_keys == "pairs"
         side_budget = budget if side == 0 or key_budget is None or budget is None else key_budget
         if fused:
-            from .kernels.detect_kernels import token_axis_scores
+            from .kernels.detect_fused import token_axis_scores
 
             scores = token_axis_scores(video, grid, window, criterion, axes=tuple(thresholds))  # (B,H,Nv,3)
             if pairs:
-                src, via = detect.pair_sources_from_scores(scores, grid, thresholds, priority=priority,
+                src, via = key_pairs.pair_sources_from_scores(scores, grid, thresholds, priority=priority,
                                                            budget=side_budget)
             else:
                 src, via = detect.token_sources_from_scores(
                     scores, grid, thresholds, window=window, priority=priority, budget=side_budget,
                 )  # (B, H, Nv)
             del scores
+        elif pairs:
+            src, via = key_pairs.detect_pair_sources(video, grid, thresholds, priority=priority, criterion=criterion,
+                                                     fraction=fraction, budget=side_budget)  # (B, H, Nv)
         else:
             src, via = detect.detect_token_sources(
                 video, grid, thresholds, window=window, priority=priority, criterion=criterion,
-                fraction=fraction, budget=side_budget, pairs=pairs,
+                fraction=fraction, budget=side_budget,
             )  # (B, H, Nv)
         B, H, N = x.shape[:3]
         full = torch.arange(N, device=x.device, dtype=torch.int32).expand(B, H, N).clone()  # (B, H, N)
@@ -148,7 +152,7 @@ def _token_stats(q_src, k_src, via_q, via_k, axes):
     (per layer on the GPU, so the three figures share it)."""
     H = q_src.shape[1]
     axes = tuple(axes)
-    per_axis = [(via == detect.AXES.index(a)).sum() for via in (via_q, via_k) for a in axes]
+    per_axis = [(via == options.AXES.index(a)).sum() for via in (via_q, via_k) for a in axes]
     host = torch.cat([_pair_savings(q_src, k_src), torch.stack(per_axis).double()]).cpu()  # axes is never empty
     counts = host[H:].tolist()
     fractions = [
@@ -185,7 +189,7 @@ def token_mode_attention(
         axes_checked = tuple(a for a in detect.AXES if a in thresholds)
         kb = budget if key_budget is None else key_budget
         mq, sizes = expected_class_sizes(N, N - text_len, detect.eligible_count(grid, 2, axes_checked), budget,
-                                         detect.pair_count(grid, axes_checked), kb)
+                                         key_pairs.pair_count(grid, axes_checked), kb)
         expected = [mq, sizes[1], sizes[2]]
     out = token_attention(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr,
                           expected=expected)  # (B, H, N, D)

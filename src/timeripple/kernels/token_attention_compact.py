@@ -32,7 +32,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .token_kernels import TokenPlanLayout, group_v_sums, interpreting
+from .token_attention_triton import TokenPlanLayout
+from .triton_common import group_v_sums, interpreting
 
 VARIANTS = ("vcount", "pad", "bias")
 DEFAULT_VARIANT = "vcount"
@@ -43,7 +44,7 @@ PAD_LIMIT = 1.8
 
 
 @triton.jit
-def _gather_rows_kernel(
+def gather_rows_kernel(
     X, IDX, L, OUT, stride_xb, stride_xh, stride_xn, H, HC, H0, N, M,
     HEAD_DIM: tl.constexpr, DOUT: tl.constexpr, DP: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -68,7 +69,7 @@ def _gather_rows_kernel(
 
 
 @triton.jit
-def _merge_values_kernel(
+def merge_values_kernel(
     V, IDX_K, LK, COUNT, START, PERM, KB, VA, BIAS,
     stride_vb, stride_vh, stride_vn, H, HC, H0, N, MK,
     HAS_KB: tl.constexpr, WEIGHTED: tl.constexpr,
@@ -151,7 +152,7 @@ def padded_pair_ratio(lq: torch.Tensor, lk: torch.Tensor) -> tuple[int, int, flo
 def use_compaction(q: torch.Tensor, ratio: float) -> bool:
     """The dispatch rule: compaction + SDPA for fp16/bf16 (cuDNN), a head dim that SDPA takes with the
     weight channel (``D % 8 == 0``, ``D + 8 <= 256``) and padding that adds at most ``PAD_LIMIT`` x the
-    real pairs; else the varlen Triton kernel (``token_kernels``), which reads through index lists at
+    real pairs; else the varlen Triton kernel (``token_attention_triton``), which reads through index lists at
     about half of cuDNN's rate on the kept pairs (docs/kernels.md)."""
     D = q.shape[-1]
     return q.dtype in (torch.float16, torch.bfloat16) and D % 8 == 0 and D + 8 <= 256 and ratio <= PAD_LIMIT
@@ -214,19 +215,19 @@ def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, vari
         va = torch.empty((B, nh, mk, dv), dtype=v.dtype, device=v.device)
         bias = torch.empty((B, nh, mk), dtype=torch.float32, device=q.device) if not weighted else va
         for x, idx, length, dst, m in ((q, layout.idx_q, layout.lq, qc, mq), (k, layout.idx_k, layout.lk, kc, mk)):
-            _gather_rows_kernel[(triton.cdiv(m, BLOCK_R), B * nh)](
+            gather_rows_kernel[(triton.cdiv(m, BLOCK_R), B * nh)](
                 x, idx, length, dst, x.stride(0), x.stride(1), x.stride(2), H, nh, h0, N, m,
                 HEAD_DIM=D, DOUT=dq, DP=triton.next_power_of_2(dq), BLOCK_R=BLOCK_R, num_warps=4,
             )
         if key_repr == "mean":  # the group mean of k replaces the gathered source rows
-            _merge_values_kernel[(triton.cdiv(mk, BLOCK_R), B * nh)](
+            merge_values_kernel[(triton.cdiv(mk, BLOCK_R), B * nh)](
                 k, layout.idx_k, layout.lk, layout.count, layout.start, layout.perm, kc, kc,
                 torch.empty((B, nh, mk), dtype=torch.float32, device=q.device),  # bias output, unused
                 k.stride(0), k.stride(1), k.stride(2), H, nh, h0, N, mk,
                 HAS_KB=False, WEIGHTED=False, HEAD_DIM=D, DOUT=dq, DP=triton.next_power_of_2(dq),
                 BLOCK_G=BLOCK_R, num_warps=4,
             )
-        _merge_values_kernel[(triton.cdiv(mk, BLOCK_R), B * nh)](
+        merge_values_kernel[(triton.cdiv(mk, BLOCK_R), B * nh)](
             v, layout.idx_k, layout.lk, layout.count, layout.start, layout.perm, kb if kb is not None else va, va, bias,
             v.stride(0), v.stride(1), v.stride(2), H, nh, h0, N, mk,
             HAS_KB=kb is not None, WEIGHTED=weighted, HEAD_DIM=D, DOUT=dv, DP=triton.next_power_of_2(dv),
