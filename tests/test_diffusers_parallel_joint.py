@@ -148,6 +148,11 @@ def _errors():
 
 
 def _worker(rank, init_file, out_dir):
+    # the single-process references keep HunyuanVideo's padding mask, as context parallelism does (on one
+    # device the processors would drop the padded text keys: same outputs, fewer counted products)
+    from timeripple.diffusers.processors.hunyuan_video import HunyuanVideoTimeRippleAttnProcessor
+
+    HunyuanVideoTimeRippleAttnProcessor.drop_padded_text = False
     if rank:
         torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
