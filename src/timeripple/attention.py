@@ -59,7 +59,7 @@ def ripple_attention(
             ``"before"`` (``[text | video]``, CogVideoX).
         attn_mask (`torch.Tensor`, *optional*): bool (True = attend) or additive float mask broadcastable
             to ``(B, H, N, N)``, passed to SDPA. Token mode accepts only a key mask broadcastable to
-            ``(B, 1, 1, N)``.
+            ``(B, H, 1, N)`` (one value per key, optionally per head).
         mode (`str`, defaults to `"channel"`): ``"channel"`` reuses single elements (the paper; the
             product stays dense, savings are counted). ``"token"`` reuses whole head vectors (strict by
             default) and runs attention over the kept queries and keys only: a reused query copies its
