@@ -21,6 +21,7 @@ handle = timeripple.apply_timeripple(transformer, "open_sora_plan", scheduler=sc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -95,14 +96,25 @@ class OpenSoraPlanTimeRippleAttnProcessor(TimeRippleAttnProcessor):
             return x.reshape(-1, batch_size, heads, head_dim).permute(1, 2, 0, 3)  # (B, H, S, D)
 
         q, k, v = bhsd(query), bhsd(key), bhsd(value)
-        out = self._attend(
-            q, k, v, attn_mask=attention_mask, grid=(frame, height, width),
-            dense=lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask),
-        )
+        with _stock_sdpa_backend(q):
+            out = self._attend(
+                q, k, v, attn_mask=attention_mask, grid=(frame, height, width),
+                dense=lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask),
+            )
         hidden_states = out.permute(2, 0, 1, 3).reshape(-1, batch_size, heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
         return hidden_states / attn.rescale_output_factor
+
+
+def _stock_sdpa_backend(q):
+    """On CUDA the stock processor runs SDPA with the memory-efficient kernel only; do the same, so that a
+    threshold of 0 stays equal to stock there (on the CPU nothing is restricted)."""
+    if not q.is_cuda:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION])
 
 
 def check_no_sequence_parallel(original, layer_name=None) -> None:
