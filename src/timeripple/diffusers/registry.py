@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -43,6 +43,10 @@ class FamilySpec:
             its bound ``forward`` arguments.
         attention_types (`tuple[type]`): classes of the attention modules to consider.
         label (`str`): human-readable name for messages, e.g. ``"Wan 2.1 / 2.2"``.
+        stock_processors (`tuple[type or str]`, *optional*): the processor classes (or class names, for
+            models not importable here) a layer may carry when TimeRipple is applied; any other processor
+            is refused, since TimeRipple would silently replace it. Empty = the stock class that
+            ``processor_cls`` derives from.
     """
 
     name: str
@@ -51,6 +55,18 @@ class FamilySpec:
     grid: GridFn
     attention_types: Tuple[type, ...]
     label: str
+    stock_processors: Tuple[Union[type, str], ...] = ()
+
+    def is_stock(self, processor) -> bool:
+        """Whether ``processor`` is exactly one of the family's stock processor classes."""
+        from .processors.base import TimeRippleAttnProcessor
+
+        stock = self.stock_processors or tuple(
+            base for base in self.processor_cls.__mro__[1:]
+            if base is not object and not issubclass(base, TimeRippleAttnProcessor)
+        )
+        cls = type(processor)
+        return any(cls is s if isinstance(s, type) else cls.__name__ == s for s in stock)
 
 
 _REGISTRY: Dict[type, FamilySpec] = {}

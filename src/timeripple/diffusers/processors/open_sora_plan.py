@@ -160,5 +160,6 @@ class OpenSoraPlanFamily:
 register_family(
     OpenSoraPlanFamily,
     FamilySpec(name="open_sora_plan", processor_cls=OpenSoraPlanTimeRippleAttnProcessor, select=_select,
-               grid=_grid, attention_types=_attention_types(), label="Open-Sora-Plan v1.3 (register_model)"),
+               grid=_grid, attention_types=_attention_types(), label="Open-Sora-Plan v1.3 (register_model)",
+               stock_processors=("OpenSoraAttnProcessor2_0",)),
 )
