@@ -99,13 +99,26 @@ def ripple_attention(
     detect.check_geometry(grid, window, axes, priority)
     grid = tuple(int(g) for g in grid)
     _check_text(text_len, text_position, grid, N)
+    text_len = int(text_len)
     if mode not in MODES:
         raise value_error("mode", mode, "must be 'channel' or 'token'", "pass mode='channel' or mode='token'")
     _check_options(mode, channel_alpha, token_criterion, token_fraction, budget, scale)
     _check_mask(attn_mask, q)
-    if threshold is None:
+    if not isinstance(return_stats, bool):
+        raise type_error("return_stats", return_stats, "a bool", "pass return_stats=True or False")
+    if threshold is not None and mode == "token" and torch.is_grad_enabled() and any(
+        x.requires_grad for x in (q, k, v)
+    ):
+        raise value_error(
+            "mode", mode, "token mode is inference only: its kernels have no backward, and q, k or v requires "
+            "grad", "run it under `torch.no_grad()` / `torch.inference_mode()`, or use mode='channel' to train",
+        )
+    if threshold is None or B * H == 0:  # dense, or an empty batch: nothing to detect
+        if threshold is not None:
+            detect.normalize_thresholds(threshold, axes)  # still validated
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
-        return (out, RippleStats.dense(q.shape, axes)) if return_stats else out
+        return (out, RippleStats.dense(q.shape, axes, threshold, mode if threshold is not None else "dense")) \
+            if return_stats else out
     thresholds = detect.normalize_thresholds(threshold, axes)
     if mode == "token":
         from .token import token_mode_attention  # token mode needs the kernels package
@@ -240,6 +253,8 @@ def _check_tensors(q, k, v) -> None:
                               "transpose (B, N, H, D) inputs with .transpose(1, 2)")
         if not x.is_floating_point():
             raise type_error(f"{name}.dtype", x.dtype, "a floating dtype", f"cast {name} to float16/bfloat16/float32")
+    if q.shape[-1] == 0:
+        raise value_error("q.shape", tuple(q.shape), "the head dim D must be >= 1", "pass q, k, v with D >= 1")
     if k.shape != q.shape:
         raise value_error("k.shape", tuple(k.shape), f"must equal q.shape {tuple(q.shape)} (self-attention)",
                           "pass q and k of the same layer")
@@ -255,7 +270,7 @@ def _check_tensors(q, k, v) -> None:
 
 
 def _check_text(text_len, text_position, grid, n) -> None:
-    if not isinstance(text_len, int) or isinstance(text_len, bool) or text_len < 0:
+    if not isinstance(text_len, numbers.Integral) or isinstance(text_len, bool) or text_len < 0:
         raise value_error("text_len", text_len, "must be an int >= 0", "pass the number of text tokens, or 0")
     if text_position not in ("before", "after"):
         raise value_error("text_position", text_position, "must be 'before' or 'after'",
@@ -286,8 +301,8 @@ def _check_options(mode, channel_alpha, criterion, fraction, budget, scale) -> N
                               "use e.g. budget=0.5, or detect.budget_for_pair_savings(...)")
         if mode != "token":
             raise value_error("budget", budget, "applies to mode='token' only", "pass mode='token' or budget=None")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or math.isnan(scale)):
-        raise value_error("scale", scale, "must be None or a real number", "leave scale=None for 1/sqrt(D)")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale)):
+        raise value_error("scale", scale, "must be None or a finite real number", "leave scale=None for 1/sqrt(D)")
 
 
 def _check_mask(attn_mask, q) -> None:
@@ -295,6 +310,9 @@ def _check_mask(attn_mask, q) -> None:
         return
     if not isinstance(attn_mask, torch.Tensor):
         raise type_error("attn_mask", attn_mask, "a torch.Tensor or None", "pass a bool or float mask tensor")
+    if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+        raise type_error("attn_mask.dtype", attn_mask.dtype, "bool (True = attend) or a float dtype (additive)",
+                         "pass `mask.bool()` for a keep-mask, or `mask.to(q.dtype)` for an additive bias")
     B, H, N, _ = q.shape
     try:
         ok = torch.broadcast_shapes(attn_mask.shape, (B, H, N, N)) == (B, H, N, N)

@@ -373,8 +373,8 @@ def eligible_count(grid: Sequence[int], window: int, axes: Sequence[str]) -> int
 def check_geometry(grid, window, axes, priority=None) -> None:
     """Validate ``grid``, ``window``, ``axes`` and ``priority``; raise ValueError/TypeError."""
     if not isinstance(grid, (tuple, list)) or len(grid) != 3 or not all(
-        isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid
-    ):
+        isinstance(g, numbers.Integral) and not isinstance(g, bool) and g >= 1 for g in grid
+    ):  # numpy ints are Integral too
         raise value_error("grid", grid, "must be three positive ints (T, H, W) of the latent video grid",
                           "pass e.g. grid=(T, H // patch, W // patch)")
     if not isinstance(window, int) or isinstance(window, bool) or window < 2:
@@ -414,8 +414,8 @@ def normalize_thresholds(threshold, axes) -> dict[str, float]:
         if isinstance(theta, bool) or not isinstance(theta, numbers.Real):
             raise type_error(f"threshold[{axis!r}]" if isinstance(threshold, Mapping) else "threshold",
                              theta, "a float, a dict of floats per axis, or None", "pass e.g. threshold=0.4")
-        if math.isnan(theta) or theta < 0:
-            raise value_error("threshold", threshold, "thresholds must be >= 0 and not NaN",
+        if not math.isfinite(theta) or theta < 0:  # the same rule as TimeRippleConfig
+            raise value_error("threshold", threshold, "thresholds must be finite and >= 0",
                               "use 0 for no reuse, None for dense attention, or a positive value such as 0.4")
         out[axis] = float(theta)
     return out
