@@ -29,6 +29,7 @@ import collections
 import functools
 import inspect
 
+import pytest
 import torch
 
 MODES = ("stock", "dense", "reuse")
@@ -73,7 +74,9 @@ class Installer:
         self.mode = mode
         self.config = plugin_config(mode)
         self.applied = 0  # apply_timeripple calls that succeeded in the current test
+        self.calls = 0  # family-model forward calls that ran with TimeRipple in the current test
         self.refusals = []  # reasons apply_timeripple gave in the current test
+        self.handles = []  # handles applied in the current test (for the counted savings)
         self._originals = {}
 
     # -- patching -------------------------------------------------------------------------------------
@@ -103,7 +106,7 @@ class Installer:
             return
         scheduler = AnyTimestepScheduler()
         try:
-            timeripple.apply_timeripple(model, self.config, scheduler=scheduler)
+            self.handles.append(timeripple.apply_timeripple(model, self.config, scheduler=scheduler))
         except ValueError as err:  # refused: the test runs stock, counted with the reason
             model._timeripple_refused = str(err).split(". Fix:")[0]
             self.refusals.append(model._timeripple_refused)
@@ -131,6 +134,8 @@ def _lazy_forward(self, original, *args, installer: Installer, **kwargs):
         installer.ensure_applied(self)
         if getattr(self, "_timeripple_handle", None) is not None:
             return self(*args, **kwargs)  # through the forward pre-hook and TimeRipple's hook
+    if getattr(self, "_timeripple_handle", None) is not None:
+        installer.calls += 1
     return original(self, *args, **kwargs)
 
 
@@ -158,12 +163,14 @@ def family_classes():
 def pytest_addoption(parser):
     parser.addoption("--timeripple", default="stock", choices=MODES,
                      help="run diffusers' tests stock, with an all-dense TimeRipple schedule, or with reuse")
+    parser.addoption("--timeripple-list", action="store_true", help="list every test with its outcome and state")
 
 
 def pytest_configure(config):
     mode = config.getoption("--timeripple")
     config._timeripple_outcomes = collections.Counter()
     config._timeripple_reasons = collections.Counter()
+    config._timeripple_tests = []
     if mode != "stock":
         config._timeripple_installer = Installer(mode)
         config._timeripple_installer.install(family_classes())
@@ -175,10 +182,11 @@ def pytest_unconfigure(config):
         installer.uninstall()
 
 
-def pytest_runtest_setup(item):
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):  # before the test's fixtures run
     installer = getattr(item.config, "_timeripple_installer", None)
     if installer is not None:
-        installer.applied, installer.refusals = 0, []
+        installer.applied, installer.calls, installer.refusals, installer.handles = 0, 0, [], []
 
 
 def pytest_runtest_makereport(item, call):
@@ -187,15 +195,17 @@ def pytest_runtest_makereport(item, call):
     installer = getattr(item.config, "_timeripple_installer", None)
     if installer is None:
         state = "stock"
-    elif installer.refusals and not installer.applied:
+    elif installer.refusals and not installer.calls:
         state = "refused"
         for reason in set(installer.refusals):
             item.config._timeripple_reasons[reason] += 1
-    else:
-        state = "active" if installer.applied else "no family model"
+    else:  # "ran": a Wan/HunyuanVideo/CogVideoX forward ran with TimeRipple in this test (setup or call)
+        reused = any(h.stats.skipped_products > 0 for h in installer.handles)
+        state = ("ran, reused" if reused else "ran") if installer.calls else "no model call"
     outcome = "failed" if call.excinfo is not None and not call.excinfo.errisinstance(_skip_types()) else (
         "skipped" if call.excinfo is not None else "passed")
     item.config._timeripple_outcomes[(outcome, state)] += 1
+    item.config._timeripple_tests.append((item.nodeid, outcome, state))
 
 
 def _skip_types():
@@ -211,5 +221,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.section(f"timeripple ({config.getoption('--timeripple')})")
     for (outcome, state), count in sorted(outcomes.items()):
         terminalreporter.write_line(f"{outcome:>8} | TimeRipple {state}: {count}")
+    if config.getoption("--timeripple-list"):
+        for nodeid, outcome, state in config._timeripple_tests:
+            terminalreporter.write_line(f"{outcome:>8} | {state:<13} | {nodeid}")
     for reason, count in config._timeripple_reasons.most_common():
         terminalreporter.write_line(f"refused x{count}: {reason[:200]}")

@@ -64,6 +64,7 @@ def ripple_attention(
             product stays dense, savings are counted). ``"token"`` reuses whole head vectors (strict by
             default) and runs attention over the kept queries and keys only: a reused query copies its
             source's output row; a reused key is merged into its source (mean ``v``, ``log(count)`` bias).
+            Token mode is inference only: it raises ``ValueError`` when ``q``, ``k`` or ``v`` requires grad.
         window (`int`, defaults to 2): window size ``K >= 2`` along each axis. Larger windows reuse more
             tokens per window (more savings) but compare values that are further apart.
         axes (`tuple[str, ...]`, defaults to `("t", "y", "x")`): the axes checked.
