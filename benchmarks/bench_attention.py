@@ -82,7 +82,7 @@ def methods_for(name, args):
     from timeripple import detect
     from timeripple.config import load_config
     from timeripple.kernels import token_attention
-    from timeripple.token import build_token_plan, plan_pair_savings
+    from timeripple.token_plan import build_token_plan, plan_pair_savings
 
     H, grid, text_len, text_pos, D, _ = SHAPES[name]
     base = dict(grid=grid, text_len=text_len, text_position=text_pos)
@@ -130,7 +130,7 @@ def methods_for(name, args):
             yield "token plan (fused detection + selection)", plan_only, None, "q and k, budget 75%"
 
     def fused_detection(q, k, v):
-        from timeripple.kernels.detect_kernels import token_axis_scores
+        from timeripple.kernels.detect_fused import token_axis_scores
 
         nv, lo = math.prod(grid), (text_len if text_pos == "before" else 0)
         return lambda: (token_axis_scores(q[:, :, lo:lo + nv], grid), token_axis_scores(k[:, :, lo:lo + nv], grid))
@@ -146,9 +146,9 @@ def methods_for(name, args):
 
 def kernel_variants(H, grid, text_len, text_pos):
     """Token-mode execution variants at 75% pair savings on a random plan (half the tokens per side)."""
-    from timeripple.kernels import compact_attention as ca
-    from timeripple.kernels import token_kernels as tk
-    from timeripple.kernels.reference import random_token_plan
+    from timeripple.kernels import token_attention_compact as ca
+    from timeripple.kernels import token_attention_triton as tk
+    from timeripple.kernels.token_attention_torch import random_token_plan
 
     N = math.prod(grid) + text_len
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import timeripple
 from timeripple import load_config
-from timeripple.kernels import channel_kernels
+from timeripple.kernels import channel_fused
 
 from bench_attention import SHAPES, bench, structured
 
@@ -35,9 +35,9 @@ def main(argv=None):
         th = {"t": theta, "y": theta, "x": theta}
         rows = [
             ("SDPA default (baseline)", lambda: F.scaled_dot_product_attention(q, k, v)),
-            ("fused kernel q̃+k̃, no counts", lambda: channel_kernels.channel_reuse_fused(
+            ("fused kernel q̃+k̃, no counts", lambda: channel_fused.channel_reuse_fused(
                 q, k, thresholds=th, stats=False, **base)),
-            ("fused kernel q̃+k̃, with counts", lambda: channel_kernels.channel_reuse_fused(
+            ("fused kernel q̃+k̃, with counts", lambda: channel_fused.channel_reuse_fused(
                 q, k, thresholds=th, stats=True, **base)),
             ("ripple_attention channel", lambda: timeripple.ripple_attention(
                 q, k, v, threshold=theta, **base)),

@@ -1,4 +1,4 @@
-"""Threshold calibration (`timeripple.calibrate`, `timeripple calibrate`): the table on the shipped tiny model
+"""Threshold calibration (`timeripple.eval.calibration`, `timeripple calibrate`): the table on the shipped tiny model
 (4 steps, guidance 1, one prompt: fast), scale 0 reproducing dense bit for bit, savings growing with the
 scale, `best` on a hand-made table, the model restored after every run (also when one raises), input
 errors, and the CLI (help, a tiny run into a tmp dir, bad arguments)."""
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import timeripple
-from timeripple.calibrate import CalibrationResult, CalibrationRow, calibrate, scale_config
+from timeripple.eval.calibration import CalibrationResult, CalibrationRow, calibrate, scale_config
 from timeripple.cli import main
 from timeripple.demo import load_tiny_pipeline, shipped_weights_dir
 from timeripple.demo.loading import WEIGHTS_FILE

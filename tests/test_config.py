@@ -43,6 +43,7 @@ def test_bundled_values(name):
 
 
 def test_bundled_files_mirrored_identically():
+    assert MIRROR_CONFIGS.is_symlink(), "configs/ is a link to the package's configs, not a second copy"
     package = sorted(p.name for p in PACKAGE_CONFIGS.glob("*.yaml"))
     assert package == [f"{name}.yaml" for name in BUNDLED]
     assert sorted(p.name for p in MIRROR_CONFIGS.glob("*.yaml")) == package

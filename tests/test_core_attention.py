@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import timeripple
 from _core_helpers import firsts_on_all_axes, pick_alpha, pick_threshold, structured, video_slice, with_text
 from timeripple.attention import channel_reuse
-from timeripple.reference import reference_attention
+from timeripple.testing import reference_attention
 
 CASES = [  # grid, window, text_len, text_position, B, H
     ((3, 5, 7), 2, 0, "after", 2, 2),

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import timeripple
+import timeripple.baselines
 from _core_helpers import structured, video_slice, with_text
-from timeripple.reference import reference_sources
+from timeripple.testing import reference_sources
 
 
 def _qkv(grid, text_len, pos, B=2, H=2, D=8, seed=0):
@@ -22,7 +23,7 @@ def _qkv(grid, text_len, pos, B=2, H=2, D=8, seed=0):
 def test_magnitude_mask_zeroes_the_smallest_video_channels(pos):
     grid, text_len, frac = (3, 4, 5), 5, 0.3
     q, k, v = _qkv(grid, text_len, pos)
-    out, stats = timeripple.magnitude_mask_attention(q, k, v, fraction=frac, grid=grid, text_len=text_len,
+    out, stats = timeripple.baselines.magnitude_mask_attention(q, k, v, fraction=frac, grid=grid, text_len=text_len,
                                                      text_position=pos, return_stats=True)
     # independent construction: per (b, h) sort |video| and zero the first round(frac * Nv * D)
     masked = []
@@ -49,22 +50,22 @@ def test_magnitude_mask_zeroes_the_smallest_video_channels(pos):
 
 def test_magnitude_fraction_zero_is_sdpa_and_bad_input():
     q, k, v = _qkv((2, 3, 4), 2, "after")
-    assert torch.equal(timeripple.magnitude_mask_attention(q, k, v, fraction=0.0, text_len=2),
+    assert torch.equal(timeripple.baselines.magnitude_mask_attention(q, k, v, fraction=0.0, text_len=2),
                        F.scaled_dot_product_attention(q, k, v))
     for bad in (-0.1, 1.5, math.nan):
         with pytest.raises(ValueError, match="fraction"):
-            timeripple.magnitude_mask_attention(q, k, v, fraction=bad)
+            timeripple.baselines.magnitude_mask_attention(q, k, v, fraction=bad)
     with pytest.raises(ValueError, match="grid"):
-        timeripple.magnitude_mask_attention(q, k, v, fraction=0.5, grid=(2, 3, 3), text_len=2)
+        timeripple.baselines.magnitude_mask_attention(q, k, v, fraction=0.5, grid=(2, 3, 3), text_len=2)
     with pytest.raises(ValueError, match="text_len"):
-        timeripple.magnitude_mask_attention(q, k, v, fraction=0.5, text_len=99)
+        timeripple.baselines.magnitude_mask_attention(q, k, v, fraction=0.5, text_len=99)
 
 
 @pytest.mark.parametrize("grid,window,text_len,pos", [((3, 5, 7), 2, 4, "after"), ((4, 3, 5), 3, 3, "before")])
 def test_skip_zeroes_exactly_what_ripple_reuses(grid, window, text_len, pos):
     q, k, v = _qkv(grid, text_len, pos, seed=3)
     kw = dict(grid=grid, threshold=0.3, text_len=text_len, text_position=pos, window=window)
-    out, stats = timeripple.skip_attention(q, k, v, return_stats=True, **kw)
+    out, stats = timeripple.baselines.skip_attention(q, k, v, return_stats=True, **kw)
     _, ripple_stats = timeripple.ripple_attention(q, k, v, return_stats=True, **kw)
     torch.testing.assert_close(stats.qk_savings, ripple_stats.qk_savings)
     assert stats.reused_fraction_q == ripple_stats.reused_fraction_q and stats.mode == "skip"
@@ -86,10 +87,10 @@ def test_reuse_beats_both_baselines_at_the_same_savings():
     q, k, v = _qkv(grid, 0, "after", B=1, H=2, D=16, seed=5)
     exact = F.scaled_dot_product_attention(q, k, v)
     ripple, stats = timeripple.ripple_attention(q, k, v, grid=grid, threshold=0.15, return_stats=True)
-    skip = timeripple.skip_attention(q, k, v, grid=grid, threshold=0.15)
+    skip = timeripple.baselines.skip_attention(q, k, v, grid=grid, threshold=0.15)
     frac = sum(stats.reused_fraction_q.values())
-    magnitude = timeripple.magnitude_mask_attention(q, k, v, fraction=frac)
+    magnitude = timeripple.baselines.magnitude_mask_attention(q, k, v, fraction=frac)
     mse = {name: (o - exact).square().mean().item() for name, o in
            (("ripple", ripple), ("skip", skip), ("magnitude", magnitude))}
     assert 0 < mse["ripple"] < 0.5 * min(mse["skip"], mse["magnitude"]), mse
-    assert torch.equal(timeripple.skip_attention(q, k, v, grid=grid, threshold=None), exact)
+    assert torch.equal(timeripple.baselines.skip_attention(q, k, v, grid=grid, threshold=None), exact)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import timeripple
-from timeripple import detect, reuse
+from timeripple import detect, channel_mode
 
 CASES = [
     (2, (3, 5, 7), torch.float32),
@@ -27,8 +27,8 @@ def test_cube_path_equals_source_path(window, grid, dtype):
             x[0, 0, min(3, n - 1), 2] = float("nan")
             x[1, 2, min(5, n - 1), 1] = float("inf")
             src, via = detect.detect_channel_sources(x, grid, th, window=window, priority=priority)
-            expected = reuse.apply_sources(x, src, 0)
-            out, counts = reuse.cube_channel_reuse(x, grid, th, window=window, priority=priority)
+            expected = channel_mode.apply_sources(x, src, 0)
+            out, counts = channel_mode.cube_channel_reuse(x, grid, th, window=window, priority=priority)
             idx = torch.arange(n).view(1, 1, -1, 1)
             assert torch.equal(out.nan_to_num(7.0), expected.nan_to_num(7.0)), (window, grid, priority, th)
             assert torch.equal(counts[:, :, 0], (src != idx).sum(2))
@@ -38,9 +38,9 @@ def test_cube_path_equals_source_path(window, grid, dtype):
 
 
 def test_cube_path_support_rule():
-    assert reuse.cube_path_supported((3, 5, 7), 2)
-    assert reuse.cube_path_supported((4, 7, 3), 3)
-    assert not reuse.cube_path_supported((5, 4, 8), 3)  # 5 % 3 == 2: a partial window of size 2
+    assert channel_mode.cube_path_supported((3, 5, 7), 2)
+    assert channel_mode.cube_path_supported((4, 7, 3), 3)
+    assert not channel_mode.cube_path_supported((5, 4, 8), 3)  # 5 % 3 == 2: a partial window of size 2
 
 
 @pytest.mark.parametrize("text_position", ["before", "after"])
@@ -49,7 +49,7 @@ def test_ripple_attention_same_with_and_without_cube_path(monkeypatch, text_posi
     q, k, v = (torch.randn(2, 2, 60 + text, 16) for _ in range(3))
     kw = dict(grid=grid, threshold=0.6, text_len=text, text_position=text_position, return_stats=True)
     out_cube, st_cube = timeripple.ripple_attention(q, k, v, **kw)
-    monkeypatch.setattr(reuse, "cube_path_supported", lambda g, w: False)
+    monkeypatch.setattr(channel_mode, "cube_path_supported", lambda g, w: False)
     out_src, st_src = timeripple.ripple_attention(q, k, v, **kw)
     assert torch.equal(out_cube, out_src)
     assert torch.allclose(st_cube.qk_savings, st_src.qk_savings, rtol=0, atol=1e-12)

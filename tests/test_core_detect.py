@@ -15,7 +15,7 @@ from timeripple.detect import (
     resolve_sources,
     window_deltas,
 )
-from timeripple.reference import reference_deltas, reference_sources
+from timeripple.testing import reference_deltas, reference_sources
 
 
 @pytest.mark.parametrize("grid,window", [((3, 5, 7), 2), ((4, 3, 5), 3), ((5, 4, 3), 4), ((2, 2, 9), 4)])

@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from timeripple.kernels.reference import token_attention_ref
-from timeripple.reference import reference_attention, reference_sources
+from timeripple.kernels.token_attention_torch import token_attention_ref
+from timeripple.testing import reference_attention, reference_sources
 
 
 def test_reference_sources_by_hand():

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 import timeripple
 from _core_helpers import firsts_on_all_axes, pick_threshold, structured, video_slice, with_text
 from timeripple.detect import budget_for_pair_savings, eligible_count
-from timeripple.reference import reference_attention
-from timeripple.token import build_token_plan
+from timeripple.testing import reference_attention
+from timeripple.token_plan import build_token_plan
 
 CASES = [  # grid, window, text_len, text_position, B, H, criterion
     ((3, 5, 7), 2, 0, "after", 2, 2, "strict"),

@@ -33,7 +33,7 @@ def generate(pipe, inputs, steps=NUM_STEPS):
 
 def test_set_attn_processor_idiom(wan):
     pipe, inputs, stock = wan
-    processors = TimeRippleAttnProcessor.for_model(pipe.transformer, CONFIG, scheduler=pipe.scheduler)
+    processors = timeripple.processors_for_model(pipe.transformer, CONFIG, scheduler=pipe.scheduler)
     assert set(processors) == set(pipe.transformer.attn_processors)
     ours = [p for p in processors.values() if isinstance(p, TimeRippleAttnProcessor)]
     assert len(ours) == 2 and len({id(p) for p in ours}) == 2  # a fresh instance per layer
@@ -58,7 +58,7 @@ def test_processor_without_context_raises_with_the_fix(wan):
     finally:
         pipe.transformer.set_attn_processor(originals)
     # a family processor whose hook is gone
-    processors = TimeRippleAttnProcessor.for_model(pipe.transformer, CONFIG, scheduler=pipe.scheduler)
+    processors = timeripple.processors_for_model(pipe.transformer, CONFIG, scheduler=pipe.scheduler)
     pipe.transformer.set_attn_processor(dict(processors))
     pipe.transformer._diffusers_hook.remove_hook(timeripple.diffusers.HOOK_NAME, recurse=False)
     try:
@@ -200,7 +200,7 @@ def test_mochi_without_set_attn_processor():
     pipe, inputs = _common.tiny_mochi()
     assert not hasattr(pipe.transformer, "set_attn_processor")
     with pytest.raises(ValueError, match="apply_timeripple"):
-        TimeRippleAttnProcessor.for_model(pipe.transformer, "wan2.1", scheduler=pipe.scheduler)
+        timeripple.processors_for_model(pipe.transformer, "wan2.1", scheduler=pipe.scheduler)
     assert not hasattr(pipe.transformer, "_timeripple_handle")
     stock = generate(pipe, inputs)
     timeripple.apply_timeripple(pipe, CONFIG)

@@ -89,7 +89,7 @@ def test_custom_processor_on_a_self_attention_layer_is_refused(wan):
         with pytest.raises(ValueError, match=r"blocks\.1\.attn1\.processor.*CountingProcessor.*stock"):
             timeripple.apply_timeripple(pipe, CONFIG)
         with pytest.raises(ValueError, match="CountingProcessor"):
-            TimeRippleAttnProcessor.for_model(pipe.transformer, CONFIG, scheduler=pipe.scheduler)
+            timeripple.processors_for_model(pipe.transformer, CONFIG, scheduler=pipe.scheduler)
         assert not hasattr(pipe.transformer, "_timeripple_handle") and not _ours(pipe.transformer)
         assert pipe.transformer._diffusers_hook.get_hook(HOOK_NAME) is None
         assert isinstance(pipe.transformer.blocks[0].attn1.processor, WanAttnProcessor)  # untouched
@@ -134,7 +134,7 @@ def test_deepcopy_runs_its_own_hook_and_model(wan):
 def test_for_model_on_a_pipeline_with_two_transformers_names_both():
     pipe, _ = _common.tiny_wan(two_transformers=True)
     with pytest.raises(TypeError, match=r"pipe\.transformer.*pipe\.transformer_2"):
-        TimeRippleAttnProcessor.for_model(pipe, CONFIG, scheduler=pipe.scheduler)
+        timeripple.processors_for_model(pipe, CONFIG, scheduler=pipe.scheduler)
 
 
 def test_processors_replaced_after_apply_are_an_error_not_silently_stock():
@@ -152,7 +152,7 @@ def test_processors_replaced_after_apply_are_an_error_not_silently_stock():
         timeripple.apply_timeripple(pipe, config)
     pipe.unfuse_qkv_projections()
     # for_model whose dict was never installed: refused at the first call
-    TimeRippleAttnProcessor.for_model(pipe.transformer, config, scheduler=pipe.scheduler)
+    timeripple.processors_for_model(pipe.transformer, config, scheduler=pipe.scheduler)
     try:
         with pytest.raises(ValueError, match="set_attn_processor"):
             generate(pipe, inputs, steps=2)

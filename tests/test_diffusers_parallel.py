@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 import timeripple
+from timeripple.diffusers.context_parallel import enable_context_parallel
 from timeripple.diffusers.parallel import check_parallel_config, rank_dense_products
 
 WORLD = 2
@@ -18,6 +19,7 @@ CONFIG = timeripple.TimeRippleConfig(
     model_family="wan", threshold_start=1.0, threshold_end=1.0, ramp_start_step=0, ramp_end_step=1,
     reference_num_steps=NUM_STEPS,
 )
+TOKEN_CONFIG = CONFIG.replace(mode="token")
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*all_gather_tensor.*:FutureWarning")
 needs_gloo = pytest.mark.skipif(
@@ -84,26 +86,32 @@ def _worker(rank, init_file, out_dir):
         dense_cp = _generation(model, DENSE_STEP, scheduler, latents, text)  # the stock CP path
         ripple_cp = _generation(model, 1, scheduler, latents, text)
 
-        # ring attention: a reuse step raises the clear error on every rank (before any collective)
+        # ring attention: refused by `enable_context_parallel` (model untouched), and with diffusers' own
+        # `enable_parallelism` at the first forward, even a dense step (before any collective)
         ring_model = _tiny_wan()
         timeripple.apply_timeripple(ring_model, CONFIG, scheduler=scheduler)
-        ring_model.enable_parallelism(config=ContextParallelConfig(ring_degree=WORLD))
-        try:
-            _forward(ring_model, 1, scheduler, latents, text)
-            ring_error = None
-        except ValueError as exc:
-            ring_error = str(exc)
-        # TimeRipple applied after `enable_parallelism`: the processors miss the config and see a slice
+        ring_errors = []
+        for enable, step in ((lambda c: enable_context_parallel(ring_model, c), 1),
+                             (lambda c: ring_model.enable_parallelism(config=c), DENSE_STEP)):
+            try:
+                enable(ContextParallelConfig(ring_degree=WORLD))
+                _forward(ring_model, step, scheduler, latents, text)
+                ring_errors.append(None)
+            except ValueError as exc:
+                ring_errors.append((str(exc), ring_model._parallel_config is None))
+        # token mode, applied after `enable_context_parallel` (the processors join the parallel config)
         late_model = _tiny_wan()
-        late_model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD))
-        timeripple.apply_timeripple(late_model, CONFIG, scheduler=scheduler)
-        try:
-            _forward(late_model, 1, scheduler, latents, text)
-            late_error = None
-        except ValueError as exc:
-            late_error = str(exc)
-        torch.save(dict(stock=stock, single=single, dense_cp=dense_cp, ripple_cp=ripple_cp, ring_error=ring_error,
-                        late_error=late_error), os.path.join(out_dir, f"rank{rank}.pt"))
+        timeripple.apply_timeripple(late_model, TOKEN_CONFIG, scheduler=scheduler)
+        single_token = _generation(late_model, 1, scheduler, latents, text)
+        timeripple.remove_timeripple(late_model)
+        enable_context_parallel(late_model, ContextParallelConfig(ulysses_degree=WORLD))
+        timeripple.apply_timeripple(late_model, TOKEN_CONFIG, scheduler=scheduler)
+        token_cp = _generation(late_model, 1, scheduler, latents, text)
+        timeripple.remove_timeripple(late_model)  # back to the stock context-parallel processors
+        stock_cp_removed = _forward(late_model, 1, scheduler, latents, text)
+        torch.save(dict(stock=stock, single=single, dense_cp=dense_cp, ripple_cp=ripple_cp, ring_errors=ring_errors,
+                        single_token=single_token, token_cp=token_cp, stock_cp_removed=stock_cp_removed),
+                   os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -168,14 +176,23 @@ def test_ulysses_statistics_are_per_rank_and_average_to_the_whole(two_ranks):
 @needs_gloo
 def test_ring_raises_naming_ulysses(two_ranks):
     for res in two_ranks:
-        assert res["ring_error"] is not None and "ring_degree" in res["ring_error"]
-        assert "Ulysses" in res["ring_error"] and "ulysses_degree" in res["ring_error"]
+        (at_enable, untouched), (at_forward, _) = res["ring_errors"]
+        assert untouched, "a refused `enable_context_parallel` left the model changed"
+        for message in (at_enable, at_forward):
+            assert "ring_degree" in message and "Ulysses" in message and "ulysses_degree" in message
 
 
 @needs_gloo
-def test_applying_after_enable_parallelism_raises_with_the_fix(two_ranks):
-    for res in two_ranks:
-        assert res["late_error"] is not None and "before `enable_parallelism" in res["late_error"]
+def test_token_mode_applied_after_enable_matches_single_process(two_ranks):
+    for rank, res in enumerate(two_ranks):
+        (single, single_stats), (cp, cp_stats) = res["single_token"], res["token_cp"]
+        err = (cp - single).abs()
+        assert torch.allclose(cp, single, rtol=1e-5, atol=1e-5), (
+            f"rank {rank}: max |diff| {err.max():.3g}, mean {err.mean():.3g}")
+        assert single_stats.total_savings > 0 and cp_stats.qk_products * WORLD == single_stats.qk_products
+        assert not torch.allclose(cp, res["stock"][1], rtol=1e-4, atol=1e-4), f"rank {rank}: token step ran dense"
+        # after remove_timeripple the restored processors still run context-parallel attention
+        assert torch.allclose(res["stock_cp_removed"], res["stock"][1], rtol=1e-5, atol=1e-5)
 
 
 def test_check_parallel_config_rules():
@@ -201,11 +218,36 @@ def test_families_without_cp_support_raise():
     from diffusers.models._modeling_parallel import ParallelConfig
 
     from timeripple.diffusers.processors.base import TimeRippleAttnProcessor
+    from timeripple.diffusers.processors.cogvideox import CogVideoXTimeRippleAttnProcessor
+    from timeripple.diffusers.processors.hunyuan_video import HunyuanVideoTimeRippleAttnProcessor
     from timeripple.diffusers.processors.wan import WanTimeRippleAttnProcessor
 
     assert WanTimeRippleAttnProcessor._supports_context_parallel
+    assert HunyuanVideoTimeRippleAttnProcessor._supports_context_parallel
+    assert CogVideoXTimeRippleAttnProcessor._supports_context_parallel
     processor = TimeRippleAttnProcessor(layer_name="blocks.0.attn")
     processor._parallel_config = ParallelConfig(context_parallel_config=ContextParallelConfig(ulysses_degree=2))
     q = torch.randn(1, 2, 4, 8)
-    with pytest.raises(ValueError, match="does not support context parallelism.*only Wan"):
+    with pytest.raises(ValueError, match="does not support context parallelism.*Wan, HunyuanVideo and CogVideoX"):
         processor._attend_parallel(None, q, q, q, 0, "after", None, (1, 2, 2))
+
+
+def test_hook_refuses_unsupported_parallel_setups_before_any_layer_runs():
+    """diffusers' own `enable_parallelism` bypasses `enable_context_parallel`; the TimeRipple hook still refuses
+    ring attention and families without context-parallel support at the start of the forward."""
+    from diffusers import ContextParallelConfig, LTXVideoTransformer3DModel
+    from diffusers.models._modeling_parallel import ParallelConfig
+
+    scheduler = _scheduler()
+    cases = [(_tiny_wan(), CONFIG, ContextParallelConfig(ring_degree=2), "ring attention is not supported")]
+    torch.manual_seed(0)
+    ltx = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                     num_attention_heads=4, attention_head_dim=8, cross_attention_dim=32,
+                                     num_layers=1, caption_channels=32)
+    cases.append((ltx, CONFIG.replace(model_family="ltx"), ContextParallelConfig(ulysses_degree=2),
+                  "for Wan, HunyuanVideo and CogVideoX only"))
+    for model, config, cp, message in cases:
+        timeripple.apply_timeripple(model, config, scheduler=scheduler)
+        model._parallel_config = ParallelConfig(context_parallel_config=cp)  # what enable_parallelism records
+        with pytest.raises(ValueError, match=message):
+            model(hidden_states=torch.zeros(1), timestep=scheduler.timesteps[:1])  # never reaches a layer

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from timeripple.demo.clips import DIRECTIONS, SHAPES, make_clip, render_clips, sample_params, with_fields
-from timeripple.eval.adherence import ADHERENCE_PROMPTS, evaluate_adherence, score_adherence
+from timeripple.demo.adherence import ADHERENCE_PROMPTS, evaluate_adherence, score_adherence
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from timeripple.eval.metrics import psnr, ssim
+from timeripple.video_metrics import psnr, ssim
 
 
 def test_psnr_known_values_and_range_mapping():

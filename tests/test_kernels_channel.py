@@ -16,7 +16,8 @@ import timeripple
 from _core_helpers import pick_threshold, structured, video_slice, with_text
 from conftest import requires_cuda
 from timeripple import attention
-from timeripple.kernels.channel_kernels import channel_reuse_fused, channel_reuse_torch
+from timeripple.channel_mode import channel_reuse_counts as channel_reuse_torch
+from timeripple.kernels.channel_fused import channel_reuse_fused
 
 logger = logging.getLogger(__name__)
 

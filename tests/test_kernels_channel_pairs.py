@@ -5,8 +5,8 @@ Runs under TRITON_INTERPRET=1 on the CPU (tests/conftest.py), on CUDA when prese
 import pytest
 import torch
 
-from timeripple import reuse
-from timeripple.kernels.channel_pairs import launch_pairs
+from timeripple import channel_mode
+from timeripple.kernels.channel_fused_pairs import launch_pairs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GRIDS = [(3, 4, 5), (1, 1, 9), (2, 3, 17)]
@@ -27,7 +27,7 @@ def test_pairs_kernel_matches_cube_path(grid, dtype):
         out = torch.full_like(x, 123.0)  # poison: every element must be written
         counts = torch.zeros(2, 2, 4, 24, dtype=torch.int32, device=DEVICE)
         launch_pairs(x, out, counts, grid, th, priority)
-        expected, expected_counts = reuse.cube_channel_reuse(x.cpu(), grid, th, window=2, priority=priority)
+        expected, expected_counts = channel_mode.cube_channel_reuse(x.cpu(), grid, th, window=2, priority=priority)
         got = out.cpu()
         diff = (got.nan_to_num(9.0) - expected.nan_to_num(9.0)).abs().max().item()
         assert torch.equal(got.nan_to_num(9.0), expected.nan_to_num(9.0)), (grid, priority, th, diff)
@@ -42,7 +42,7 @@ def test_pairs_kernel_without_counts_and_strided_input():
     x = base.transpose(1, 2)
     out = torch.empty_like(x)
     launch_pairs(x, out, None, grid, {"t": 0.6, "y": 0.6, "x": 0.6}, ("t", "y", "x"))
-    expected, counts = reuse.cube_channel_reuse(x.cpu(), grid, {"t": 0.6, "y": 0.6, "x": 0.6}, window=2,
+    expected, counts = channel_mode.cube_channel_reuse(x.cpu(), grid, {"t": 0.6, "y": 0.6, "x": 0.6}, window=2,
                                                 priority=("t", "y", "x"))
     assert torch.equal(out.cpu(), expected)
     assert counts[:, :, 0].sum() > 0

@@ -1,4 +1,4 @@
-"""Token attention by compaction + SDPA (kernels/compact_attention.py) and the fused token plan.
+"""Token attention by compaction + SDPA (kernels/token_attention_compact.py) and the fused token plan.
 
 On a CPU machine the Triton kernels run under the interpreter on small shapes (tests/conftest.py); on
 a GPU the same tests run compiled, plus large shapes and the public dispatch.
@@ -11,11 +11,11 @@ import torch
 from test_kernels_triton import _CountLaunches, assert_close_to_reference
 
 from timeripple import detect, ripple_attention
-from timeripple.kernels import compact_attention as ca
-from timeripple.kernels import token_attention, token_kernels
-from timeripple.kernels.detect_kernels import token_axis_scores_torch
-from timeripple.kernels.reference import random_token_plan
-from timeripple.token import build_token_plan
+from timeripple.kernels import token_attention_compact as ca
+from timeripple.kernels import token_attention, token_attention_triton
+from timeripple.detect import axis_score_table as token_axis_scores_torch
+from timeripple.kernels.token_attention_torch import random_token_plan
+from timeripple.token_plan import build_token_plan
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -147,8 +147,8 @@ def test_cuda_public_op_uses_compaction_and_compiles(monkeypatch):
     q_src, k_src = random_token_plan(1, 2, 300, 0.5, device="cuda")
     spy = _CountLaunches(ca._finish_kernel)
     monkeypatch.setattr(ca, "_finish_kernel", spy)
-    tri = _CountLaunches(token_kernels._token_attn_kernel)
-    monkeypatch.setattr(token_kernels, "_token_attn_kernel", tri)
+    tri = _CountLaunches(token_attention_triton._token_attn_kernel)
+    monkeypatch.setattr(token_attention_triton, "_token_attn_kernel", tri)
     eager = token_attention(q, k, v, q_src, k_src)
     assert spy.launches >= 1 and tri.launches == 0
     assert_close_to_reference(eager, q, k, v, q_src, k_src)

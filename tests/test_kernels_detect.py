@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from timeripple.kernels.detect_kernels import token_axis_scores, token_axis_scores_torch
+from timeripple.detect import axis_score_table as token_axis_scores_torch
+from timeripple.kernels.detect_fused import token_axis_scores
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

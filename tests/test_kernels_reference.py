@@ -8,7 +8,7 @@ import torch
 
 from timeripple import kernels
 from timeripple.kernels import token_attention, token_attention_ref
-from timeripple.kernels.reference import random_token_plan
+from timeripple.kernels.token_attention_torch import random_token_plan
 
 
 def loop_token_attention(q, k, v, q_src, k_src, scale=None, key_bias=None):

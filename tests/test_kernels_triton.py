@@ -7,8 +7,8 @@ on small shapes; on a GPU the same tests run compiled, plus larger shapes.
 import pytest
 import torch
 
-from timeripple.kernels import token_attention, token_kernels
-from timeripple.kernels.reference import random_token_plan, token_attention_ref
+from timeripple.kernels import token_attention, token_attention_triton
+from timeripple.kernels.token_attention_torch import random_token_plan, token_attention_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -61,9 +61,9 @@ def test_triton_token_attention_matches_reference(dtype, head_dim, text_len, tex
     keep = torch.tensor([[0.95, 0.1, 0.5], [0.3, 1.0, 0.02]])  # per-head lengths that differ a lot
     q_src, k_src = random_token_plan(B, H, N, keep, text_len=text_len, text_position=text_position,
                                      device=DEVICE)
-    spy = _CountLaunches(token_kernels._token_attn_kernel)
-    monkeypatch.setattr(token_kernels, "_token_attn_kernel", spy)
-    got = token_kernels.token_attention_triton(q, k, v, q_src, k_src)
+    spy = _CountLaunches(token_attention_triton._token_attn_kernel)
+    monkeypatch.setattr(token_attention_triton, "_token_attn_kernel", spy)
+    got = token_attention_triton.token_attention_triton(q, k, v, q_src, k_src)
     assert spy.launches == 1
     assert got.dtype == dtype and got.shape == q.shape
     assert_close_to_reference(got, q, k, v, q_src, k_src)
@@ -78,7 +78,7 @@ def test_triton_key_bias_with_masked_keys(dtype, gather_k):
     key_bias = torch.randn(B, N, device=DEVICE)
     key_bias[0, 31:] = float("-inf")  # padded text keys of batch 0
     key_bias[1, ::3] = float("-inf")
-    got = token_kernels.token_attention_triton(q, k, v, q_src, k_src, key_bias=key_bias, gather_k=gather_k)
+    got = token_attention_triton.token_attention_triton(q, k, v, q_src, k_src, key_bias=key_bias, gather_k=gather_k)
     assert_close_to_reference(got, q, k, v, q_src, k_src, key_bias=key_bias)
 
 
@@ -87,14 +87,14 @@ def test_triton_fully_masked_head_gives_zeros_not_nan():
     q, k, v = (torch.randn(B, H, N, D, device=DEVICE) for _ in range(3))
     q_src, k_src = random_token_plan(B, H, N, 0.5, device=DEVICE)
     mask = torch.zeros(B, N, dtype=torch.bool, device=DEVICE)
-    got = token_kernels.token_attention_triton(q, k, v, q_src, k_src, key_bias=mask)
+    got = token_attention_triton.token_attention_triton(q, k, v, q_src, k_src, key_bias=mask)
     assert torch.equal(got, torch.zeros_like(got))
 
 
 def test_triton_nothing_reused_equals_dense_attention():
     q, k, v = (torch.randn(1, 2, 33, 64, device=DEVICE) for _ in range(3))
     src = torch.arange(33, dtype=torch.int32, device=DEVICE).expand(1, 2, 33).contiguous()
-    got = token_kernels.token_attention_triton(q, k, v, src, src)
+    got = token_attention_triton.token_attention_triton(q, k, v, src, src)
     want = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
     assert (got.double() - want).abs().max() < 1e-5
 
@@ -104,7 +104,7 @@ def test_triton_non_contiguous_inputs_and_int64_plan():
     qkv = torch.randn(3, B, N, H, D, dtype=torch.float16, device=DEVICE)
     q, k, v = (t.transpose(1, 2) for t in qkv)  # (B, H, N, D) views, as diffusers passes them
     q_src, k_src = random_token_plan(B, H, N, 0.5, device=DEVICE)
-    got = token_kernels.token_attention_triton(q, k, v, q_src.long(), k_src.long())
+    got = token_attention_triton.token_attention_triton(q, k, v, q_src.long(), k_src.long())
     assert_close_to_reference(got, q, k, v, q_src, k_src)
 
 
@@ -113,9 +113,9 @@ def test_merge_kernel_matches_torch_twin():
     v, k = (torch.randn(B, H, N, D, device=DEVICE) for _ in range(2))
     q_src, k_src = random_token_plan(B, H, N, torch.rand(B, H), device=DEVICE)
     key_bias = torch.randn(B, N, device=DEVICE)
-    layout = token_kernels.TokenPlanLayout(q_src, k_src)
-    vm, kc, bias = token_kernels.merge_keys(v, k, layout, key_bias, store_k=True)
-    vm2, kc2, bias2 = token_kernels.merge_keys_torch(v, k, k_src, layout, key_bias)
+    layout = token_attention_triton.TokenPlanLayout(q_src, k_src)
+    vm, kc, bias = token_attention_triton.merge_keys(v, k, layout, key_bias, store_k=True)
+    vm2, kc2, bias2 = token_attention_triton.merge_keys_torch(v, k, k_src, layout, key_bias)
     valid = (torch.arange(layout.mk, device=DEVICE) < layout.lk.view(B, H, 1))[..., None]
     assert torch.allclose(torch.where(valid, vm, 0), vm2, atol=1e-6)
     assert torch.equal(torch.where(valid, kc, 0), kc2)
@@ -127,7 +127,7 @@ def test_scatter_kernel_copies_source_rows_only():
     q_src, _ = random_token_plan(B, H, N, 0.3, device=DEVICE)
     out = torch.randn(B, H, N, D, device=DEVICE)
     want = out.gather(2, q_src.long()[..., None].expand(B, H, N, D))  # sources are kept: one hop
-    token_kernels.scatter_rows(out, q_src)
+    token_attention_triton.scatter_rows(out, q_src)
     assert torch.equal(out, want)
 
 
@@ -135,7 +135,7 @@ def test_launcher_rejects_unsupported_head_dim():
     q = torch.randn(1, 1, 8, 72, device=DEVICE)
     src = torch.arange(8, dtype=torch.int32, device=DEVICE).expand(1, 1, 8)
     with pytest.raises(ValueError, match="head dims 64 and 128"):
-        token_kernels.token_attention_triton(q, q, q, src, src)
+        token_attention_triton.token_attention_triton(q, q, q, src, src)
 
 
 @requires_cuda
@@ -149,7 +149,7 @@ def test_cuda_large_shapes(dtype, head_dim):
     key_bias = torch.zeros(B, N, device="cuda")
     key_bias[:, -30:] = float("-inf")
     for gather_k in (True, False):
-        got = token_kernels.token_attention_triton(q, k, v, q_src, k_src, key_bias=key_bias, gather_k=gather_k)
+        got = token_attention_triton.token_attention_triton(q, k, v, q_src, k_src, key_bias=key_bias, gather_k=gather_k)
         assert_close_to_reference(got, q, k, v, q_src, k_src, key_bias=key_bias)
 
 
@@ -158,8 +158,8 @@ def test_cuda_public_op_runs_triton_and_compiles(monkeypatch):
     q, k, v = (torch.randn(1, 2, 300, 128, dtype=torch.bfloat16, device="cuda") for _ in range(3))
     # per-head lengths far apart: padding to the longest would cost > PAD_LIMIT, so the varlen kernel runs
     q_src, k_src = random_token_plan(1, 2, 300, torch.tensor([[0.95, 0.05]]), device="cuda")
-    spy = _CountLaunches(token_kernels._token_attn_kernel)
-    monkeypatch.setattr(token_kernels, "_token_attn_kernel", spy)
+    spy = _CountLaunches(token_attention_triton._token_attn_kernel)
+    monkeypatch.setattr(token_attention_triton, "_token_attn_kernel", spy)
     eager = token_attention(q, k, v, q_src, k_src)
     assert spy.launches == 1
     compiled = torch.compile(token_attention, fullgraph=True)(q, k, v, q_src, k_src)
@@ -174,14 +174,14 @@ def test_triton_with_precomputed_lengths_equals_without():
     ar = torch.arange(N, device=DEVICE, dtype=torch.int32)
     lq, lk = (q_src == ar).sum(-1, dtype=torch.int32), (k_src == ar).sum(-1, dtype=torch.int32)
     lengths = (lq, lk, int(lq.max()), int(lk.max()))
-    want = token_kernels.token_attention_triton(q, k, v, q_src, k_src)
-    got = token_kernels.token_attention_triton(q, k, v, q_src, k_src, lengths=lengths)
+    want = token_attention_triton.token_attention_triton(q, k, v, q_src, k_src)
+    got = token_attention_triton.token_attention_triton(q, k, v, q_src, k_src, lengths=lengths)
     assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 100), (1, 1, 1), (4, 257), (1, 2, 9000)])
 def test_row_cumsum_equals_torch(shape):
-    from timeripple.kernels.token_kernels import row_cumsum
+    from timeripple.kernels.token_attention_triton import row_cumsum
 
     g = torch.Generator().manual_seed(0)
     kept = (torch.rand(shape, generator=g) < 0.5).to(DEVICE)

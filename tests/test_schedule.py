@@ -5,7 +5,8 @@ import pytest
 
 import timeripple
 from timeripple import TimeRippleConfig, load_config
-from timeripple.schedule import ramp_steps, scale_step, threshold_at
+from timeripple.config import threshold_at
+from timeripple.schedule import ramp_steps, scale_step
 
 # (config, num_steps, step, expected θ or None), all computed by hand:
 # ramp value = start + (end - start) * (step - s) / (e - s), s/e the (scaled) ramp steps.

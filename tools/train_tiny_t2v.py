@@ -285,7 +285,7 @@ def main(argv=None):
     adherence = None
     if args.eval_steps > 0:
         from timeripple.demo import load_tiny_pipeline
-        from timeripple.eval.adherence import evaluate_adherence
+        from timeripple.demo.adherence import evaluate_adherence
 
         pipe = load_tiny_pipeline(device=device, weights_dir=export)  # the exported float16 weights
         pipe.set_progress_bar_config(disable=True)

@@ -19,19 +19,19 @@ _EXPORTS = {
     "TimeRippleConfig": "config",
     "load_config": "config",
     "list_configs": "config",
-    "threshold_at": "schedule",
+    "threshold_at": "config",
     "ripple_attention": "attention",
-    "RippleStats": "stats",
-    "magnitude_mask_attention": "baselines",
-    "skip_attention": "baselines",
+    "RippleStats": "ripple_stats",
     "apply_timeripple": "diffusers",
     "remove_timeripple": "diffusers",
     "get_stats": "diffusers",
+    "processors_for_model": "diffusers",
     "TimeRippleAttnProcessor": "diffusers",
     "TimeRippleHandle": "diffusers",
     "GenerationStats": "diffusers",
     "register_model": "diffusers",
     "supported_models": "diffusers",
+    "enable_context_parallel": "diffusers",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -52,17 +52,17 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from .attention import ripple_attention
-    from .baselines import magnitude_mask_attention, skip_attention
-    from .config import TimeRippleConfig, list_configs, load_config
+    from .config import TimeRippleConfig, list_configs, load_config, threshold_at
     from .diffusers import (
         GenerationStats,
         TimeRippleAttnProcessor,
         TimeRippleHandle,
         apply_timeripple,
+        enable_context_parallel,
         get_stats,
+        processors_for_model,
         register_model,
         remove_timeripple,
         supported_models,
     )
-    from .schedule import threshold_at
-    from .stats import RippleStats
+    from .ripple_stats import RippleStats

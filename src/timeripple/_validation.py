@@ -19,3 +19,15 @@ def type_error(argument: str, value, expected: str, fix: str) -> TypeError:
     return TypeError(
         f"`{argument}` must be {expected}, got {type(value).__name__} ({_fmt(value)}). Fix: {fix}"
     )
+
+
+class NumberKindError(TypeError, ValueError):
+    """A number of the wrong kind (a float such as ``2.0`` where an int is required): both a ``TypeError``
+    (its type) and a ``ValueError`` (its value), so callers that catch either see it."""
+
+
+def number_kind_error(argument: str, value, expected: str, fix: str) -> NumberKindError:
+    """Return a :class:`NumberKindError`, worded like :func:`type_error`."""
+    return NumberKindError(
+        f"`{argument}` must be {expected}, got {type(value).__name__} ({_fmt(value)}). Fix: {fix}"
+    )

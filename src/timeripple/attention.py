@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from . import detect, reuse
+from . import channel_mode, detect, options, sequence
 from ._validation import type_error, value_error
-from .stats import RippleStats
+from .ripple_stats import RippleStats
 
 logger = logging.getLogger(__name__)
-
-MODES = ("channel", "token")
 
 
 def ripple_attention(
@@ -95,16 +92,15 @@ def ripple_attention(
         >>> out.shape, stats.qk_savings_mean > 0.5
         (torch.Size([1, 1, 144, 64]), True)
     """
-    _check_tensors(q, k, v)
+    options.check_tensors(q, k, v)
     B, H, N, D = q.shape
-    detect.check_geometry(grid, window, axes, priority)
+    options.check_geometry(grid, window, axes, priority)
     grid = tuple(int(g) for g in grid)
-    _check_text(text_len, text_position, grid, N)
+    options.check_text(text_len, text_position, grid, N)
+    options.check_mode_options(mode, channel_alpha=channel_alpha, token_criterion=token_criterion,
+                               token_fraction=token_fraction, budget=budget, scale=scale)
+    options.check_mask(attn_mask, q)
     text_len = int(text_len)
-    if mode not in MODES:
-        raise value_error("mode", mode, "must be 'channel' or 'token'", "pass mode='channel' or mode='token'")
-    _check_options(mode, channel_alpha, token_criterion, token_fraction, budget, scale)
-    _check_mask(attn_mask, q)
     if not isinstance(return_stats, bool):
         raise type_error("return_stats", return_stats, "a bool", "pass return_stats=True or False")
     if threshold is not None and mode == "token" and torch.is_grad_enabled() and any(
@@ -116,13 +112,13 @@ def ripple_attention(
         )
     if threshold is None or B * H == 0:  # dense, or an empty batch: nothing to detect
         if threshold is not None:
-            detect.normalize_thresholds(threshold, axes)  # still validated
+            options.normalize_thresholds(threshold, axes)  # still validated
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
-        return (out, RippleStats.dense(q.shape, axes, threshold, mode if threshold is not None else "dense")) \
-            if return_stats else out
-    thresholds = detect.normalize_thresholds(threshold, axes)
+        stats_mode = "dense" if threshold is None else mode
+        return (out, RippleStats.dense(q.shape, axes, threshold, stats_mode)) if return_stats else out
+    thresholds = options.normalize_thresholds(threshold, axes)
     if mode == "token":
-        from .token import token_mode_attention  # token mode needs the kernels package
+        from .token_plan import token_mode_attention  # token mode needs the kernels package
 
         return token_mode_attention(
             q, k, v, grid=grid, thresholds=thresholds, threshold=threshold, text_len=text_len,
@@ -143,11 +139,11 @@ def ripple_attention(
         if not return_stats:
             return out
         qk_savings, frac_q, frac_k = _stats_from_counts(counts, N, math.prod(grid), axes)
-    elif channel_alpha is None and reuse.cube_path_supported(grid, window):  # CPU / no Triton: window cubes
+    elif channel_alpha is None and channel_mode.cube_path_supported(grid, window):  # CPU / no Triton: window cubes
         sides = []
         for x in (q, k):
-            video, start = reuse.split_video(x, text_len, text_position)  # (B, H, Nv, D)
-            video_t, counts = reuse.cube_channel_reuse(video, grid, thresholds, window=window, priority=priority)
+            video, start = sequence.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+            video_t, counts = channel_mode.cube_channel_reuse(video, grid, thresholds, window=window, priority=priority)
             x_t = x.clone()
             x_t[:, :, start : start + video.shape[2]] = video_t
             sides.append((x_t, counts))
@@ -164,8 +160,8 @@ def ripple_attention(
         out = F.scaled_dot_product_attention(q_t, k_t, v, attn_mask=attn_mask, scale=scale)  # (B, H, N, Dv)
         if not return_stats:
             return out
-        qk_savings = reuse.channel_qk_savings(src_q, src_k, N, N)
-        frac_q, frac_k = reuse.reused_fractions(via_q, axes), reuse.reused_fractions(via_k, axes)
+        qk_savings = channel_mode.channel_qk_savings(src_q, src_k, N, N)
+        frac_q, frac_k = channel_mode.reused_fractions(via_q, axes), channel_mode.reused_fractions(via_k, axes)
     stats = RippleStats(
         qk_savings=qk_savings,
         reused_fraction_q=frac_q,
@@ -187,12 +183,12 @@ def channel_reuse(
     """
     results = []
     for x in (q, k):
-        video, start = reuse.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+        video, start = sequence.split_video(x, text_len, text_position)  # (B, H, Nv, D)
         src, via = detect.detect_channel_sources(
             video, grid, thresholds, window=window, priority=priority, channel_alpha=channel_alpha
         )
         if fill is None:
-            x_t = reuse.apply_sources(x, src, start)
+            x_t = channel_mode.apply_sources(x, src, start)
         else:
             x_t = x.clone()
             x_t[:, :, start : start + video.shape[2]] = video.masked_fill(via >= 0, fill)
@@ -214,15 +210,15 @@ def _fused_channel_kernels(q, k, window, channel_alpha):
     if not (q.is_cuda or _FUSED_ON_CPU):
         return None
     try:
-        from .kernels import channel_kernels
+        from .kernels import channel_fused
     except ImportError as exc:  # Triton is an optional dependency
         reason = f"triton is not importable ({exc!r})"
     else:
-        reason = channel_kernels.fused_unsupported_reason(q, window, channel_alpha)
+        reason = channel_fused.fused_unsupported_reason(q, window, channel_alpha)
         if reason is None and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
             reason = "the fused kernel has no backward (q or k requires grad)"
         if reason is None:
-            return channel_kernels
+            return channel_fused
     if reason not in _fallback_warned:
         _fallback_warned.add(reason)
         logger.warning("timeripple channel mode falls back to the torch path: %s", reason)
@@ -233,95 +229,9 @@ def _stats_from_counts(counts, n, nv, axes):
     """``(qk_savings, reused_fraction_q, reused_fraction_k)`` from the fused kernel's int32 counts
     ``(2, B, H, 4, D)`` (reused; via t, y, x), with one host sync."""
     _, B, H, _, D = counts.shape
-    savings = reuse.qk_savings_from_counts(counts[0, :, :, 0], counts[1, :, :, 0], n, n)  # (H,)
+    savings = channel_mode.qk_savings_from_counts(counts[0, :, :, 0], counts[1, :, :, 0], n, n)  # (H,)
     per_axis = counts[:, :, :, 1:].sum(dim=(1, 2, 4)).double() / max(B * H * nv * D, 1)  # (2, 3)
     host = torch.cat([savings, per_axis.flatten()]).cpu()
     frac = host[H:].view(2, 3).tolist()
-    fractions = [{a: side[detect.AXES.index(a)] for a in axes} for side in frac]
+    fractions = [{a: side[options.AXES.index(a)] for a in axes} for side in frac]
     return host[:H].clone(), fractions[0], fractions[1]
-
-
-# ----------------------------------------------------------------------------------------------
-# argument checks
-
-
-def _check_tensors(q, k, v) -> None:
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor):
-            raise type_error(name, x, "a torch.Tensor (B, H, N, D)", f"pass {name} as a tensor")
-        if x.dim() != 4:
-            raise value_error(f"{name}.shape", tuple(x.shape), "must be 4-D (B, H, N, D)",
-                              "transpose (B, N, H, D) inputs with .transpose(1, 2)")
-        if not x.is_floating_point():
-            raise type_error(f"{name}.dtype", x.dtype, "a floating dtype", f"cast {name} to float16/bfloat16/float32")
-    if q.shape[-1] == 0:
-        raise value_error("q.shape", tuple(q.shape), "the head dim D must be >= 1", "pass q, k, v with D >= 1")
-    if k.shape != q.shape:
-        raise value_error("k.shape", tuple(k.shape), f"must equal q.shape {tuple(q.shape)} (self-attention)",
-                          "pass q and k of the same layer")
-    if v.shape[:3] != q.shape[:3]:
-        raise value_error("v.shape", tuple(v.shape), f"must start with q's (B, H, N) {tuple(q.shape[:3])}",
-                          "pass v of the same layer in (B, H, N, D) layout")
-    for name, x in (("k", k), ("v", v)):
-        if x.dtype != q.dtype:
-            raise value_error(f"{name}.dtype", x.dtype, f"must equal q.dtype {q.dtype}", f"cast {name} to {q.dtype}")
-        if x.device != q.device:
-            raise value_error(f"{name}.device", x.device, f"must equal q.device {q.device}",
-                              f"move {name} to {q.device}")
-
-
-def _check_text(text_len, text_position, grid, n) -> None:
-    if not isinstance(text_len, numbers.Integral) or isinstance(text_len, bool) or text_len < 0:
-        raise value_error("text_len", text_len, "must be an int >= 0", "pass the number of text tokens, or 0")
-    if text_position not in ("before", "after"):
-        raise value_error("text_position", text_position, "must be 'before' or 'after'",
-                          "use 'after' for [video | text] (HunyuanVideo), 'before' for [text | video] (CogVideoX)")
-    nv = math.prod(grid)
-    if nv + text_len != n:
-        raise value_error("grid", grid, f"T*H*W ({nv}) + text_len ({text_len}) must equal N ({n}) of q",
-                          "pass the latent grid after patching and the exact number of text tokens")
-
-
-def _check_options(mode, channel_alpha, criterion, fraction, budget, scale) -> None:
-    if channel_alpha is not None:
-        if isinstance(channel_alpha, bool) or not isinstance(channel_alpha, numbers.Real):
-            raise type_error("channel_alpha", channel_alpha, "a float or None", "pass e.g. channel_alpha=1.0")
-        if not channel_alpha > 0 or math.isinf(channel_alpha):
-            raise value_error("channel_alpha", channel_alpha, "must be a finite number > 0", "pass e.g. 1.0")
-        if mode != "channel":
-            raise value_error("channel_alpha", channel_alpha, "applies to mode='channel' only",
-                              "drop channel_alpha or use mode='channel'")
-    if criterion not in detect.TOKEN_CRITERIA:
-        raise value_error("token_criterion", criterion, "must be 'strict', 'fraction' or 'rms'",
-                          "use token_criterion='strict'")
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
-        raise value_error("token_fraction", fraction, "must be a number in (0, 1]", "use e.g. 0.9")
-    if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not 0 < budget <= 1:
-            raise value_error("budget", budget, "must be None or a number in (0, 1]",
-                              "use e.g. budget=0.5, or detect.budget_for_pair_savings(...)")
-        if mode != "token":
-            raise value_error("budget", budget, "applies to mode='token' only", "pass mode='token' or budget=None")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale)):
-        raise value_error("scale", scale, "must be None or a finite real number", "leave scale=None for 1/sqrt(D)")
-
-
-def _check_mask(attn_mask, q) -> None:
-    if attn_mask is None:
-        return
-    if not isinstance(attn_mask, torch.Tensor):
-        raise type_error("attn_mask", attn_mask, "a torch.Tensor or None", "pass a bool or float mask tensor")
-    if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
-        raise type_error("attn_mask.dtype", attn_mask.dtype, "bool (True = attend) or a float dtype (additive)",
-                         "pass `mask.bool()` for a keep-mask, or `mask.to(q.dtype)` for an additive bias")
-    B, H, N, _ = q.shape
-    try:
-        ok = torch.broadcast_shapes(attn_mask.shape, (B, H, N, N)) == (B, H, N, N)
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise value_error("attn_mask.shape", tuple(attn_mask.shape), f"must broadcast to (B, H, N, N) = {(B, H, N, N)}",
-                          "reshape the mask, e.g. a key-padding mask to (B, 1, 1, N)")
-    if attn_mask.device != q.device:
-        raise value_error("attn_mask.device", attn_mask.device, f"must equal q.device {q.device}",
-                          f"move attn_mask to {q.device}")

@@ -14,10 +14,11 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import detect, reuse
+from . import channel_mode, sequence
 from ._validation import value_error
-from .attention import _check_mask, _check_options, _check_tensors, _check_text, channel_reuse
-from .stats import RippleStats
+from .attention import channel_reuse
+from .options import check_geometry, check_mask, check_mode_options, check_tensors, check_text, normalize_thresholds
+from .ripple_stats import RippleStats
 
 
 def magnitude_mask_attention(
@@ -51,27 +52,28 @@ def magnitude_mask_attention(
         reused fractions hold one key, ``"magnitude"``.
 
     Example:
-        >>> import torch, timeripple
+        >>> import torch
+        >>> from timeripple import baselines
         >>> q = k = v = torch.randn(1, 2, 16, 8)
-        >>> out, stats = timeripple.magnitude_mask_attention(q, k, v, fraction=0.5, return_stats=True)
+        >>> out, stats = baselines.magnitude_mask_attention(q, k, v, fraction=0.5, return_stats=True)
         >>> stats.reused_fraction_q["magnitude"]
         0.5
     """
-    _check_tensors(q, k, v)
+    check_tensors(q, k, v)
     B, H, N, D = q.shape
     if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 <= fraction <= 1:
         raise value_error("fraction", fraction, "must be a number in [0, 1]", "pass e.g. fraction=0.5")
     if grid is not None:
-        detect.check_geometry(grid, 2, ("t",))
-        _check_text(text_len, text_position, tuple(grid), N)
+        check_geometry(grid, 2, ("t",))
+        check_text(text_len, text_position, tuple(grid), N)
     else:
         if not isinstance(text_len, int) or isinstance(text_len, bool) or not 0 <= text_len <= N:
             raise value_error("text_len", text_len, f"must be an int in [0, N={N}]", "pass the number of text tokens")
-        _check_text(text_len, text_position, (N - text_len, 1, 1), N)
-    _check_mask(attn_mask, q)
+        check_text(text_len, text_position, (N - text_len, 1, 1), N)
+    check_mask(attn_mask, q)
     masked, zeroed = [], []
     for x in (q, k):
-        video, start = reuse.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+        video, start = sequence.split_video(x, text_len, text_position)  # (B, H, Nv, D)
         nv = video.shape[2]
         n_zero = round(fraction * nv * D)
         flat = video.float().abs().reshape(B, H, nv * D)  # (B, H, Nv*D)
@@ -126,20 +128,21 @@ def skip_attention(
         `torch.Tensor` ``(B, H, N, Dv)``, or ``(out, stats)`` with ``stats.mode == "skip"``.
 
     Example:
-        >>> import torch, timeripple
+        >>> import torch
+        >>> from timeripple import baselines
         >>> q = k = v = torch.randn(1, 2, 8, 16)
-        >>> out, stats = timeripple.skip_attention(q, k, v, grid=(2, 2, 2), threshold=1e9, return_stats=True)
+        >>> out, stats = baselines.skip_attention(q, k, v, grid=(2, 2, 2), threshold=1e9, return_stats=True)
         >>> round(stats.qk_savings_mean, 4)
         0.9844
     """
-    _check_tensors(q, k, v)
+    check_tensors(q, k, v)
     B, H, N, D = q.shape
-    detect.check_geometry(grid, window, axes, priority)
+    check_geometry(grid, window, axes, priority)
     grid = tuple(int(g) for g in grid)
-    _check_text(text_len, text_position, grid, N)
-    _check_options("channel", channel_alpha, "strict", 0.9, None, scale)
-    _check_mask(attn_mask, q)
-    thresholds = {} if threshold is None else detect.normalize_thresholds(threshold, axes)
+    check_text(text_len, text_position, grid, N)
+    check_mode_options("channel", channel_alpha=channel_alpha, scale=scale)
+    check_mask(attn_mask, q)
+    thresholds = {} if threshold is None else normalize_thresholds(threshold, axes)
     if all(theta == 0 for theta in thresholds.values()):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
         return (out, RippleStats.dense(q.shape, axes, threshold, "skip")) if return_stats else out
@@ -151,9 +154,9 @@ def skip_attention(
     if not return_stats:
         return out
     stats = RippleStats(
-        qk_savings=reuse.channel_qk_savings(src_q, src_k, N, N),
-        reused_fraction_q=reuse.reused_fractions(via_q, axes),
-        reused_fraction_k=reuse.reused_fractions(via_k, axes),
+        qk_savings=channel_mode.channel_qk_savings(src_q, src_k, N, N),
+        reused_fraction_q=channel_mode.reused_fractions(via_q, axes),
+        reused_fraction_k=channel_mode.reused_fractions(via_k, axes),
         qk_products=B * H * N * N * D,
         mode="skip",
         threshold=threshold,

@@ -4,7 +4,7 @@
 TimeRipple, and prints how they compare; ``timeripple calibrate`` measures savings against fidelity over
 threshold scales and picks one for a target; ``timeripple configs`` lists the bundled configs;
 ``timeripple version`` prints the version. The logic lives in :mod:`timeripple.demo.run_demo` and
-:mod:`timeripple.calibrate`; this file only parses arguments and prints.
+:mod:`timeripple.eval.calibration`; this file only parses arguments and prints.
 """
 
 from __future__ import annotations
@@ -202,14 +202,14 @@ _CALIBRATE_PROMPTS = 2  # default prompts: the first ones of timeripple.eval.ADH
 def _cmd_calibrate(args) -> int:
     import json
 
-    from .calibrate import _check_targets, calibrate
+    from .eval.calibration import check_targets, calibrate
     from .demo import load_tiny_pipeline
     from .demo.run_demo import resolve_config
     from .eval import ADHERENCE_PROMPTS
 
     # check the cheap arguments before loading the model
     config = resolve_config(args.config, args.mode)
-    target = _check_targets(args.target_psnr, args.target_savings) or {}
+    target = check_targets(args.target_psnr, args.target_savings) or {}
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise value_error("--output", args.output, "exists and is not a folder", "pass a folder path")

@@ -11,11 +11,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
-import math
 import os
 import textwrap
 from importlib import resources
-from numbers import Integral, Real
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import yaml
@@ -23,15 +21,13 @@ import yaml
 from . import schedule
 from ._config_io import ConfigLoader, FrozenDict, read_config_file
 from ._validation import type_error, value_error
+from .options import AXES, check_axes, check_int, check_mode_options, check_real, check_window
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TimeRippleConfig", "load_config", "list_configs"]
+__all__ = ["TimeRippleConfig", "load_config", "list_configs", "threshold_at"]
 
 CONFIG_VERSION = 1
-AXES = ("t", "y", "x")
-MODES = ("channel", "token")
-TOKEN_CRITERIA = ("strict", "fraction", "rms")
 NEWLINE_END_OF_DOCUMENT = "\n...\n"  # what yaml.safe_dump puts after a plain scalar
 # config fields passed to ripple_attention unchanged (besides the scheduled threshold)
 _ATTENTION_FIELDS = ("mode", "window", "axes", "priority", "channel_alpha", "token_criterion", "token_fraction", "budget")
@@ -71,58 +67,6 @@ _FIELD_DOCS = {
     "budget": "Token mode only: reuse this fraction of the eligible tokens per head and side, those with the "
     "smallest Delta (0 < b <= 1); null = the threshold alone decides.",
 }
-
-
-def _check_real(name: str, value, *, allow_none=False, low=None, strict=False, high=None) -> Optional[float]:
-    """A finite float in ``[low, high]`` (``(low, high]`` when ``strict``), or None when allowed."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, Real):
-        expected = "a float or None" if allow_none else "a float"
-        raise type_error(name, value, expected, f"write `{name}` as a number, e.g. 0.4")
-    value = float(value)
-    if not math.isfinite(value):
-        raise value_error(name, value, "must be finite", f"set `{name}` to a finite number")
-    if low is not None and (value < low or (strict and value == low)) or high is not None and value > high:
-        rule = f"must be {'>' if strict else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-        raise value_error(name, value, rule, f"set `{name}` to a value that is {rule[8:]}")
-    return value
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise type_error(name, value, "an int", f"write `{name}` as a whole number >= {minimum}")
-    if value < minimum:
-        raise value_error(name, value, f"must be >= {minimum}", f"set `{name}` to at least {minimum}")
-    return int(value)
-
-
-def _check_choice(name: str, value, choices: Tuple[str, ...]) -> str:
-    if not isinstance(value, str):
-        raise type_error(name, value, f"one of {choices} (a string)", f"set `{name}` to one of {choices}")
-    if value not in choices:
-        raise value_error(name, value, f"must be one of {choices}", f"set `{name}` to one of {choices}")
-    return value
-
-
-def _check_axes(name: str, value, *, permutation: bool) -> Tuple[str, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-        raise type_error(name, value, "a list or tuple of axis names", f"write e.g. `{name}: [t, y, x]`")
-    value = tuple(value)
-    for axis in value:
-        if not isinstance(axis, str):
-            raise type_error(f"{name} entry", axis, "an axis name (a string)", "use only 't', 'y' and 'x'")
-        if axis not in AXES:
-            raise value_error(
-                name, value, f"unknown axis {axis!r}; axes are {AXES}", f"use only 't', 'y' and 'x' in `{name}`"
-            )
-    if len(set(value)) != len(value):
-        raise value_error(name, value, "axes must not repeat", f"list each axis once in `{name}`")
-    if permutation and sorted(value) != sorted(AXES):
-        raise value_error(name, value, "must be a permutation of ('t', 'y', 'x')", f"list all three axes in `{name}`")
-    if not value:
-        raise value_error(name, value, "must name at least one axis", f"set `{name}` to e.g. ['t', 'y', 'x']")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +139,7 @@ class TimeRippleConfig:
         def put(field, value):  # frozen: normalised values are stored with object.__setattr__
             object.__setattr__(self, field, value)
 
-        version = _check_int("version", self.version, 1)
+        version = check_int("version", self.version, 1)
         if version != CONFIG_VERSION:
             raise value_error("version", version, f"only version {CONFIG_VERSION} exists", f"set `version: {CONFIG_VERSION}`")
         put("version", version)
@@ -203,12 +147,13 @@ class TimeRippleConfig:
             value = getattr(self, field)
             if value is not None and not isinstance(value, str):
                 raise type_error(field, value, "a string or None", f"write `{field}` as text, e.g. 'wan2.1'")
-        put("mode", _check_choice("mode", self.mode, MODES))
+        check_mode_options(self.mode, channel_alpha=self.channel_alpha, token_criterion=self.token_criterion,
+                           token_fraction=self.token_fraction, budget=self.budget)
         for field in ("threshold_start", "threshold_end", "fixed_threshold"):
-            put(field, _check_real(field, getattr(self, field), allow_none=field == "fixed_threshold", low=0))
-        put("reference_num_steps", _check_int("reference_num_steps", self.reference_num_steps, 1))
-        start = _check_int("ramp_start_step", self.ramp_start_step, 0)
-        end = _check_int("ramp_end_step", self.ramp_end_step, 0)
+            put(field, check_real(field, getattr(self, field), allow_none=field == "fixed_threshold", low=0))
+        put("reference_num_steps", check_int("reference_num_steps", self.reference_num_steps, 1))
+        start = check_int("ramp_start_step", self.ramp_start_step, 0)
+        end = check_int("ramp_end_step", self.ramp_end_step, 0)
         if start > end:
             raise value_error(
                 "ramp_start_step", start, f"must be <= ramp_end_step = {end}",
@@ -223,26 +168,13 @@ class TimeRippleConfig:
         put("ramp_end_step", end)
         if not isinstance(self.dense_last_step, bool):
             raise type_error("dense_last_step", self.dense_last_step, "a bool", "write true or false")
-        put("window", _check_int("window", self.window, 2))
-        put("axes", _check_axes("axes", self.axes, permutation=False))
-        put("priority", _check_axes("priority", self.priority, permutation=True))
+        put("window", check_window(self.window))
+        put("axes", check_axes("axes", self.axes, permutation=False))
+        put("priority", check_axes("priority", self.priority, permutation=True))
         put("axis_threshold_scale", self._checked_scale())
-        channel_alpha = _check_real("channel_alpha", self.channel_alpha, allow_none=True, low=0, strict=True)
-        if channel_alpha is not None and self.mode != "channel":
-            raise value_error(
-                "channel_alpha", channel_alpha, f"applies only with mode='channel', got mode={self.mode!r}",
-                "set `mode: channel` or `channel_alpha: null`",
-            )
-        put("channel_alpha", channel_alpha)
-        put("token_criterion", _check_choice("token_criterion", self.token_criterion, TOKEN_CRITERIA))
-        put("token_fraction", _check_real("token_fraction", self.token_fraction, low=0, strict=True, high=1))
-        budget = _check_real("budget", self.budget, allow_none=True, low=0, strict=True, high=1)
-        if budget is not None and self.mode != "token":
-            raise value_error(
-                "budget", budget, f"applies only with mode='token', got mode={self.mode!r}",
-                "set `mode: token` or `budget: null`",
-            )
-        put("budget", budget)
+        for field in ("channel_alpha", "budget"):  # checked above, with the mode they depend on
+            put(field, None if getattr(self, field) is None else float(getattr(self, field)))
+        put("token_fraction", float(self.token_fraction))
 
     def _checked_scale(self) -> Optional[Dict[str, float]]:
         scale = self.axis_threshold_scale
@@ -256,7 +188,7 @@ class TimeRippleConfig:
                 raise value_error("axis_threshold_scale", dict(scale), rule, "use only axes listed in `axes`")
         # a new dict in t, y, x order: the caller's dict is never kept, and equal configs have equal reprs
         return FrozenDict(
-            (a, _check_real(f"axis_threshold_scale[{a!r}]", scale[a], low=0, strict=True)) for a in AXES if a in scale
+            (a, check_real(f"axis_threshold_scale[{a!r}]", scale[a], low=0, strict=True)) for a in AXES if a in scale
         )
 
     def __hash__(self):  # the per-axis scale is stored in t, y, x order, so equal configs have equal reprs
@@ -352,8 +284,8 @@ class TimeRippleConfig:
     # -- schedule ------------------------------------------------------------------------------------
 
     def threshold_at(self, step: int, num_steps: int) -> Optional[float]:
-        """θ for 0-indexed ``step`` of ``num_steps``, or `None` on a dense step. See [`~schedule.threshold_at`]."""
-        return schedule.threshold_at(self, step, num_steps)
+        """θ for 0-indexed ``step`` of ``num_steps``, or `None` on a dense step. See [`~schedule.scheduled_threshold`]."""
+        return schedule.scheduled_threshold(self, step, num_steps)
 
     def attention_kwargs(self, step: int, num_steps: int) -> Optional[Dict[str, Any]]:
         r"""
@@ -442,3 +374,30 @@ def load_config(name_or_path: Union[str, os.PathLike, TimeRippleConfig]) -> Time
     entry = _bundled_dir().joinpath(f"{names[key]}.yaml")
     logger.debug("loading bundled config %s", names[key])
     return TimeRippleConfig._from_yaml_text(entry.read_text(encoding="utf-8"), source=f"bundled:{names[key]}")
+
+
+def threshold_at(config: Union[TimeRippleConfig, str], step: int, num_steps: int) -> Optional[float]:
+    r"""
+    The reuse threshold θ for 0-indexed ``step`` of ``num_steps``, or ``None`` for a dense step; see
+    [`~schedule.scheduled_threshold`] for the rules.
+
+    Args:
+        config ([`TimeRippleConfig`] or `str`): the configuration, or the name of a bundled one.
+        step (`int`), num_steps (`int`): the 0-indexed step and the number of steps of the run.
+
+    Example:
+
+    ```py
+    >>> import timeripple
+    >>> [timeripple.threshold_at("hunyuan_video", i, 50) for i in (9, 10, 15, 20, 48, 49)]
+    [None, 0.2, 0.35, 0.5, 0.5, None]
+    ```
+    """
+    if isinstance(config, str):
+        config = load_config(config)
+    elif not isinstance(config, TimeRippleConfig):
+        raise type_error(
+            "config", config, "a TimeRippleConfig or a bundled config name",
+            "pass timeripple.load_config('wan2.1') or a TimeRippleConfig(...)",
+        )
+    return schedule.scheduled_threshold(config, step, num_steps)

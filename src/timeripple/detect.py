@@ -18,15 +18,13 @@ These functions are the plain-torch specification that the fused Triton detectio
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Mapping, Sequence
 
 import torch
 
-from ._validation import type_error, value_error
+from ._validation import value_error
+from .options import AXES, check_geometry
 
-AXES = ("t", "y", "x")
-TOKEN_CRITERIA = ("strict", "fraction", "rms")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,18 +71,18 @@ def window_deltas(x: torch.Tensor, grid: Sequence[int], axis: str, window: int) 
     parts = []
     if n_full:
         full = x6[..., : n_full * window, :].unflatten(-2, (n_full, window))  # (..., nf, K, D)
-        parts.append(_window_std(full).unsqueeze(-2).expand_as(full).flatten(-3, -2))
+        parts.append(window_std(full).unsqueeze(-2).expand_as(full).flatten(-3, -2))
     if rest:
         tail = x6[..., n_full * window :, :].unsqueeze(-3)  # (..., 1, r, D)
         if rest >= 2:
-            parts.append(_window_std(tail).unsqueeze(-2).expand_as(tail).flatten(-3, -2))
+            parts.append(window_std(tail).unsqueeze(-2).expand_as(tail).flatten(-3, -2))
         else:
             parts.append(torch.full_like(tail.flatten(-3, -2), math.nan))
     delta = torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]  # (B, H, o1, o2, L, D)
     return delta.movedim(-2, dim).reshape(B, H, Nv, D)
 
 
-def _window_std(w: torch.Tensor) -> torch.Tensor:
+def window_std(w: torch.Tensor) -> torch.Tensor:
     """Population std over dim -2 of ``(..., n, K, D)`` float32 windows; NaN if any member is not finite."""
     size = w.shape[-2]
     if size == 2:  # |a0 - a1| / 2: the same value as the two-pass formula, and much cheaper
@@ -213,6 +211,22 @@ def token_scores(
     return torch.where(torch.isnan(delta).any(dim=-1), math.nan, score)
 
 
+def axis_score_table(x, grid, window=2, criterion="strict", fraction=0.9, axes=AXES) -> torch.Tensor:
+    """The ``(B, H, Nv, 3)`` float32 table of :func:`token_scores` on the axes ``t, y, x`` (NaN where a token
+    is not a non-first window member, and in the columns of axes not in ``axes``): the plain-torch
+    specification of ``kernels.detect_fused.token_axis_scores`` and the input of
+    :func:`token_sources_from_scores`."""
+    cols = []
+    for axis in AXES:
+        if axis in axes:
+            _, non_first = axis_partners(grid, axis, window, x.device)
+            score = token_scores(x, grid, axis, window, criterion, fraction)  # (B, H, Nv)
+            cols.append(torch.where(non_first.view(1, 1, -1), score, math.nan))
+        else:  # never read
+            cols.append(torch.full(x.shape[:3], math.nan, device=x.device))
+    return torch.stack(cols, dim=-1)
+
+
 def detect_token_sources(
     x: torch.Tensor,
     grid: Sequence[int],
@@ -241,16 +255,8 @@ def detect_token_sources(
     axes = _checked_axes(thresholds, priority)
     if budget is None:  # an axis with θ = 0 passes nothing: no need to score it
         axes = [a for a in axes if float(thresholds[a]) != 0]
-    cols = []
-    for axis in AXES:  # the (B, H, Nv, 3) score layout of token_sources_from_scores
-        if axis in axes:
-            _, non_first = axis_partners(grid, axis, window, x.device)
-            score = token_scores(x, grid, axis, window, criterion, fraction)  # (B, H, Nv)
-            cols.append(torch.where(non_first.view(1, 1, -1), score, math.nan))
-        else:  # never read
-            cols.append(torch.full(x.shape[:3], math.nan, device=x.device))
     src, via = token_sources_from_scores(
-        torch.stack(cols, dim=-1), grid, thresholds, window=window, priority=priority, budget=budget
+        axis_score_table(x, grid, window, criterion, fraction, axes), grid, thresholds, window=window, priority=priority, budget=budget
     )
     return src.long(), via
 
@@ -267,7 +273,7 @@ def token_sources_from_scores(
     """:func:`detect_token_sources` from precomputed per-axis scores, without host syncs.
 
     The fast path of token mode on CUDA: ``scores`` is the float32 ``(B, H, Nv, 3)`` output of
-    ``kernels.detect_kernels.token_axis_scores`` (axes ``t, y, x``; NaN where a token is not a
+    ``kernels.detect_fused.token_axis_scores`` (axes ``t, y, x``; NaN where a token is not a
     non-first window member or its window is not finite). Thresholding, budget selection (sort per
     (b, h) over ``Nv``; ties broken by token index, as the stable argsort of the plain path) and chain
     resolution (``len(axes)`` unconditional hops, no equality check) run on these small tensors.
@@ -364,58 +370,3 @@ def eligible_count(grid: Sequence[int], window: int, axes: Sequence[str]) -> int
     for axis, length in zip(AXES, grid):
         firsts *= math.ceil(length / window) if axis in axes else length
     return math.prod(grid) - firsts
-
-
-# ----------------------------------------------------------------------------------------------
-# argument checks shared by ripple_attention and the baselines
-
-
-def check_geometry(grid, window, axes, priority=None) -> None:
-    """Validate ``grid``, ``window``, ``axes`` and ``priority``; raise ValueError/TypeError."""
-    if not isinstance(grid, (tuple, list)) or len(grid) != 3 or not all(
-        isinstance(g, numbers.Integral) and not isinstance(g, bool) and g >= 1 for g in grid
-    ):  # numpy ints are Integral too
-        raise value_error("grid", grid, "must be three positive ints (T, H, W) of the latent video grid",
-                          "pass e.g. grid=(T, H // patch, W // patch)")
-    if not isinstance(window, int) or isinstance(window, bool) or window < 2:
-        raise value_error("window", window, "must be an int >= 2", "use window=2 (the paper's default)")
-    if isinstance(axes, str) or not isinstance(axes, (tuple, list)) or not axes:
-        raise value_error("axes", axes, "must be a non-empty tuple of 't', 'y', 'x'", "pass e.g. ('t', 'y', 'x')")
-    for a in axes:
-        if a not in AXES:
-            raise value_error("axes", axes, f"unknown axis {a!r}; axes are 't', 'y', 'x'", "remove or rename it")
-    if len(set(axes)) != len(axes):
-        raise value_error("axes", axes, "axes must not repeat", "list each axis once")
-    if priority is not None:
-        if isinstance(priority, str) or not isinstance(priority, (tuple, list)) or any(
-            p not in AXES for p in priority
-        ) or len(set(priority)) != len(priority):
-            raise value_error("priority", priority, "must be a tuple of distinct axes 't', 'y', 'x'",
-                              "pass e.g. ('t', 'y', 'x')")
-        missing = [a for a in axes if a not in priority]
-        if missing:
-            raise value_error("priority", priority, f"axes {missing} are checked but have no priority",
-                              "list every axis of `axes` in `priority`")
-
-
-def normalize_thresholds(threshold, axes) -> dict[str, float]:
-    """``threshold`` (a number for all ``axes`` or a dict per axis) -> ``{axis: θ}`` for the checked
-    axes (dict keys outside ``axes`` are ignored). Rejects negative, NaN and non-numeric values."""
-    if isinstance(threshold, Mapping):
-        for key in threshold:
-            if key not in AXES:
-                raise value_error("threshold", dict(threshold), f"unknown axis {key!r}; axes are 't', 'y', 'x'",
-                                  "use keys 't', 'y', 'x'")
-        items = {a: threshold[a] for a in axes if a in threshold}
-    else:
-        items = {a: threshold for a in axes}
-    out = {}
-    for axis, theta in items.items():
-        if isinstance(theta, bool) or not isinstance(theta, numbers.Real):
-            raise type_error(f"threshold[{axis!r}]" if isinstance(threshold, Mapping) else "threshold",
-                             theta, "a float, a dict of floats per axis, or None", "pass e.g. threshold=0.4")
-        if not math.isfinite(theta) or theta < 0:  # the same rule as TimeRippleConfig
-            raise value_error("threshold", threshold, "thresholds must be finite and >= 0",
-                              "use 0 for no reuse, None for dense attention, or a positive value such as 0.4")
-        out[axis] = float(theta)
-    return out

@@ -14,31 +14,25 @@ no round-half-to-even surprise: 10 of 50 steps is step 5 of 25, 48 of 50 is step
 scaled ramp end falls on the dense last step, the ramp is cut there and ``threshold_end`` is never
 reached; the threshold at every step that runs is still the value of the same straight line.
 
-This module imports nothing from diffusers and nothing from :mod:`timeripple.config` at import time.
+This module imports nothing from diffusers and nothing from :mod:`timeripple.config`: ``config.py`` builds
+on it (``TimeRippleConfig.threshold_at`` and :func:`timeripple.threshold_at` call :func:`scheduled_threshold`).
 """
 
 from __future__ import annotations
 
 import logging
 from numbers import Integral
-from typing import TYPE_CHECKING, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from ._validation import type_error, value_error
+from .options import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import TimeRippleConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["threshold_at", "scale_step", "ramp_steps"]
-
-
-def _check_int(argument: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise type_error(argument, value, "an int", f"pass a whole number >= {minimum}")
-    if value < minimum:
-        raise value_error(argument, value, f"must be >= {minimum}", f"pass a whole number >= {minimum}")
-    return int(value)
+__all__ = ["scheduled_threshold", "scale_step", "ramp_steps"]
 
 
 def scale_step(position: int, num_steps: int, reference_num_steps: int) -> int:
@@ -64,9 +58,9 @@ def scale_step(position: int, num_steps: int, reference_num_steps: int) -> int:
     (5, 6, 24)
     ```
     """
-    position = _check_int("position", position, 0)
-    num_steps = _check_int("num_steps", num_steps, 1)
-    reference_num_steps = _check_int("reference_num_steps", reference_num_steps, 1)
+    position = check_int("position", position, 0)
+    num_steps = check_int("num_steps", num_steps, 1)
+    reference_num_steps = check_int("reference_num_steps", reference_num_steps, 1)
     # floor(p * n / R + 1/2) == floor((2 p n + R) / (2 R)) for non-negative integers
     return (2 * position * num_steps + reference_num_steps) // (2 * reference_num_steps)
 
@@ -91,28 +85,28 @@ def ramp_steps(config: "TimeRippleConfig", num_steps: int) -> Tuple[int, int]:
     (6, 12)
     ```
     """
-    config = _as_config(config)
+    config = _as_schedule(config)
     start = scale_step(config.ramp_start_step, num_steps, config.reference_num_steps)
     end = scale_step(config.ramp_end_step, num_steps, config.reference_num_steps)
     return start, end
 
 
-def _as_config(config) -> "TimeRippleConfig":
-    from .config import TimeRippleConfig, load_config  # local import: config imports this module
+_SCHEDULE_FIELDS = ("threshold_start", "threshold_end", "ramp_start_step", "ramp_end_step",
+                    "reference_num_steps", "fixed_threshold", "dense_last_step")
 
-    if isinstance(config, TimeRippleConfig):
+
+def _as_schedule(config) -> "TimeRippleConfig":
+    """``config`` when it carries the schedule fields (a :class:`~timeripple.TimeRippleConfig`), else a TypeError.
+    Names of bundled configs are resolved by :func:`timeripple.threshold_at` (``config.py``), not here."""
+    if all(hasattr(config, field) for field in _SCHEDULE_FIELDS):
         return config
-    if isinstance(config, str):
-        return load_config(config)
     raise type_error(
         "config", config, "a TimeRippleConfig or a bundled config name",
         "pass timeripple.load_config('wan2.1') or a TimeRippleConfig(...)",
     )
 
 
-def threshold_at(
-    config: Union["TimeRippleConfig", str], step: int, num_steps: int
-) -> Optional[float]:
+def scheduled_threshold(config: "TimeRippleConfig", step: int, num_steps: int) -> Optional[float]:
     r"""
     The reuse threshold θ for denoising step ``step`` of ``num_steps``, or ``None`` for a dense step.
 
@@ -122,7 +116,8 @@ def threshold_at(
     [`~schedule.scale_step`] (proportional, rounded half up); see the module docstring.
 
     Args:
-        config ([`TimeRippleConfig`] or `str`): the configuration, or the name of a bundled one.
+        config ([`TimeRippleConfig`]): the configuration (:func:`timeripple.threshold_at` also takes
+            the name of a bundled config).
         step (`int`): the 0-indexed denoising step, ``0 <= step < num_steps``.
         num_steps (`int`): the number of denoising steps of the run, ``>= 1``.
 
@@ -139,8 +134,8 @@ def threshold_at(
     [None, 0.2, 0.35, 0.5, 0.5, None]
     ```
     """
-    config = _as_config(config)
-    num_steps = _check_int("num_steps", num_steps, 1)
+    config = _as_schedule(config)
+    num_steps = check_int("num_steps", num_steps, 1)
     if isinstance(step, bool) or not isinstance(step, Integral):
         raise type_error("step", step, "an int", f"pass a 0-indexed step in [0, {num_steps - 1}]")
     step = int(step)

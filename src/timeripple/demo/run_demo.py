@@ -4,7 +4,7 @@ TimeRipple, from the same seed; compare them; write a side-by-side video and a f
 Every figure says what it is: wall times are **measured** on the machine that runs the demo, attention
 savings are **counted** (``q kᵀ`` partial products skipped, from :func:`timeripple.get_stats`), PSNR and
 SSIM compare the TimeRipple video with the dense one, and adherence scores each video against its prompt
-(:func:`timeripple.eval.score_adherence`).
+(:func:`timeripple.demo.adherence.score_adherence`).
 
 Example:
 
@@ -31,12 +31,13 @@ import numpy as np
 import torch
 
 from .._validation import type_error, value_error
+from ..options import MODES
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DemoResult", "run_demo", "save_outputs", "format_report", "resolve_config", "DEFAULT_PROMPT"]
 
-from .._defaults import DEFAULT_CONFIG, DEFAULT_GUIDANCE, DEFAULT_PROMPT, DEFAULT_STEPS, MODES, VIDEO_FORMATS  # noqa: E402,F401
+from .._defaults import DEFAULT_CONFIG, DEFAULT_GUIDANCE, DEFAULT_PROMPT, DEFAULT_STEPS, VIDEO_FORMATS  # noqa: E402,F401
 DIFF_GAIN = 10  # the difference row of the frame strip shows |dense - TimeRipple| times this
 FPS = 4
 ADHERENCE_FIELDS = ("colour", "shape", "direction")
@@ -138,8 +139,8 @@ def _check_args(prompt, negative_prompt, seed, num_inference_steps, guidance_sca
 
 
 def _score(video, prompt) -> Optional[Dict[str, Any]]:
-    from ..demo.clips import parse_caption
-    from ..eval import score_adherence
+    from .clips import parse_caption
+    from .adherence import score_adherence
 
     if "colour" not in parse_caption(prompt):
         logger.info("The prompt names no shape colour; adherence is not scored.")
@@ -182,7 +183,7 @@ def run_demo(
     """
     import timeripple
 
-    from ..eval import psnr, ssim
+    from ..video_metrics import psnr, ssim
 
     _check_args(prompt, negative_prompt, seed, num_inference_steps, guidance_scale)
     config = resolve_config(config, mode)

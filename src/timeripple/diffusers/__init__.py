@@ -10,16 +10,20 @@ timeripple.remove_timeripple(pipe)
 ```
 """
 
-from .apply import TimeRippleHandle, apply_timeripple, get_stats, remove_timeripple
+from .apply import TimeRippleHandle, apply_timeripple, get_stats, processors_for_model, remove_timeripple
+from .context_parallel import enable_context_parallel
+from .family import FamilySpec
+from .generation_stats import GenerationStats
 from .hook import HOOK_NAME, TimeRippleHook
 from .processors import TimeRippleAttnProcessor
-from .registry import FamilySpec, register_family, register_model, supported_models
-from .stats import GenerationStats
+from .registry import register_family, register_model, supported_models
 
 __all__ = [
     "apply_timeripple",
     "remove_timeripple",
     "get_stats",
+    "processors_for_model",
+    "enable_context_parallel",
     "TimeRippleAttnProcessor",
     "TimeRippleHandle",
     "GenerationStats",

@@ -19,8 +19,9 @@ from diffusers.hooks import HookRegistry
 from .._validation import type_error, value_error
 from ..config import TimeRippleConfig, load_config
 from .hook import HOOK_NAME, RippleContext, TimeRippleHook, forward_signature, make_forward_picklable
-from .registry import FamilySpec, get_family, supported_models
-from .stats import GenerationStats, StatsRecorder
+from .family import FamilySpec
+from .registry import get_family, supported_models
+from .generation_stats import GenerationStats, StatsRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +129,12 @@ def apply_timeripple(pipe_or_transformer, config, *, scheduler=None) -> TimeRipp
             handle.originals[name] = {layer: module.processor for layer, module in selected.items()}
             _register_hook(transformer, spec, context, scheduler_fn)
             prefix = "" if name == "transformer" else f"{name}."  # Wan 2.2: distinct layer names
+            parallel = _context_parallel_config(transformer)
             for layer, module in selected.items():
                 processor = spec.processor_cls(context, prefix + layer, original=module.processor)
+                if parallel is not None:  # applied after `enable_parallelism`: join it, as its processors did
+                    _check_parallel_support(processor, parallel, module, prefix + layer)
+                    processor._parallel_config = parallel
                 _set_processor(module, processor)
                 context.installed[layer] = (module, processor)
             setattr(transformer, _HANDLE_ATTR, handle)
@@ -142,13 +147,41 @@ def apply_timeripple(pipe_or_transformer, config, *, scheduler=None) -> TimeRipp
 
 
 def processors_for_model(transformer: torch.nn.Module, config, *, scheduler=None) -> dict:
-    """Backs [`TimeRippleAttnProcessor.for_model`]: registers the hook and returns the processor dict."""
+    r"""
+    The processor dict for ``transformer.set_attn_processor(...)`` (the diffusers idiom), with TimeRipple on
+    self-attention.
+
+    Self-attention layers get a fresh TimeRipple processor each; every other layer keeps its current
+    processor object. It also registers the transformer hook that supplies the grid and the step (the
+    processors' context) and returns before anything is swapped, so the swap is yours.
+    [`remove_timeripple`] undoes both.
+
+    Args:
+        transformer (`torch.nn.Module`): a supported transformer (see [`supported_models`]).
+        config ([`TimeRippleConfig`] or `str`): the config or a bundled config name.
+        scheduler (`SchedulerMixin`): the scheduler that drives the denoising loop (its ``timesteps``
+            give the step index).
+
+    Returns:
+        `dict[str, AttentionProcessor]`: ``{"<module>.processor": processor}`` for every attention layer.
+
+    Raises:
+        `TypeError`: for a pipeline (pass each transformer); `ValueError`: as [`apply_timeripple`].
+
+    Example:
+
+    ```py
+    >>> import timeripple
+    >>> processors = timeripple.processors_for_model(pipe.transformer, "wan2.1", scheduler=pipe.scheduler)
+    >>> pipe.transformer.set_attn_processor(processors)
+    ```
+    """
     if not isinstance(transformer, torch.nn.Module):
         names = [n for n in _TRANSFORMER_NAMES if isinstance(getattr(transformer, n, None), torch.nn.Module)]
         raise type_error(
-            "transformer", transformer, "a transformer module (for_model builds the processors of one model)",
-            "pass " + " and ".join(f"`pipe.{n}`" for n in names or ["transformer"]) + " (one call each), or use "
-            "`timeripple.apply_timeripple(pipe, config)` for the whole pipeline",
+            "transformer", transformer, "a transformer module (processors_for_model builds the processors of one "
+            "model)", "pass " + " and ".join(f"`pipe.{n}`" for n in names or ["transformer"]) + " (one call each), "
+            "or use `timeripple.apply_timeripple(pipe, config)` for the whole pipeline",
         )
     config, targets, scheduler_fn, spec = _prepare(transformer, config, scheduler)
     (name, transformer), = targets
@@ -177,7 +210,7 @@ def processors_for_model(transformer: torch.nn.Module, config, *, scheduler=None
 
 def remove_timeripple(pipe_or_transformer_or_handle) -> None:
     r"""
-    Undo [`apply_timeripple`] (or [`TimeRippleAttnProcessor.for_model`]): the exact original processor
+    Undo [`apply_timeripple`] (or [`processors_for_model`]): the exact original processor
     objects come back and the hook is removed, so outputs are bit-identical to stock again.
 
     Args:
@@ -328,9 +361,9 @@ def _select_layers(transformer: torch.nn.Module, spec: FamilySpec) -> Dict[str, 
 def _register_hook(transformer, spec: FamilySpec, context: RippleContext, scheduler_fn) -> None:
     signature = forward_signature(transformer)
     hook = TimeRippleHook(context, scheduler_fn, spec.grid, signature,
+                          supports_context_parallel=spec.processor_cls._supports_context_parallel,
                           strict_steps=isinstance(scheduler_fn, _PipelineScheduler))
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    registry.register_hook(hook, HOOK_NAME)
+    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, HOOK_NAME)
     make_forward_picklable(transformer, hook)
 
 
@@ -341,10 +374,34 @@ def _set_processor(module: torch.nn.Module, processor) -> None:
         module.processor = processor
 
 
+def _context_parallel_config(transformer):
+    """The transformer's `ParallelConfig` if context parallelism is enabled on it, else `None`."""
+    parallel = getattr(transformer, "_parallel_config", None)
+    return parallel if getattr(parallel, "context_parallel_config", None) is not None else None
+
+
+def _check_parallel_support(processor, parallel, module, layer: str) -> None:
+    from .parallel import check_parallel_config
+
+    if not processor._supports_context_parallel:
+        raise value_error(
+            "transformer", "context parallelism enabled", f"{type(processor).__name__} does not support context "
+            "parallelism; Wan, HunyuanVideo and CogVideoX do", "run this model on one device with TimeRipple",
+        )
+    check_parallel_config(parallel, heads=module.heads, layer_name=layer)
+
+
 def _uninstall(transformer: torch.nn.Module, originals: Dict[str, object], had_forward: bool) -> None:
     modules = dict(transformer.named_modules())
+    parallel = _context_parallel_config(transformer)
     for layer, processor in originals.items():
         if layer in modules:
+            if parallel is not None:  # parallelism was enabled meanwhile: the stock processor must join it
+                from .context_parallel import parallel_processor_for
+
+                processor = parallel_processor_for(processor)
+                if hasattr(processor, "_parallel_config"):
+                    processor._parallel_config = parallel
             _set_processor(modules[layer], processor)
     registry = getattr(transformer, "_diffusers_hook", None)
     if registry is not None and registry.get_hook(HOOK_NAME) is not None:

@@ -23,7 +23,7 @@ import torch
 from diffusers.hooks import ModelHook
 
 from .._validation import value_error
-from .stats import StatsRecorder
+from .generation_stats import StatsRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class TimeRippleHook(ModelHook):
         grid_fn (`Callable`): ``(transformer, bound_arguments) -> (T, H, W)``.
         forward_signature (`inspect.Signature`): signature of the transformer's ``forward``, to read
             arguments passed by position as well as by name.
+        supports_context_parallel (`bool`, defaults to `False`): whether the family's processors support
+            context parallelism; if not, a forward under it raises before any layer runs.
         strict_steps (`bool`, defaults to `False`): the scheduler is a pipeline's, so it must be the one
             stepping the loop: a step that disagrees with its ``step_index`` is an error (a pipeline built
             from this one's components with another scheduler would otherwise be looked up in this one's).
@@ -83,8 +85,9 @@ class TimeRippleHook(ModelHook):
     _is_stateful = True
 
     def __init__(self, context: RippleContext, scheduler_fn: Callable[[], Any], grid_fn, forward_signature,
-                 strict_steps: bool = False):
+                 supports_context_parallel: bool = False, strict_steps: bool = False):
         super().__init__()
+        self.supports_context_parallel = supports_context_parallel
         self.context = context
         self.scheduler_fn = scheduler_fn
         self.grid_fn = grid_fn
@@ -92,8 +95,24 @@ class TimeRippleHook(ModelHook):
         self.strict_steps = strict_steps
 
     def pre_forward(self, module, *args, **kwargs):
+        self._check_parallel(module)
         self._update(module, args, kwargs)
         return args, kwargs
+
+    @torch.compiler.disable
+    def _check_parallel(self, module) -> None:
+        # before the first step, not on the first reuse step: ring attention, or heads the degree does not divide
+        parallel = getattr(module, "_parallel_config", None)
+        if getattr(parallel, "context_parallel_config", None) is not None:
+            from .parallel import check_parallel_config
+
+            if not self.supports_context_parallel:
+                raise value_error(
+                    "transformer", f"{type(module).__name__} with context parallelism", "TimeRipple supports "
+                    "context parallelism for Wan, HunyuanVideo and CogVideoX only (it must know where the "
+                    "model's split puts the tokens)", "run this model on one device, or remove TimeRipple",
+                )
+            check_parallel_config(parallel, heads=module.config.num_attention_heads)
 
     @torch.compiler.disable
     def _update(self, module, args, kwargs) -> None:
@@ -116,7 +135,7 @@ class TimeRippleHook(ModelHook):
                     "TimeRipple's processor on this layer was replaced after it was installed (for example by "
                     "`fuse_qkv_projections()` or `set_attn_processor(...)`), so TimeRipple would silently be off",
                     "call `timeripple.remove_timeripple(...)` before changing processors, then apply again; with "
-                    "`TimeRippleAttnProcessor.for_model`, install the dict it returns with `set_attn_processor`",
+                    "`timeripple.processors_for_model`, install the dict it returns with `set_attn_processor`",
                 )
 
     def _find_step(self, timestep) -> Tuple[int, int, Any]:

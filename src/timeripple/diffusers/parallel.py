@@ -9,6 +9,13 @@ order, for ``H/W`` heads. Detection is per head, so running ``ripple_attention``
 gives each head exactly what it gets without parallelism. [`ulysses_ripple_attention`] does that through the
 templated function's ``forward_op``; the reverse all-to-all brings the output back to the local slice.
 
+Joint attention (HunyuanVideo: ``[video | text]``, CogVideoX: ``[text | video]``): the plans in
+``diffusers/context_parallel.py`` split the video **and** the text tokens evenly, so rank ``r`` holds
+``[video_r | text_r]`` (or ``[text_r | video_r]``) and the all-to-all gathers ``[video_0 | text_0 | video_1 |
+text_1 | ...]``. Dense attention does not care about the key order as long as the key mask follows it
+([`gathered_mask`]); TimeRipple does, so ``forward_op`` first reorders the gathered tokens into the global
+``[video | text]`` order ([`joint_order`]), runs there and puts the output back in the gathered order.
+
 Statistics are per rank: every rank records the figures of the ``H/W`` heads it computed over the whole
 sequence (dense steps record the rank's share ``B·H·N·N·D / W``). With an even head split every rank's
 weights are equal, so the figures of the whole model are the mean of the ranks' figures (see
@@ -20,6 +27,7 @@ and must return a log-sum-exp, while TimeRipple's key reuse needs every key of a
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any, Mapping, Optional, Sequence, Tuple
@@ -30,7 +38,7 @@ from .._validation import value_error
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_parallel_config", "rank_dense_products", "ulysses_ripple_attention"]
+__all__ = ["check_parallel_config", "gathered_mask", "joint_order", "rank_dense_products", "ulysses_ripple_attention"]
 
 _ULYSSES_FIX = (
     "use Ulysses context parallelism, `transformer.enable_parallelism(config=ContextParallelConfig("
@@ -71,6 +79,51 @@ def check_parallel_config(parallel_config, *, heads: int, layer_name: Optional[s
     return ulysses
 
 
+def ulysses_degree(parallel_config) -> int:
+    """The Ulysses degree of a `ParallelConfig` or `ContextParallelConfig` (1 without one)."""
+    return getattr(_cp_config(parallel_config), "ulysses_degree", None) or 1
+
+
+@functools.lru_cache(maxsize=64)
+def _joint_order(video_local: int, text_local: int, world: int, text_position: str, device: str):
+    local = video_local + text_local
+    starts = torch.arange(world).mul_(local).unsqueeze(1)  # (W, 1): where each rank's block starts
+    video_first = text_position == "after"
+    video = starts + (0 if video_first else text_local) + torch.arange(video_local)  # (W, video_local)
+    text = starts + (video_local if video_first else 0) + torch.arange(text_local)  # (W, text_local)
+    parts = (video, text) if video_first else (text, video)
+    order = torch.cat([p.reshape(-1) for p in parts]).to(device)
+    return order, torch.argsort(order)
+
+
+def joint_order(video_local: int, text_local: int, world: int, text_position: str = "after",
+                device="cpu") -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    r"""
+    Where the Ulysses all-to-all puts the tokens of a joint sequence whose video and text are both split.
+
+    Rank ``r`` holds ``video_local`` video and ``text_local`` text tokens (``[video_r | text_r]`` for
+    ``text_position="after"``, ``[text_r | video_r]`` for ``"before"``); the all-to-all concatenates the
+    ranks' blocks. Returns ``(order, inverse)`` with ``global = gathered.index_select(1, order)`` (the
+    single-device ``[video | text]`` / ``[text | video]`` order) and ``gathered = global.index_select(1,
+    inverse)``; ``(None, None)`` when there is no text (the gathered order is already global).
+    """
+    if text_local == 0 or world == 1:
+        return None, None
+    return _joint_order(int(video_local), int(text_local), int(world), text_position, str(device))
+
+
+def gathered_mask(attn_mask: Optional[torch.Tensor], parallel_config, video_local: int, text_local: int,
+                  text_position: str = "after") -> Optional[torch.Tensor]:
+    """A key mask over the **global** sequence, reordered into the gathered order of the Ulysses keys (see
+    [`joint_order`]), for the stock context-parallel attention. Its last dimension stays the global length,
+    so diffusers uses it as it is (it all-gathers only masks of the local length)."""
+    if attn_mask is None:
+        return None
+    _, inverse = joint_order(video_local, text_local, ulysses_degree(parallel_config), text_position,
+                             attn_mask.device)
+    return attn_mask if inverse is None else attn_mask.index_select(-1, inverse)
+
+
 def rank_dense_products(parallel_config, batch: int, heads: int, head_dim: int, grid: Sequence[int],
                         text_len: int = 0) -> int:
     """One rank's share of the dense ``q kᵀ`` product count of a self-attention call over the **global**
@@ -82,12 +135,13 @@ def rank_dense_products(parallel_config, batch: int, heads: int, head_dim: int, 
     return batch * heads * n * n * head_dim // degree
 
 
-def _forward_op_for(grid, text_len, text_position, attention_kwargs, layer_name, results):
-    """A diffusers ``forward_op`` that runs ``ripple_attention`` on the gathered ``(B, N, H/W, D)`` tensors
-    and appends its [`RippleStats`] to ``results``."""
+def _forward_op_for(grid, text_len, text_position, order, attn_mask, attention_kwargs, layer_name, results):
+    """A diffusers ``forward_op`` that runs ``ripple_attention`` on the gathered ``(B, N, H/W, D)`` tensors,
+    in the global token order (``order``, see [`joint_order`]), and appends its [`RippleStats`] to
+    ``results``. ``attn_mask`` is the global-order key mask (the template's own mask argument is `None`)."""
 
     def forward_op(
-        ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
+        ctx, query, key, value, _unused_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
         return_lse=False, _save_ctx=True, _parallel_config=None,
     ):
         if return_lse:
@@ -108,13 +162,16 @@ def _forward_op_for(grid, text_len, text_position, attention_kwargs, layer_name,
             )
         from ..attention import ripple_attention
 
+        if order is not None:  # gathered [v_0 | t_0 | v_1 | t_1 ...] -> global [v | t]
+            query, key, value = (x.index_select(1, order[0]) for x in (query, key, value))
         out, stats = ripple_attention(
             query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),  # (B, H/W, N, D)
             grid=tuple(grid), text_len=text_len, text_position=text_position, attn_mask=attn_mask,
             scale=scale, return_stats=True, **attention_kwargs,
         )
         results.append(stats)
-        return out.transpose(1, 2)  # (B, N, H/W, D)
+        out = out.transpose(1, 2)  # (B, N, H/W, D)
+        return out if order is None else out.index_select(1, order[1])
 
     return forward_op
 
@@ -145,14 +202,17 @@ def ulysses_ripple_attention(
 
     Args:
         query, key, value (`torch.Tensor`): this rank's ``(B, H, N/W, D)`` slices (all heads, contiguous
-            tokens), after qk-norm and RoPE.
+            tokens; for joint attention the rank's ``[video_r | text_r]`` or ``[text_r | video_r]``), after
+            qk-norm and RoPE.
         parallel_config (`ParallelConfig` or `ContextParallelConfig`): the processor's ``_parallel_config``
             (Ulysses only, see [`check_parallel_config`]).
         grid (`tuple[int, int, int]`): the **global** video grid ``(T, H, W)`` (the hook reads it from the
             transformer's unsplit input).
         attention_kwargs (`dict`): ``config.attention_kwargs(step, num_steps)`` of a reuse step.
-        text_len, text_position, attn_mask: as in ``ripple_attention`` (for the global sequence; a local key
-            mask is all-gathered by diffusers).
+        text_len (`int`, defaults to 0): the text tokens of **this rank's** slice (every rank holds as many).
+        text_position (`str`): ``"after"`` or ``"before"`` the video, as in ``ripple_attention``.
+        attn_mask (`torch.Tensor`, *optional*): key mask over the **global** sequence, in the global order
+            (as the model builds it on one device), e.g. HunyuanVideo's ``(B, 1, 1, N)`` padding mask.
         layer_name (`str`, *optional*): named in errors.
 
     Returns:
@@ -166,12 +226,20 @@ def ulysses_ripple_attention(
             "parallel_config", parallel_config, f"this diffusers version has no Ulysses attention template "
             f"({exc})", "use diffusers 0.42, or run without `enable_parallelism`",
         ) from exc
-    check_parallel_config(parallel_config, heads=query.shape[1], layer_name=layer_name)
+    world = check_parallel_config(parallel_config, heads=query.shape[1], layer_name=layer_name)
+    if text_len and getattr(_cp_config(parallel_config), "ulysses_anything", False):
+        raise value_error(
+            "ContextParallelConfig.ulysses_anything", True, "uneven splits of a joint text + video sequence "
+            "are not supported (the ranks' text slices would differ in length)",
+            "set `ulysses_anything=False` and a `ulysses_degree` that divides the video and the text lengths",
+        )
     results: list = []
-    forward_op = _forward_op_for(tuple(grid), text_len, text_position, attention_kwargs, layer_name, results)
+    order = joint_order(query.shape[2] - text_len, text_len, world, text_position, query.device)
+    forward_op = _forward_op_for(tuple(grid), text_len * world, text_position, None if order[0] is None else order,
+                                 attn_mask, attention_kwargs, layer_name, results)
     out = _templated_context_parallel_attention(
         query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),  # (B, N/W, H, D)
-        attn_mask, 0.0, False, None, False, False,
+        None, 0.0, False, None, False, False,
         forward_op=forward_op, backward_op=_backward_op, _parallel_config=parallel_config,
     )
     assert len(results) == 1, "Ulysses attention calls forward_op exactly once"

@@ -10,11 +10,11 @@ Public functions:
 Dispatch on CUDA with Triton importable (one host sync for the kept lengths):
 
 * fp16/bf16, ``D % 8 == 0``, ``D + 8 <= 256`` and kept lengths close enough over the heads that padding
-  them to the longest adds at most ``compact_attention.PAD_LIMIT`` x the pairs (always in budget mode):
+  them to the longest adds at most ``token_attention_compact.PAD_LIMIT`` x the pairs (always in budget mode):
   compaction + cuDNN SDPA with the bias folded into a weight channel of ``v``
-  (``compact_attention.token_attention_compact``);
+  (``token_attention_compact.token_attention_compact``);
 * else head dim 64/128 (any of fp16/bf16/fp32): the varlen Triton kernel reading through index lists
-  (``token_kernels.token_attention_triton``); other head dims fall back to compaction when they can;
+  (``token_attention_triton.token_attention_triton``); other head dims fall back to compaction when they can;
 * everything else runs the reference, with one warning per reason.
 """
 
@@ -24,7 +24,7 @@ import logging
 
 import torch
 
-from .reference import check_token_inputs, normalize_key_bias, token_attention_ref
+from .token_attention_torch import check_token_inputs, normalize_key_bias, token_attention_ref
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias):
     lengths = None
     if q.is_cuda:
         if _TRITON_IMPORT_ERROR is None and q.dtype in SUPPORTED_DTYPES:
-            from . import compact_attention as ca
+            from . import token_attention_compact as ca
 
             q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
             q_src, k_src = q_src.contiguous(), k_src.contiguous()
@@ -83,7 +83,7 @@ def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias):
                                                       lengths=lengths)
         reason = triton_unsupported_reason(q)
         if reason is None:
-            from .token_kernels import token_attention_triton
+            from .token_attention_triton import token_attention_triton
 
             return token_attention_triton(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, lengths=lengths)
         _warn_once(reason)

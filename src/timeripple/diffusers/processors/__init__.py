@@ -1,5 +1,7 @@
-"""TimeRipple processors, one module per model family; importing this package registers them."""
+"""TimeRipple processors, one module per model family. Each module defines its ``FAMILY``; the registry
+(``diffusers/registry.py``) registers :data:`BUILTIN_FAMILIES` on first use."""
 
+from . import cogvideox, hunyuan_video, ltx, mochi, open_sora_plan, wan
 from .base import TimeRippleAttnProcessor
 from .cogvideox import CogVideoXTimeRippleAttnProcessor
 from .hunyuan_video import HunyuanVideoTimeRippleAttnProcessor
@@ -8,7 +10,10 @@ from .mochi import MochiTimeRippleAttnProcessor
 from .open_sora_plan import OpenSoraPlanTimeRippleAttnProcessor
 from .wan import WanTimeRippleAttnProcessor
 
+BUILTIN_FAMILIES = tuple(m.FAMILY for m in (wan, hunyuan_video, cogvideox, ltx, mochi, open_sora_plan))
+
 __all__ = [
+    "BUILTIN_FAMILIES",
     "TimeRippleAttnProcessor",
     "WanTimeRippleAttnProcessor",
     "HunyuanVideoTimeRippleAttnProcessor",

@@ -15,7 +15,7 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from ..._validation import value_error
-from ..parallel import rank_dense_products, ulysses_ripple_attention
+from ..parallel import gathered_mask, rank_dense_products, ulysses_ripple_attention
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ __all__ = ["TimeRippleAttnProcessor"]
 
 _HOW_TO = (
     "install processors with `timeripple.apply_timeripple(pipe, config)`, or with "
-    "`pipe.transformer.set_attn_processor(TimeRippleAttnProcessor.for_model(pipe.transformer, config, "
+    "`pipe.transformer.set_attn_processor(timeripple.processors_for_model(pipe.transformer, config, "
     "scheduler=pipe.scheduler))`, which also registers the hook that supplies the grid and the step"
 )
 
@@ -35,23 +35,25 @@ class TimeRippleAttnProcessor:
     Every layer gets its own instance, bound to the transformer's step/grid context (filled by a
     transformer hook before each forward) and to its layer name (for per-layer statistics). So do not
     build one by hand and share it: get the whole processor dict for the diffusers idiom with
-    [`~TimeRippleAttnProcessor.for_model`], or let [`apply_timeripple`] do everything. A processor without
+    [`processors_for_model`] (the installer, ``diffusers/apply.py``; processors never install anything),
+    or let [`apply_timeripple`] do everything. A processor without
     its context raises a `ValueError` that says how to fix it; it never silently runs dense.
 
     Example:
 
     ```py
-    >>> from timeripple import TimeRippleAttnProcessor, remove_timeripple
-    >>> processors = TimeRippleAttnProcessor.for_model(pipe.transformer, "wan2.1", scheduler=pipe.scheduler)
+    >>> from timeripple import processors_for_model, remove_timeripple
+    >>> processors = processors_for_model(pipe.transformer, "wan2.1", scheduler=pipe.scheduler)
     >>> pipe.transformer.set_attn_processor(processors)
     >>> video = pipe(prompt, num_inference_steps=50).frames[0]
     >>> remove_timeripple(pipe.transformer)   # original processors and no hook again
     ```
     """
 
+    _is_timeripple_processor = True  # FamilySpec.is_stock: never a family's stock processor
     _attention_backend = None
     _parallel_config = None
-    # families whose context-parallel plan keeps the global token order under Ulysses (see parallel.py)
+    # families with a context-parallel plan whose gathered token order TimeRipple knows (see parallel.py)
     _supports_context_parallel = False
 
     def __init__(self, context=None, layer_name: Optional[str] = None, original=None):
@@ -77,29 +79,6 @@ class TimeRippleAttnProcessor:
             "processor", type(self).__name__, "a bare TimeRippleAttnProcessor has no model family, no layer "
             "name and no step/grid context", _HOW_TO,
         )
-
-    @classmethod
-    def for_model(cls, transformer: torch.nn.Module, config, *, scheduler=None) -> dict:
-        r"""
-        The processor dict for ``transformer.set_attn_processor(...)``, with TimeRipple on self-attention.
-
-        Self-attention layers get a fresh TimeRipple processor each; every other layer keeps its current
-        processor object. It also registers the transformer hook that supplies the grid and the step
-        (the processors' context) and returns before anything is swapped, so the swap is yours.
-        [`remove_timeripple`] undoes both.
-
-        Args:
-            transformer (`torch.nn.Module`): a supported transformer (see [`supported_models`]).
-            config ([`TimeRippleConfig`] or `str`): the config or a bundled config name.
-            scheduler (`SchedulerMixin`): the scheduler that drives the denoising loop (its ``timesteps``
-                give the step index).
-
-        Returns:
-            `dict[str, AttentionProcessor]`: ``{"<module>.processor": processor}`` for every attention layer.
-        """
-        from ..apply import processors_for_model
-
-        return processors_for_model(transformer, config, scheduler=scheduler)
 
     # -- helpers for subclasses -----------------------------------------------------------------------
 
@@ -145,7 +124,9 @@ class TimeRippleAttnProcessor:
     ) -> torch.Tensor:
         """Attention on ``(B, H, N, D)``: ``dense()`` (the stock call) on dense steps, else ``ripple_attention``.
 
-        ``grid`` overrides the hook's grid for models that pass it to the attention layer themselves."""
+        ``grid`` overrides the hook's grid for models that pass it to the attention layer themselves. Under
+        context parallelism ``N`` and ``text_len`` are this rank's slice and ``attn_mask`` covers the global
+        sequence in the global order (what the model builds); ``dense`` must use [`_parallel_mask`]'s."""
         ctx = self._context()
         B, H, N, D = query.shape  # (B, H, N, D)
         if ctx.attention_kwargs is None:
@@ -153,7 +134,7 @@ class TimeRippleAttnProcessor:
             products = B * H * N * key.shape[2] * D
             if self._parallel_config is not None:  # this rank's share of the global call
                 products = rank_dense_products(self._parallel_config, B, H, D, ctx.grid if grid is None else grid,
-                                               text_len)
+                                               text_len * self._split_degree())
             self._record(ctx, 0.0, products)
             return out
         if self._parallel_config is not None:
@@ -176,12 +157,24 @@ class TimeRippleAttnProcessor:
         self._record(ctx, stats.qk_savings_mean, stats.qk_products)
         return out
 
+    def _split_degree(self) -> int:
+        cp = getattr(self._parallel_config, "context_parallel_config", self._parallel_config)
+        return (getattr(cp, "ring_degree", None) or 1) * (getattr(cp, "ulysses_degree", None) or 1)
+
+    def _parallel_mask(self, attn_mask, local_len: int, text_len: int, text_position: str):
+        """The key mask for the stock attention call: under context parallelism the global mask reordered
+        like the gathered keys (see ``parallel.gathered_mask``), else ``attn_mask`` itself."""
+        if self._parallel_config is None or attn_mask is None:
+            return attn_mask
+        return gathered_mask(attn_mask, self._parallel_config, local_len - text_len, text_len, text_position)
+
     def _attend_parallel(self, ctx, query, key, value, text_len, text_position, attn_mask, grid):
         """A reuse step under context parallelism: Ulysses only, in the all-to-all's ``forward_op``."""
         if not self._supports_context_parallel:
             raise value_error(
                 "parallel_config", self._parallel_config, f"{type(self).__name__} does not support context "
-                "parallelism (its model's split would not keep the global token order); only Wan does",
+                "parallelism (TimeRipple does not know where its model's split puts the tokens); Wan, "
+                "HunyuanVideo and CogVideoX do",
                 "run this model without `enable_parallelism(...)`, or use TimeRipple on a single device",
             )
         out, stats = ulysses_ripple_attention(

@@ -14,14 +14,21 @@ from diffusers.models.attention_processor import Attention, CogVideoXAttnProcess
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXTransformer3DModel
 
-from ..registry import FamilySpec, register_family
+from ..._validation import value_error
+from ..family import FamilySpec
 from .base import TimeRippleAttnProcessor, register_like_stock
 
 __all__ = ["CogVideoXTimeRippleAttnProcessor"]
 
 
 class CogVideoXTimeRippleAttnProcessor(TimeRippleAttnProcessor, CogVideoXAttnProcessor2_0):
-    """TimeRipple processor for CogVideoX joint attention (``attn1``)."""
+    """TimeRipple processor for CogVideoX joint attention (``attn1``).
+
+    Ulysses context parallelism is supported with the plan of ``enable_context_parallel`` (each rank holds
+    ``[text_r | video_r]``): dense steps then go through diffusers' dispatcher, as in
+    ``CogVideoXContextParallelAttnProcessor``; without it they are the stock ``F.scaled_dot_product_attention``."""
+
+    _supports_context_parallel = True
 
     def __call__(
         self,
@@ -52,11 +59,19 @@ class CogVideoXTimeRippleAttnProcessor(TimeRippleAttnProcessor, CogVideoXAttnPro
             if not attn.is_cross_attention:
                 key[:, :, text_len:] = apply_rotary_emb(key[:, :, text_len:], image_rotary_emb)
 
-        hidden_states = self._attend(
-            query, key, value, text_len=text_len, text_position="before", attn_mask=attention_mask,
-            dense=lambda: F.scaled_dot_product_attention(
+        if self._parallel_config is None:
+            dense = lambda: F.scaled_dot_product_attention(  # noqa: E731  (the stock call)
                 query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-            ),
+            )
+        elif attention_mask is not None:
+            raise value_error(
+                "attention_mask", tuple(attention_mask.shape), "CogVideoX passes no attention mask, and a mask "
+                "under its context-parallel plan would have to follow the split", "call attn1 without a mask",
+            )
+        else:
+            dense = self._dispatch_dense(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+        hidden_states = self._attend(
+            query, key, value, text_len=text_len, text_position="before", attn_mask=attention_mask, dense=dense,
         )
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = attn.to_out[0](hidden_states)
@@ -78,8 +93,6 @@ def _grid(transformer, bound) -> tuple:
 
 
 register_like_stock(CogVideoXTimeRippleAttnProcessor, CogVideoXAttnProcessor2_0)
-register_family(
-    CogVideoXTransformer3DModel,
-    FamilySpec(name="cogvideox", processor_cls=CogVideoXTimeRippleAttnProcessor, select=_select, grid=_grid,
-               attention_types=(Attention,), label="CogVideoX 1.0 / 1.5"),
-)
+# the family this module adds: ``diffusers/registry.py`` registers it for CogVideoXTransformer3DModel and its subclasses
+FAMILY = (CogVideoXTransformer3DModel, FamilySpec(name="cogvideox", processor_cls=CogVideoXTimeRippleAttnProcessor, select=_select, grid=_grid,
+               attention_types=(Attention,), label="CogVideoX 1.0 / 1.5"))

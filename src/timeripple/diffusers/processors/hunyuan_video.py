@@ -3,7 +3,8 @@
 Swapped: ``transformer_blocks.*.attn`` (dual-stream, text from ``add_*_proj``) and
 ``single_transformer_blocks.*.attn`` (single-stream, text concatenated first). The text refiner
 (``context_embedder.token_refiner.*``) stays stock. The boolean key-padding mask (B, 1, 1, N) is passed to
-``ripple_attention`` unchanged, so padded text tokens stay masked; text is never reused.
+``ripple_attention`` unchanged, so padded text tokens stay masked; text is never reused. Under context
+parallelism ``text_len`` is the rank's share of the text and the mask stays global (the model builds it).
 """
 
 from __future__ import annotations
@@ -16,14 +17,20 @@ from diffusers.models.transformers.transformer_hunyuan_video import (
     HunyuanVideoTransformer3DModel,
 )
 
-from ..registry import FamilySpec, register_family
+from ..family import FamilySpec
 from .base import TimeRippleAttnProcessor, register_like_stock
 
 __all__ = ["HunyuanVideoTimeRippleAttnProcessor"]
 
 
 class HunyuanVideoTimeRippleAttnProcessor(TimeRippleAttnProcessor, HunyuanVideoAttnProcessor2_0):
-    """TimeRipple processor for HunyuanVideo's dual- and single-stream joint attention."""
+    """TimeRipple processor for HunyuanVideo's dual- and single-stream joint attention.
+
+    Ulysses context parallelism is supported with the plan of ``enable_context_parallel``: each rank holds
+    ``[video_r | text_r]``; the dense call gets the padding mask in the gathered key order, and detection
+    runs on the global ``[video | text]`` order (see ``diffusers/parallel.py``)."""
+
+    _supports_context_parallel = True
 
     def __call__(
         self,
@@ -68,7 +75,9 @@ class HunyuanVideoTimeRippleAttnProcessor(TimeRippleAttnProcessor, HunyuanVideoA
             key = torch.cat([key, encoder_key], dim=1)
             value = torch.cat([value, encoder_value], dim=1)
 
-        dense = self._dispatch_dense(query, key, value, attention_mask)
+        dense = self._dispatch_dense(
+            query, key, value, self._parallel_mask(attention_mask, query.shape[1], text_len, "after")
+        )
 
         hidden_states = self._attend(
             query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dense=dense,
@@ -97,8 +106,6 @@ def _grid(transformer, bound) -> tuple:
 
 
 register_like_stock(HunyuanVideoTimeRippleAttnProcessor, HunyuanVideoAttnProcessor2_0)
-register_family(
-    HunyuanVideoTransformer3DModel,
-    FamilySpec(name="hunyuan_video", processor_cls=HunyuanVideoTimeRippleAttnProcessor, select=_select,
-               grid=_grid, attention_types=(Attention,), label="HunyuanVideo"),
-)
+# the family this module adds: ``diffusers/registry.py`` registers it for HunyuanVideoTransformer3DModel and its subclasses
+FAMILY = (HunyuanVideoTransformer3DModel, FamilySpec(name="hunyuan_video", processor_cls=HunyuanVideoTimeRippleAttnProcessor, select=_select,
+               grid=_grid, attention_types=(Attention,), label="HunyuanVideo"))

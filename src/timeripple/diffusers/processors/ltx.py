@@ -18,7 +18,7 @@ from diffusers.models.transformers.transformer_ltx import (
 )
 
 from ..._validation import value_error
-from ..registry import FamilySpec, register_family
+from ..family import FamilySpec
 from .base import TimeRippleAttnProcessor, register_like_stock
 
 logger = logging.getLogger(__name__)
@@ -86,8 +86,6 @@ def _grid(transformer, bound) -> tuple:
 
 
 register_like_stock(LTXVideoTimeRippleAttnProcessor, LTXVideoAttnProcessor)
-register_family(
-    LTXVideoTransformer3DModel,
-    FamilySpec(name="ltx", processor_cls=LTXVideoTimeRippleAttnProcessor, select=_select, grid=_grid,
-               attention_types=(LTXAttention,), label="LTX-Video"),
-)
+# the family this module adds: ``diffusers/registry.py`` registers it for LTXVideoTransformer3DModel and its subclasses
+FAMILY = (LTXVideoTransformer3DModel, FamilySpec(name="ltx", processor_cls=LTXVideoTimeRippleAttnProcessor, select=_select, grid=_grid,
+               attention_types=(LTXAttention,), label="LTX-Video"))

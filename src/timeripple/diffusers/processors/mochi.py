@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import MochiAttention, MochiAttnProcessor2_0
 from diffusers.models.transformers.transformer_mochi import MochiTransformer3DModel
 
-from ..registry import FamilySpec, register_family
+from ..family import FamilySpec
 from .base import TimeRippleAttnProcessor, register_like_stock
 
 __all__ = ["MochiTimeRippleAttnProcessor"]
@@ -98,8 +98,6 @@ def _grid(transformer, bound) -> tuple:
 
 
 register_like_stock(MochiTimeRippleAttnProcessor, MochiAttnProcessor2_0)
-register_family(
-    MochiTransformer3DModel,
-    FamilySpec(name="mochi", processor_cls=MochiTimeRippleAttnProcessor, select=_select, grid=_grid,
-               attention_types=(MochiAttention,), label="Mochi"),
-)
+# the family this module adds: ``diffusers/registry.py`` registers it for MochiTransformer3DModel and its subclasses
+FAMILY = (MochiTransformer3DModel, FamilySpec(name="mochi", processor_cls=MochiTimeRippleAttnProcessor, select=_select, grid=_grid,
+               attention_types=(MochiAttention,), label="Mochi"))

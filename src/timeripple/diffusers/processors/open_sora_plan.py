@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..._validation import value_error
-from ..registry import FamilySpec, register_family
+from ..family import FamilySpec
 from .base import TimeRippleAttnProcessor
 
 logger = logging.getLogger(__name__)
@@ -157,9 +157,9 @@ class OpenSoraPlanFamily:
     """Marker base class: subclass it (or call [`register_model`]) to mark a transformer as Open-Sora-Plan."""
 
 
-register_family(
-    OpenSoraPlanFamily,
-    FamilySpec(name="open_sora_plan", processor_cls=OpenSoraPlanTimeRippleAttnProcessor, select=_select,
-               grid=_grid, attention_types=_attention_types(), label="Open-Sora-Plan v1.3 (register_model)",
-               stock_processors=("OpenSoraAttnProcessor2_0",)),
-)
+# the family this module adds: ``diffusers/registry.py`` registers it for OpenSoraPlanFamily and its subclasses
+FAMILY = (OpenSoraPlanFamily, FamilySpec(
+    name="open_sora_plan", processor_cls=OpenSoraPlanTimeRippleAttnProcessor, select=_select, grid=_grid,
+    attention_types=_attention_types(), label="Open-Sora-Plan v1.3 (register_model)",
+    stock_processors=("OpenSoraAttnProcessor2_0",),
+))

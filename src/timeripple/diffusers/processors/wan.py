@@ -15,7 +15,7 @@ from diffusers.models.transformers.transformer_wan import (
     _get_qkv_projections,
 )
 
-from ..registry import FamilySpec, register_family
+from ..family import FamilySpec
 from .base import TimeRippleAttnProcessor, register_like_stock
 
 __all__ = ["WanTimeRippleAttnProcessor"]
@@ -82,8 +82,6 @@ def _grid(transformer, bound) -> tuple:
 
 
 register_like_stock(WanTimeRippleAttnProcessor, WanAttnProcessor)
-register_family(
-    WanTransformer3DModel,
-    FamilySpec(name="wan", processor_cls=WanTimeRippleAttnProcessor, select=_select, grid=_grid,
-               attention_types=(WanAttention,), label="Wan 2.1 / 2.2"),
-)
+# the family this module adds: ``diffusers/registry.py`` registers it for WanTransformer3DModel and its subclasses
+FAMILY = (WanTransformer3DModel, FamilySpec(name="wan", processor_cls=WanTimeRippleAttnProcessor, select=_select, grid=_grid,
+               attention_types=(WanAttention,), label="Wan 2.1 / 2.2"))

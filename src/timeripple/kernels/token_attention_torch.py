@@ -45,7 +45,7 @@ def check_token_inputs(q, k, v, q_src, k_src) -> None:
     for name, src in (("q_src", q_src), ("k_src", k_src)):
         if tuple(src.shape) != (B, H, N):
             raise value_error(f"{name}.shape", tuple(src.shape), f"must be (B, H, N) = {(B, H, N)}",
-                              "build the plan with timeripple.token")
+                              "build the plan with timeripple.token_plan")
         if src.dtype not in (torch.int32, torch.int64):
             raise value_error(f"{name}.dtype", src.dtype, "must be int32 or int64", f"use {name}.int()")
         if src.device != q.device:

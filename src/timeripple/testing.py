@@ -1,4 +1,5 @@
-"""A slow, obviously-correct float64 reference of the whole TimeRipple method (tests only).
+"""Testing utilities: a slow, obviously-correct float64 loop specification of the whole TimeRipple
+method (tests only).
 
 Written independently of the vectorised code: explicit Python loops over tokens, axes, windows and
 channels, following docs/ARCHITECTURE.md "Detection", "Token plan and token attention" and
@@ -11,7 +12,7 @@ import math
 
 import torch
 
-AXES = ("t", "y", "x")
+from .options import AXES
 
 
 def _coords(grid):

@@ -10,7 +10,7 @@ log-sum-exp, and combines the groups. Group sizes differ per head, so each group
 This script checks that call's output and log-sum-exp against float32 torch, and times it against
 batched cuDNN SDPA on the same compacted sizes (HunyuanVideo and Wan2.1-14B at 75% pair savings).
 
-    python benchmarks/probe_cudnn_varlen.py
+    python benchmarks/experiments/probe_cudnn_varlen.py
 """
 
 import sys

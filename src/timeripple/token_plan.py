@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import detect, reuse
+from . import detect, options, sequence
 from ._validation import value_error
-from .stats import RippleStats
+from .ripple_stats import RippleStats
 
 
 def build_token_plan(
@@ -26,7 +26,7 @@ def build_token_plan(
     text_len: int = 0,
     text_position: str = "after",
     window: int = 2,
-    priority=detect.AXES,
+    priority=options.AXES,
     criterion: str = "strict",
     fraction: float = 0.9,
     budget: float | None = None,
@@ -35,7 +35,7 @@ def build_token_plan(
     """Detect reusable tokens of ``q`` and ``k`` ``(B, H, N, D)`` and build the token plan.
 
     ``fused`` picks the detection: ``None`` (default) uses the fused Triton scores
-    (``kernels.detect_kernels.token_axis_scores``, reads q/k once, no float32 ``(B, H, Nv, D)``
+    (``kernels.detect_fused.token_axis_scores``, reads q/k once, no float32 ``(B, H, Nv, D)``
     intermediates, no host sync) followed by ``detect.token_sources_from_scores`` when
     :func:`fused_detection_reason` finds nothing against it (CUDA, Triton, ``strict``/``rms``,
     power-of-two head dim), else the plain-torch ``detect.detect_token_sources``. ``True`` forces the
@@ -44,15 +44,15 @@ def build_token_plan(
 
     Returns:
         ``(q_src, k_src, via_q, via_k)``: int32 ``(B, H, N)`` sources over the whole sequence and int8
-        ``(B, H, Nv)`` axis indices (into ``detect.AXES``, -1 = computed) over the video tokens.
+        ``(B, H, Nv)`` axis indices (into ``options.AXES``, -1 = computed) over the video tokens.
     """
     if fused is None:
         fused = fused_detection_reason(q, criterion) is None
     out = []
     for x in (q, k):
-        video, start = reuse.split_video(x, text_len, text_position)  # (B, H, Nv, D)
+        video, start = sequence.split_video(x, text_len, text_position)  # (B, H, Nv, D)
         if fused:
-            from .kernels.detect_kernels import token_axis_scores
+            from .kernels.detect_fused import token_axis_scores
 
             scores = token_axis_scores(video, grid, window, criterion, axes=tuple(thresholds))  # (B,H,Nv,3)
             src, via = detect.token_sources_from_scores(
@@ -139,7 +139,7 @@ def _token_stats(q_src, k_src, via_q, via_k, axes):
     (per layer on the GPU, so the three figures share it)."""
     H = q_src.shape[1]
     axes = tuple(axes)
-    per_axis = [(via == detect.AXES.index(a)).sum() for via in (via_q, via_k) for a in axes]
+    per_axis = [(via == options.AXES.index(a)).sum() for via in (via_q, via_k) for a in axes]
     host = torch.cat([_pair_savings(q_src, k_src), torch.stack(per_axis).double()]).cpu()  # axes is never empty
     counts = host[H:].tolist()
     fractions = [

@@ -1,6 +1,6 @@
 """Channel mode's GPU time against SDPA default (is it within 5% of dense?), with a profiler split.
 
-    python benchmarks/channel_gpu_time.py
+    python benchmarks/experiments/channel_gpu_time.py
 
 For Wan2.1-14B and HunyuanVideo (structured input, the bundled θ): two repetitions of
 ``triton.testing.do_bench`` for SDPA default and ``ripple_attention(mode="channel")``, then
@@ -8,11 +8,12 @@ For Wan2.1-14B and HunyuanVideo (structured input, the bundled θ): two repetiti
 Timed figures, bf16, B=1.
 """
 
+import os
 import sys
 
 import torch
 
-sys.path.insert(0, "benchmarks")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from triton.testing import do_bench
 from bench_attention import SHAPES, structured
 import timeripple

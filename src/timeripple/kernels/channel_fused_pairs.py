@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_common import cube_row
+
 __all__ = ["launch_pairs"]
 
 BLOCK_X = 4  # cubes per program along x: 8 tiles of (BLOCK_X, D_PAD) fp32 stay in registers
@@ -62,19 +64,6 @@ def _resolve(val, ok_t, src_t, ok_y, src_y, ok_x, src_x, c_all, c_t, c_y, c_x,
 @triton.jit
 def _passes(a, b, theta):
     return tl.abs(a - b) * 0.5 < theta  # NaN (non-finite member, padding) compares False
-
-
-@triton.jit
-def cube_row(row, bh, H, NPY, NBX, BLOCK_X: tl.constexpr):
-    """Program ``(row, bh)`` of a window-2 cube kernel -> ``(b, h, t0, y0, xc)``: batch, head, the
-    first t and y of its cubes, and the ``BLOCK_X`` cube indices along x (cubes are 2x2x2; ``NPY`` cube
-    rows along y, ``NBX`` programs along x)."""
-    b = bh // H
-    h = bh % H
-    xb = row % NBX
-    yp = (row // NBX) % NPY
-    tp = row // (NBX * NPY)
-    return b, h, 2 * tp, 2 * yp, xb * BLOCK_X + tl.arange(0, BLOCK_X)
 
 
 @triton.jit

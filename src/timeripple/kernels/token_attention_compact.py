@@ -32,7 +32,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .token_kernels import TokenPlanLayout, group_v_sums, interpreting
+from .token_attention_triton import TokenPlanLayout
+from .triton_common import group_v_sums, interpreting
 
 VARIANTS = ("vcount", "pad", "bias")
 DEFAULT_VARIANT = "vcount"
@@ -151,7 +152,7 @@ def padded_pair_ratio(lq: torch.Tensor, lk: torch.Tensor) -> tuple[int, int, flo
 def use_compaction(q: torch.Tensor, ratio: float) -> bool:
     """The dispatch rule: compaction + SDPA for fp16/bf16 (cuDNN), a head dim that SDPA takes with the
     weight channel (``D % 8 == 0``, ``D + 8 <= 256``) and padding that adds at most ``PAD_LIMIT`` x the
-    real pairs; else the varlen Triton kernel (``token_kernels``), which reads through index lists at
+    real pairs; else the varlen Triton kernel (``token_attention_triton``), which reads through index lists at
     about half of cuDNN's rate on the kept pairs (docs/kernels.md)."""
     D = q.shape[-1]
     return q.dtype in (torch.float16, torch.bfloat16) and D % 8 == 0 and D + 8 <= 256 and ratio <= PAD_LIMIT

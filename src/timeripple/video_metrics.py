@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._validation import value_error
+from ._validation import value_error
 
 
 def _prepare(a, b, value_range) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +43,7 @@ def psnr(a, b, *, value_range: tuple[float, float] = (0.0, 1.0)) -> float:
 
     ```py
     >>> import torch
-    >>> from timeripple.eval.metrics import psnr
+    >>> from timeripple.video_metrics import psnr
     >>> a = torch.zeros(9, 3, 32, 32)
     >>> round(psnr(a, a + 0.1), 2)
     20.0
@@ -74,7 +74,7 @@ def ssim(
 
     ```py
     >>> import torch
-    >>> from timeripple.eval.metrics import ssim
+    >>> from timeripple.video_metrics import ssim
     >>> a = torch.rand(9, 3, 32, 32)
     >>> ssim(a, a)
     1.0

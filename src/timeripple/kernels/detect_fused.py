@@ -5,7 +5,7 @@
 ``Δ_c`` the population std of its window per channel in float32, and NaN where the token is the first
 member of its window, sits in a size-1 trailing window, or its window holds a non-finite value. This is
 ``torch.stack([where(non_first, detect.token_scores(x, grid, a, window, criterion), nan) for a in
-"tyx"], -1)`` (the plain-torch twin ``token_axis_scores_torch``); the thresholding, budget selection and
+"tyx"], -1)`` (its plain-torch specification is ``detect.axis_score_table``); the thresholding, budget selection and
 source resolution on these ``(B, H, Nv, 3)`` scores stay in ``detect.py`` (cheap, one small tensor).
 
 For ``window == 2`` (the default) one program takes a row of 2x2x2 cubes and reads each member row
@@ -16,15 +16,13 @@ deviations), per axis. No ``(B, H, Nv, D)`` float32 intermediate is written.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import triton
 import triton.language as tl
 
 from .._validation import value_error
-from .channel_pairs import cube_row
-from .token_kernels import interpreting
+from .triton_common import cube_row, interpreting
 
 CRITERIA = ("strict", "rms")
 
@@ -218,18 +216,3 @@ def token_axis_scores(x, grid, window=2, criterion="strict", axes=("t", "y", "x"
         num_warps=4 if BLOCK_T * D <= 4096 else 8,
     )
     return out
-
-
-def token_axis_scores_torch(x, grid, window=2, criterion="strict", axes=("t", "y", "x")) -> torch.Tensor:
-    """Plain-torch twin of ``token_axis_scores`` built on ``timeripple.detect`` (the specification)."""
-    from .. import detect
-
-    cols = []
-    for axis in ("t", "y", "x"):
-        if axis not in axes:
-            cols.append(torch.full(x.shape[:3], math.nan, device=x.device))
-            continue
-        _, non_first = detect.axis_partners(grid, axis, window, x.device)
-        score = detect.token_scores(x, grid, axis, window, criterion)
-        cols.append(torch.where(non_first.view(1, 1, -1), score, math.nan))
-    return torch.stack(cols, dim=-1)

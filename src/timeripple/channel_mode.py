@@ -9,14 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .detect import AXES
-
-
-def split_video(x: torch.Tensor, text_len: int, text_position: str) -> tuple[torch.Tensor, int]:
-    """Return the video slice of ``x`` ``(B, H, N, D)`` along dim 2 and its start offset."""
-    n = x.shape[2]
-    start = text_len if (text_position == "before" and text_len) else 0
-    return x[:, :, start : start + n - text_len], start
+from .detect import detect_channel_sources, window_std
+from .options import AXES
 
 
 def apply_sources(x: torch.Tensor, src: torch.Tensor, start: int) -> torch.Tensor:
@@ -95,7 +89,6 @@ def cube_channel_reuse(x: torch.Tensor, grid, thresholds, *, window: int, priori
         ``(x̃, counts)``: ``x̃`` ``(B, H, Nv, D)`` in ``x``'s dtype and int64 counts ``(B, H, 4, D)``
         (reused elements; reused via t, y, x), the layout of the fused CUDA kernel.
     """
-    from .detect import _window_std  # the same Δ arithmetic as the reference path
 
     B, H, Nv, D = x.shape
     K = window
@@ -120,7 +113,7 @@ def cube_channel_reuse(x: torch.Tensor, grid, thresholds, *, window: int, priori
                 member = list(pos)
                 member[a] = m
                 members.append(cube[tuple(member)].float())
-            ok = _window_std(torch.stack(members, dim=-2)) < float(thresholds[axis])  # (B,H,nt,ny,nx,D)
+            ok = window_std(torch.stack(members, dim=-2)) < float(thresholds[axis])  # (B,H,nt,ny,nx,D)
             for m in range(1, K):
                 member = list(pos)
                 member[a] = m
@@ -146,3 +139,16 @@ def cube_channel_reuse(x: torch.Tensor, grid, thresholds, *, window: int, priori
     out = torch.stack([resolved[p] for p in positions]).unflatten(0, (K, K, K))  # (K,K,K,B,H,nt,ny,nx,D)
     out = out.permute(3, 4, 5, 0, 6, 1, 7, 2, 8).reshape(B, H, nt * K, ny * K, nx * K, D)[:, :, :T, :Hg, :Wg]
     return out.reshape(B, H, Nv, D), counts
+
+
+def channel_reuse_counts(x, grid, thresholds, window=2, priority=AXES):
+    """Channel reuse of one side's video part ``x`` ``(B, H, Nv, D)`` through the per-element sources of
+    ``detect.detect_channel_sources``: the plain-torch specification of the fused kernel
+    ``kernels.channel_fused.channel_reuse_fused``.
+
+    Returns ``(x̃, counts)``: ``x̃`` ``(B, H, Nv, D)`` and int32 counts ``(B, H, 4, D)`` (reused; via t, y, x).
+    """
+    src, via = detect_channel_sources(x, grid, thresholds, window=window, priority=priority)
+    x_t = torch.gather(x, 2, src)  # (B, H, Nv, D)
+    counts = torch.stack([(via >= 0).sum(2)] + [(via == i).sum(2) for i in range(3)], dim=2)  # (B, H, 4, D)
+    return x_t, counts.int()

@@ -18,43 +18,20 @@ a small torch twin here (``merge_keys_torch``) used by the tests.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from .._validation import value_error
-from .reference import check_token_inputs, normalize_key_bias
+from .token_attention_torch import check_token_inputs, normalize_key_bias
+from .triton_common import group_v_sums, interpreting
 
 LOG2E = 1.4426950408889634
 
 
-def interpreting() -> bool:
-    """True when Triton runs in its interpreter (``TRITON_INTERPRET=1``): kernels then take CPU tensors."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 # ----------------------------------------------------------------------------------------------
 # kernels
-
-
-@triton.jit
-def group_v_sums(V_BASE, stride_vn, IDX_K, COUNT, START, PERM, row, offs_r, valid, offs_d,
-                 HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, DP: tl.constexpr):
-    """For the kept-key ranks ``offs_r`` of one (b, h) (layout row offset ``row``): the key index
-    ``s``, its group size ``cnt`` and the float32 sum of its group's ``v`` rows ``(BLOCK_G, DP)``
-    (members are contiguous in ``PERM`` from ``START[s]``; channels ``>= HEAD_DIM`` are zero)."""
-    s = tl.load(IDX_K + row + offs_r, mask=valid, other=0)           # (G,) key index
-    cnt = tl.load(COUNT + row + s, mask=valid, other=0)              # (G,) group size
-    start = tl.load(START + row + s, mask=valid, other=0)            # (G,) first slot in PERM
-    acc = tl.zeros([BLOCK_G, DP], dtype=tl.float32)
-    for g in range(0, tl.max(cnt, axis=0)):
-        take = valid & (g < cnt)
-        j = tl.load(PERM + row + start + g, mask=take, other=0)      # (G,) member index
-        acc += tl.load(V_BASE + j[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
-                       mask=take[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0).to(tl.float32)
-    return s, cnt, acc
 
 
 @triton.jit

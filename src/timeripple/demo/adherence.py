@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import type_error, value_error
-from ..demo.clips import COLOURS, ClipParams, parse_caption
+from .clips import COLOURS, ClipParams, parse_caption
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def score_adherence(
 
     ```py
     >>> from timeripple.demo.clips import make_clip
-    >>> from timeripple.eval.adherence import score_adherence
+    >>> from timeripple.demo.adherence import score_adherence
     >>> frames, params = make_clip(0, direction="left")
     >>> score_adherence(frames, params, value_range=(-1, 1))["direction"]
     True

@@ -21,14 +21,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ._validation import type_error, value_error
-from .config import TimeRippleConfig, load_config
+from .._validation import type_error, value_error
+from ..config import TimeRippleConfig, load_config
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["calibrate", "CalibrationResult", "CalibrationRow", "DEFAULT_SCALES", "scale_config"]
 
-from ._defaults import DEFAULT_SCALES  # noqa: E402
+from .._defaults import DEFAULT_SCALES  # noqa: E402
 _THRESHOLD_FIELDS = ("threshold_start", "threshold_end", "fixed_threshold")
 
 
@@ -166,7 +166,7 @@ class CalibrationResult:
         0.25
         ```
         """
-        target = _check_targets(target_psnr, target_savings)
+        target = check_targets(target_psnr, target_savings)
         if target is None:
             raise value_error("target_psnr / target_savings", None, "a target is needed",
                               "pass either `target_psnr=30.0` (dB) or `target_savings=0.6` (a fraction)")
@@ -305,7 +305,7 @@ def _check_target(name: str, value, *, high: Optional[float]) -> float:
     return float(value)
 
 
-def _check_targets(target_psnr, target_savings) -> Optional[Dict[str, float]]:
+def check_targets(target_psnr, target_savings) -> Optional[Dict[str, float]]:
     if target_psnr is not None and target_savings is not None:
         raise value_error("target_psnr / target_savings", (target_psnr, target_savings), "give at most one target",
                           "pass either `target_psnr` (dB) or `target_savings` (a fraction)")
@@ -395,7 +395,7 @@ def calibrate(
     Example:
 
     ```py
-    >>> from timeripple.calibrate import calibrate
+    >>> from timeripple.eval.calibration import calibrate
     >>> from timeripple.demo import load_tiny_pipeline
     >>> pipe = load_tiny_pipeline()
     >>> result = calibrate(pipe, "wan2.1", ["a blue square moving left quickly on a black background"],
@@ -405,11 +405,11 @@ def calibrate(
     """
     from tqdm.auto import tqdm
 
-    from .diffusers import apply_timeripple
-    from .eval.metrics import psnr, ssim
+    from ..diffusers import apply_timeripple
+    from ..video_metrics import psnr, ssim
 
     config, prompts, scales, seeds = _check_inputs(pipe, config, prompts, scales, seeds, num_inference_steps)
-    target = _check_targets(target_psnr, target_savings)
+    target = check_targets(target_psnr, target_savings)
     call = {"output_type": "pt", **(pipe_kwargs or {})}
     if num_inference_steps is not None:
         call["num_inference_steps"] = num_inference_steps

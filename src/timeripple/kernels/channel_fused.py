@@ -20,7 +20,7 @@ Public pieces:
 * ``channel_reuse_fused(q, k, ...)``: ``q̃``, ``k̃`` ``(B, H, N, D)`` (text rows copied) and counts
   ``(2, B, H, 4, D)``; registered as the custom op ``timeripple::channel_reuse`` so ``torch.compile``
   traces through it. CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``.
-* ``channel_reuse_torch(x_video, ...)``: the plain-torch twin built on ``timeripple.detect`` (the
+* ``channel_mode.channel_reuse_counts(x_video, ...)``: the plain-torch twin built on ``timeripple.detect`` (the
   specification); ``fused_unsupported_reason(...)``: why a call has to use the torch path.
 """
 
@@ -33,9 +33,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import detect
+from .. import options
 from .._validation import value_error
-from .token_kernels import interpreting
+from .triton_common import interpreting
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SUPPORTED_WINDOWS = (2, 3, 4)
@@ -182,15 +182,15 @@ def _launch(x: torch.Tensor, out: torch.Tensor, counts: torch.Tensor | None, gri
             window: int) -> None:
     """Write the video rows of ``out`` (``x`` and ``out``: video slices ``(B, H, Nv, D)``)."""
     if window == 2:  # the common case: a dedicated elementwise kernel over 2x2x2 cubes (memory-bound)
-        from .channel_pairs import launch_pairs
+        from .channel_fused_pairs import launch_pairs
 
         launch_pairs(x, out, counts, grid, thresholds, priority)
         return
     B, H, Nv, D = x.shape
     T, Hg, Wg = grid
     checked = [a for a in priority if thresholds.get(a, 0) > 0]
-    codes = [detect.AXES.index(a) for a in checked] + [-1] * (3 - len(checked))
-    theta = [float(thresholds.get(a, 0.0)) if a in checked else 0.0 for a in detect.AXES]
+    codes = [options.AXES.index(a) for a in checked] + [-1] * (3 - len(checked))
+    theta = [float(thresholds.get(a, 0.0)) if a in checked else 0.0 for a in options.AXES]
     kp = triton.next_power_of_2(window)
     d_pad = triton.next_power_of_2(D)
     ncy, ncx = triton.cdiv(Hg, window), triton.cdiv(Wg, window)
@@ -212,8 +212,8 @@ def _launch(x: torch.Tensor, out: torch.Tensor, counts: torch.Tensor | None, gri
 
 
 def _channel_reuse_impl(q, k, start, nv, grid, thetas, priority, window, stats):
-    thresholds = dict(zip(detect.AXES, thetas))
-    prio = [detect.AXES[i] for i in priority]
+    thresholds = dict(zip(options.AXES, thetas))
+    prio = [options.AXES[i] for i in priority]
     B, H, N, D = q.shape
     counts = torch.zeros((2, B, H, 4, D), dtype=torch.int32, device=q.device) if stats else None
     outs = []
@@ -258,7 +258,7 @@ def channel_reuse_fused(
     text_len: int = 0,
     text_position: str = "after",
     window: int = 2,
-    priority: Sequence[str] = detect.AXES,
+    priority: Sequence[str] = options.AXES,
     stats: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Channel-mode ``q̃``, ``k̃`` from one fused detection + reuse kernel per side.
@@ -267,7 +267,7 @@ def channel_reuse_fused(
         q, k (`torch.Tensor`): ``(B, H, N, D)``, fp16/bf16/fp32, on CUDA (or the CPU under
             ``TRITON_INTERPRET=1``); ``N = T*Hg*Wg + text_len``.
         grid, text_len, text_position, window, priority: as in ``ripple_attention`` (``window`` 2, 3 or 4).
-        thresholds (`dict[str, float]`): ``θ`` per checked axis (``detect.normalize_thresholds``);
+        thresholds (`dict[str, float]`): ``θ`` per checked axis (``options.normalize_thresholds``);
             axes absent or at 0 are not checked.
         stats (`bool`, defaults to True): also count; otherwise ``counts`` is all zeros.
 
@@ -294,22 +294,6 @@ def channel_reuse_fused(
     if reason is not None:
         raise value_error("q", tuple(q.shape), reason, "use timeripple.ripple_attention (torch fallback)")
     start = text_len if (text_position == "before" and text_len) else 0
-    thetas = [float(thresholds.get(a, 0.0)) for a in detect.AXES]
-    prio = [detect.AXES.index(a) for a in priority]
+    thetas = [float(thresholds.get(a, 0.0)) for a in options.AXES]
+    prio = [options.AXES.index(a) for a in priority]
     return _channel_reuse_op(q, k, start, nv, [T, Hg, Wg], thetas, prio, int(window), bool(stats))
-
-
-# ----------------------------------------------------------------------------------------------
-# plain-torch twin
-
-
-def channel_reuse_torch(x, grid, thresholds, window=2, priority=detect.AXES):
-    """Plain-torch twin of one side of the kernel on the video part ``x`` ``(B, H, Nv, D)``.
-
-    Returns ``(x̃, counts)``: ``x̃`` ``(B, H, Nv, D)`` and int32 counts ``(B, H, 4, D)`` (reused; via t,
-    y, x), built on ``detect.detect_channel_sources``.
-    """
-    src, via = detect.detect_channel_sources(x, grid, thresholds, window=window, priority=priority)
-    x_t = torch.gather(x, 2, src)  # (B, H, Nv, D)
-    counts = torch.stack([(via >= 0).sum(2)] + [(via == i).sum(2) for i in range(3)], dim=2)  # (B, H, 4, D)
-    return x_t, counts.int()

@@ -3,7 +3,7 @@ the timing of the execution variants and stages at the HunyuanVideo and Wan2.1-1
 
 Usage (one device call; logs to $OUT or ./gpu_out)::
 
-    python benchmarks/token_variants.py [--shapes hunyuan wan14b] [--targets 0.75 0.875]
+    python benchmarks/experiments/token_variants.py [--shapes hunyuan wan14b] [--targets 0.75 0.875]
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from bench_attention import SHAPES, structured  # noqa: E402
 
@@ -45,9 +45,9 @@ def backend_check(log):
 
 
 def correctness(log):
-    from timeripple.kernels import compact_attention as ca
+    from timeripple.kernels import token_attention_compact as ca
     from timeripple.kernels import token_attention
-    from timeripple.kernels.reference import random_token_plan, token_attention_ref
+    from timeripple.kernels.token_attention_torch import random_token_plan, token_attention_ref
 
     out = {}
     for H, N, D, keep in ((4, 17000, 128, 0.5), (3, 9001, 64, torch.tensor([[0.5, 0.3, 0.7]]))):
@@ -75,9 +75,9 @@ def correctness(log):
 def timings(shape, targets, log, bench):
     import timeripple
     from timeripple import detect
-    from timeripple.kernels import compact_attention as ca
-    from timeripple.kernels.detect_kernels import token_axis_scores
-    from timeripple.token import build_token_plan
+    from timeripple.kernels import token_attention_compact as ca
+    from timeripple.kernels.detect_fused import token_axis_scores
+    from timeripple.token_plan import build_token_plan
 
     H, grid, text_len, text_pos, D, note = SHAPES[shape]
     base = dict(grid=grid, text_len=text_len, text_position=text_pos)
