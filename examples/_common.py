@@ -164,7 +164,8 @@ def parse_args(description: str, default_model: str, default_config: str, argv=N
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="outputs", help="folder for the two videos")
+    parser.add_argument("--output", "--out", dest="output", default="outputs", metavar="DIR",
+                        help="folder for the two videos (as `timeripple demo --output`; --out is the old name)")
     parser.add_argument("--tiny", action="store_true", help="tiny random model, offline (for tests)")
     return parser.parse_args(argv)
 
@@ -195,8 +196,8 @@ def run(args, family: str, load: Callable[[argparse.Namespace], tuple]) -> dict:
     finally:
         timeripple.remove_timeripple(pipe)
 
-    os.makedirs(args.out, exist_ok=True)
-    paths = [save_video(video, os.path.join(args.out, f"{family}_{name}")) for name, video in
+    os.makedirs(args.output, exist_ok=True)
+    paths = [save_video(video, os.path.join(args.output, f"{family}_{name}")) for name, video in
              (("dense", dense), ("timeripple", ripple))]
     result = {"psnr_db": psnr(dense, ripple), "qk_savings": stats.total_savings, "dense_s": dense_s,
               "timeripple_s": ripple_s, "paths": paths}

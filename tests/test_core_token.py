@@ -137,3 +137,39 @@ def test_token_mode_low_precision_close_to_fp32(dtype, tol):
     # rounding may swap near-tied tokens at the budget boundary; compare the bulk of the rows
     err = (out.float() - ref).abs()
     assert err.mean() < tol, f"max {err.max():.3g} mean {err.mean():.3g}"
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "float"])
+def test_per_head_key_mask_matches_reference_and_each_head_alone(mask_kind):
+    grid, text_len, B, H = (3, 4, 4), 3, 2, 3
+    q, k, v = _qkv(grid, text_len, "after", B, H, seed=5)
+    N = q.shape[2]
+    gen = torch.Generator().manual_seed(1)
+    if mask_kind == "bool":
+        mask = torch.rand(B, H, 1, N, generator=gen) > 0.3
+        mask[..., 0] = True  # every query row keeps a key
+    else:
+        mask = torch.randn(B, H, 1, N, generator=gen)
+    kw = dict(grid=grid, threshold=0.3, text_len=text_len, scale=0.25)
+    out, stats, ref, _ = _plan_and_out(q, k, v, attn_mask=mask, **kw)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    assert stats.qk_savings_mean > 0.05
+    for h in range(H):  # exact: each head as if it ran alone with its own key mask
+        alone = timeripple.ripple_attention(q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], mode="token",
+                                            attn_mask=mask[:, h : h + 1], **kw)
+        assert torch.equal(out[:, h : h + 1], alone)
+
+
+def test_key_mask_repeated_per_head_equals_the_shared_mask():
+    # Open-Sora-Plan passes its key mask repeated per head, (B, heads, 1, S), additive -10000
+    grid, B, H = (3, 4, 4), 2, 2
+    q, k, v = _qkv(grid, 0, "after", B, H, seed=7)
+    N = q.shape[2]
+    shared = torch.zeros(B, 1, 1, N)
+    shared[1, ..., -5:] = -10000.0
+    kw = dict(grid=grid, threshold=0.3, mode="token")
+    base = timeripple.ripple_attention(q, k, v, attn_mask=shared, **kw)
+    repeated = timeripple.ripple_attention(q, k, v, attn_mask=shared.repeat_interleave(H, dim=1), **kw)
+    assert torch.equal(repeated, base)
+    with pytest.raises(ValueError, match=r"\(B, H, 1, N\)"):
+        timeripple.ripple_attention(q, k, v, attn_mask=torch.zeros(B, H, N, N), **kw)

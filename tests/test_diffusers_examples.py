@@ -14,7 +14,7 @@ sys.path.insert(0, EXAMPLES)
 @pytest.mark.parametrize("name", ["wan_t2v", "wan22_t2v", "hunyuan_video_t2v", "cogvideox_t2v", "ltx_t2v", "mochi_t2v"])
 def test_example_tiny(name, tmp_path, capsys):
     example = importlib.import_module(name)
-    result = example.main(["--tiny", "--out", str(tmp_path)])
+    result = example.main(["--tiny", "--output", str(tmp_path)])
     printed = capsys.readouterr().out
     assert 0 < result["qk_savings"] < 1
     assert math.isfinite(result["psnr_db"])  # differs from dense, so not infinite

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from . import channel_mode, detect, options, sequence
-from ._validation import value_error
+from ._validation import type_error, value_error
 from .ripple_stats import RippleStats
 
 logger = logging.getLogger(__name__)
@@ -59,11 +59,12 @@ def ripple_attention(
             ``"before"`` (``[text | video]``, CogVideoX).
         attn_mask (`torch.Tensor`, *optional*): bool (True = attend) or additive float mask broadcastable
             to ``(B, H, N, N)``, passed to SDPA. Token mode accepts only a key mask broadcastable to
-            ``(B, 1, 1, N)``.
+            ``(B, H, 1, N)`` (one value per key, optionally per head).
         mode (`str`, defaults to `"channel"`): ``"channel"`` reuses single elements (the paper; the
             product stays dense, savings are counted). ``"token"`` reuses whole head vectors (strict by
             default) and runs attention over the kept queries and keys only: a reused query copies its
             source's output row; a reused key is merged into its source (mean ``v``, ``log(count)`` bias).
+            Token mode is inference only: it raises ``ValueError`` when ``q``, ``k`` or ``v`` requires grad.
         window (`int`, defaults to 2): window size ``K >= 2`` along each axis. Larger windows reuse more
             tokens per window (more savings) but compare values that are further apart.
         axes (`tuple[str, ...]`, defaults to `("t", "y", "x")`): the axes checked.
@@ -114,13 +115,27 @@ def ripple_attention(
                                token_fraction=token_fraction, budget=budget, scale=scale)
     options.check_token_plan_options(mode, token_keys=token_keys, key_budget=key_budget, key_repr=key_repr,
                                      budget=budget, window=window)
-    if return_stats not in (True, False, "device") or (return_stats == "device" and mode != "token"):
-        raise value_error("return_stats", return_stats, "must be True, False, or 'device' (token mode only)",
+    if not (isinstance(return_stats, bool) or return_stats == "device"):
+        raise type_error("return_stats", return_stats, "a bool, or 'device' (token mode only)",
+                         "pass return_stats=True or False")
+    if return_stats == "device" and mode != "token":
+        raise value_error("return_stats", return_stats, "'device' applies to mode='token' only",
                           "pass return_stats=True")
     options.check_mask(attn_mask, q)
-    if threshold is None:
+    text_len = int(text_len)
+    if threshold is not None and mode == "token" and torch.is_grad_enabled() and any(
+        x.requires_grad for x in (q, k, v)
+    ):
+        raise value_error(
+            "mode", mode, "token mode is inference only: its kernels have no backward, and q, k or v requires "
+            "grad", "run it under `torch.no_grad()` / `torch.inference_mode()`, or use mode='channel' to train",
+        )
+    if threshold is None or B * H == 0:  # dense, or an empty batch: nothing to detect
+        if threshold is not None:
+            options.normalize_thresholds(threshold, axes)  # still validated
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
-        return (out, RippleStats.dense(q.shape, axes)) if return_stats else out
+        stats_mode = "dense" if threshold is None else mode
+        return (out, RippleStats.dense(q.shape, axes, threshold, stats_mode)) if return_stats else out
     thresholds = options.normalize_thresholds(threshold, axes)
     if mode == "token":
         from .token_plan import token_mode_attention  # token mode needs the kernels package

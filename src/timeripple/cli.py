@@ -115,7 +115,7 @@ def _device(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``timeripple`` command (subcommands ``demo``, ``configs``, ``version``)."""
-    from .demo.run_demo import DEFAULT_CONFIG, DEFAULT_GUIDANCE, DEFAULT_PROMPT, DEFAULT_STEPS, MODES, VIDEO_FORMATS
+    from ._defaults import DEFAULT_CONFIG, DEFAULT_GUIDANCE, DEFAULT_PROMPT, DEFAULT_STEPS, MODES, VIDEO_FORMATS
 
     parser = argparse.ArgumentParser(
         prog="timeripple", description=_DESCRIPTION,
@@ -162,8 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_calibrate_parser(sub) -> None:
-    from .eval.calibration import DEFAULT_SCALES
-    from .demo.run_demo import DEFAULT_CONFIG, DEFAULT_GUIDANCE, MODES
+    from ._defaults import DEFAULT_CONFIG, DEFAULT_GUIDANCE, DEFAULT_SCALES, MODES
 
     cal = sub.add_parser(
         "calibrate", help="find the threshold scale for a target saving or fidelity (tiny model by default)",

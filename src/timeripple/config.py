@@ -19,6 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import yaml
 
 from . import schedule
+from ._config_io import ConfigLoader, FrozenDict, read_config_file
 from ._validation import type_error, value_error
 from .options import (AXES, check_axes, check_int, check_mode_options, check_real, check_token_plan_options,
                       check_window)
@@ -205,7 +206,9 @@ class TimeRippleConfig:
                 rule = f"key {axis!r} is not a checked axis {self.axes}"
                 raise value_error("axis_threshold_scale", dict(scale), rule, "use only axes listed in `axes`")
         # a new dict in t, y, x order: the caller's dict is never kept, and equal configs have equal reprs
-        return {a: check_real(f"axis_threshold_scale[{a!r}]", scale[a], low=0, strict=True) for a in AXES if a in scale}
+        return FrozenDict(
+            (a, check_real(f"axis_threshold_scale[{a!r}]", scale[a], low=0, strict=True)) for a in AXES if a in scale
+        )
 
     def __hash__(self):  # the per-axis scale is stored in t, y, x order, so equal configs have equal reprs
         return hash(repr(self))
@@ -251,13 +254,15 @@ class TimeRippleConfig:
         Args:
             path (`str` or `os.PathLike`): the file.
         """
-        with open(path, encoding="utf-8") as handle:
-            return cls._from_yaml_text(handle.read(), source=str(path))
+        return cls._from_yaml_text(read_config_file(path), source=os.fspath(path))
 
     @classmethod
     def _from_yaml_text(cls, text: str, source: str) -> "TimeRippleConfig":
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=ConfigLoader)  # a SafeLoader: no Python tags
+        except ValueError as err:  # e.g. an int of thousands of digits (Python's int() limit)
+            raise value_error("yaml", source, f"holds a value that cannot be read: {err}",
+                              "write plain numbers such as 0.4 or 20") from err
         except yaml.YAMLError as err:
             raise value_error(
                 "yaml", source, f"is not a plain YAML config (read with yaml.safe_load; Python tags are refused): {err}",
@@ -369,14 +374,16 @@ def load_config(name_or_path: Union[str, os.PathLike, TimeRippleConfig]) -> Time
             f"pass one of {list_configs()} or 'path/to/config.yaml'",
         )
     text = os.fspath(name_or_path)
-    looks_like_path = isinstance(name_or_path, os.PathLike) or text.endswith((".yaml", ".yml")) or os.sep in text
-    if looks_like_path or os.path.isfile(text):
-        if not os.path.isfile(text):
-            raise FileNotFoundError(f"`name_or_path` = {text!r}: no such config file. Fix: check the path.")
-        return TimeRippleConfig.from_yaml(text)
     names = {_normalise(name): name for name in list_configs()}
     key = _normalise(text)
-    if key not in names:
+    looks_like_path = isinstance(name_or_path, os.PathLike) or text.endswith((".yaml", ".yml")) or os.sep in text
+    if not looks_like_path and key in names:  # a bundled name wins over a file of that name in the cwd
+        if os.path.isfile(text):
+            logger.warning("load_config(%r) loads the bundled config; for the file of that name in the working "
+                           "directory pass './%s' or a pathlib.Path", text, text)
+    elif looks_like_path or os.path.isfile(text):
+        return TimeRippleConfig.from_yaml(text)
+    else:
         close = difflib.get_close_matches(key, list(names), n=1)
         hint = f"did you mean {names[close[0]]!r}? " if close else ""
         raise value_error(

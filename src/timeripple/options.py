@@ -118,8 +118,8 @@ def check_mode_options(mode, *, channel_alpha=None, token_criterion="strict", to
     if budget is not None and mode != "token":
         raise value_error("budget", budget, f"applies only with mode='token', got mode={mode!r}",
                           "set mode='token' (YAML `mode: token`) or budget=None (`budget: null`)")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, Real) or math.isnan(scale)):
-        raise value_error("scale", scale, "must be None or a real number", "leave scale=None for 1/sqrt(D)")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale)):
+        raise value_error("scale", scale, "must be None or a finite real number", "leave scale=None for 1/sqrt(D)")
 
 
 def check_token_plan_options(mode, *, token_keys="chain", key_budget=None, key_repr="source", budget=None,
@@ -158,8 +158,8 @@ def normalize_thresholds(threshold, axes) -> dict[str, float]:
         if isinstance(theta, bool) or not isinstance(theta, Real):
             raise type_error(f"threshold[{axis!r}]" if isinstance(threshold, Mapping) else "threshold",
                              theta, "a float, a dict of floats per axis, or None", "pass e.g. threshold=0.4")
-        if math.isnan(theta) or theta < 0:
-            raise value_error("threshold", threshold, "thresholds must be >= 0 and not NaN",
+        if not math.isfinite(theta) or theta < 0:  # the same rule as TimeRippleConfig
+            raise value_error("threshold", threshold, "thresholds must be finite and >= 0",
                               "use 0 for no reuse, None for dense attention, or a positive value such as 0.4")
         out[axis] = float(theta)
     return out
@@ -172,8 +172,8 @@ def normalize_thresholds(threshold, axes) -> dict[str, float]:
 def check_geometry(grid, window, axes, priority=None) -> None:
     """Validate ``grid``, ``window``, ``axes`` and ``priority`` (which must list every checked axis)."""
     if not isinstance(grid, (tuple, list)) or len(grid) != 3 or not all(
-        isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid
-    ):
+        isinstance(g, Integral) and not isinstance(g, bool) and g >= 1 for g in grid
+    ):  # numpy ints are Integral too
         raise value_error("grid", grid, "must be three positive ints (T, H, W) of the latent video grid",
                           "pass e.g. grid=(T, H // patch, W // patch)")
     check_window(window)
@@ -187,7 +187,7 @@ def check_geometry(grid, window, axes, priority=None) -> None:
 
 
 def check_text(text_len, text_position, grid: Sequence[int], n: int) -> None:
-    if not isinstance(text_len, int) or isinstance(text_len, bool) or text_len < 0:
+    if not isinstance(text_len, Integral) or isinstance(text_len, bool) or text_len < 0:
         raise value_error("text_len", text_len, "must be an int >= 0", "pass the number of text tokens, or 0")
     if text_position not in TEXT_POSITIONS:
         raise value_error("text_position", text_position, "must be 'before' or 'after'",
@@ -208,6 +208,8 @@ def check_tensors(q, k, v) -> None:
                               "transpose (B, N, H, D) inputs with .transpose(1, 2)")
         if not x.is_floating_point():
             raise type_error(f"{name}.dtype", x.dtype, "a floating dtype", f"cast {name} to float16/bfloat16/float32")
+    if q.shape[-1] == 0:
+        raise value_error("q.shape", tuple(q.shape), "the head dim D must be >= 1", "pass q, k, v with D >= 1")
     if k.shape != q.shape:
         raise value_error("k.shape", tuple(k.shape), f"must equal q.shape {tuple(q.shape)} (self-attention)",
                           "pass q and k of the same layer")
@@ -228,6 +230,9 @@ def check_mask(attn_mask, q) -> None:
         return
     if not isinstance(attn_mask, torch.Tensor):
         raise type_error("attn_mask", attn_mask, "a torch.Tensor or None", "pass a bool or float mask tensor")
+    if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+        raise type_error("attn_mask.dtype", attn_mask.dtype, "bool (True = attend) or a float dtype (additive)",
+                         "pass `mask.bool()` for a keep-mask, or `mask.to(q.dtype)` for an additive bias")
     B, H, N, _ = q.shape
     try:
         ok = torch.broadcast_shapes(attn_mask.shape, (B, H, N, N)) == (B, H, N, N)

@@ -223,7 +223,7 @@ def reference_attention(
                 values.append(sum(vd[b, h, j] for j in group) / len(group))
                 bias = math.log(len(group))
                 if mask is not None:
-                    m = mask[b, 0, 0, s]
+                    m = mask[b, h, 0, s]  # a key mask, per head
                     bias += (0.0 if m else -math.inf) if m.dtype == torch.bool else float(m)
                 biases.append(bias)
             for i in kept_q:

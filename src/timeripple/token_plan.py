@@ -112,24 +112,33 @@ def fused_detection_reason(q: torch.Tensor, criterion: str) -> str | None:
 
 
 def key_bias_from_mask(attn_mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:
-    """Turn an SDPA key mask broadcastable to ``(B, 1, 1, N)`` into a float32 ``(B, N)`` key bias
-    (bool: False = masked -> ``-inf``; float: additive). Any other mask raises ``ValueError``."""
+    """Turn an SDPA key mask broadcastable to ``(B, H, 1, N)`` into a float32 key bias (bool: False =
+    masked -> ``-inf``; float: additive). Any other mask raises ``ValueError``.
+
+    Returns ``(B, N)`` when the mask is the same for every head (a ``(B, 1, 1, N)`` mask, or one repeated
+    per head as Open-Sora-Plan passes it), else ``(B, H, N)``. Both are exact: a per-head bias is applied
+    by running the heads as batch rows (see :func:`token_mode_attention`)."""
     if attn_mask is None:
         return None
-    B, _, N, _ = q.shape
+    B, H, N, _ = q.shape
     try:
-        ok = torch.broadcast_shapes(attn_mask.shape, (B, 1, 1, N)) == (B, 1, 1, N)
+        ok = torch.broadcast_shapes(attn_mask.shape, (B, H, 1, N)) == (B, H, 1, N)
     except RuntimeError:
         ok = False
     if not ok:
         raise value_error(
             "attn_mask.shape", tuple(attn_mask.shape),
-            f"token mode accepts only a key mask broadcastable to (B, 1, 1, N) = {(B, 1, 1, N)}",
-            "pass a key-padding mask, or use mode='channel' for general masks",
+            f"token mode accepts only a key mask broadcastable to (B, H, 1, N) = {(B, H, 1, N)}",
+            "pass a key-padding mask (one value per key, optionally per head), or use mode='channel' for "
+            "general masks",
         )
-    mask = attn_mask.expand(B, 1, 1, N).reshape(B, N)  # (B, N)
+    mask = attn_mask.expand(B, H, 1, N)[:, :, 0]  # (B, H, N)
+    per_head = attn_mask.dim() >= 3 and attn_mask.shape[-3] != 1 and H > 1
+    if per_head and (mask.stride(1) == 0 or torch.equal(mask, mask[:, :1].expand(B, H, N))):
+        per_head = False  # repeated per head: one bias per key is the same mask
+    mask = mask if per_head else mask[:, 0]  # (B, H, N) or (B, N)
     if mask.dtype == torch.bool:
-        return torch.zeros(B, N, dtype=torch.float32, device=q.device).masked_fill(~mask, float("-inf"))
+        return torch.zeros(mask.shape, dtype=torch.float32, device=q.device).masked_fill(~mask, float("-inf"))
     return mask.float()
 
 
@@ -191,8 +200,15 @@ def token_mode_attention(
         mq, sizes = expected_class_sizes(N, N - text_len, detect.eligible_count(grid, 2, axes_checked), budget,
                                          key_pairs.pair_count(grid, axes_checked), kb)
         expected = [mq, sizes[1], sizes[2]]
-    out = token_attention(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr,
-                          expected=expected)  # (B, H, N, D)
+    if key_bias is not None and key_bias.dim() == 3:  # a key mask per head: the heads as batch rows
+        def fold(x):
+            return x.reshape(B * H, 1, N, *x.shape[3:])  # (B*H, 1, N, ...)
+
+        out = token_attention(fold(q), fold(k), fold(v), fold(q_src), fold(k_src), scale=scale,
+                              key_bias=key_bias.reshape(B * H, N), key_repr=key_repr).reshape(B, H, N, D)
+    else:
+        out = token_attention(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr,
+                              expected=expected)  # (B, H, N, D)
     if not return_stats:
         return out
     if return_stats == "device":  # no host sync: savings stay on the device until someone reads them

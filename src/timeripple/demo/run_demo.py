@@ -37,11 +37,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DemoResult", "run_demo", "save_outputs", "format_report", "resolve_config", "DEFAULT_PROMPT"]
 
-DEFAULT_PROMPT = "a red circle moving right quickly on a gray background"
-DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 5.0
-DEFAULT_CONFIG = "wan2.1"
-VIDEO_FORMATS = ("auto", "mp4", "gif")
+from .._defaults import DEFAULT_CONFIG, DEFAULT_GUIDANCE, DEFAULT_PROMPT, DEFAULT_STEPS, VIDEO_FORMATS  # noqa: E402,F401
 DIFF_GAIN = 10  # the difference row of the frame strip shows |dense - TimeRipple| times this
 FPS = 4
 ADHERENCE_FIELDS = ("colour", "shape", "direction")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -17,7 +18,7 @@ from diffusers.hooks import HookRegistry
 
 from .._validation import type_error, value_error
 from ..config import TimeRippleConfig, load_config
-from .hook import HOOK_NAME, RippleContext, TimeRippleHook, forward_signature
+from .hook import HOOK_NAME, RippleContext, TimeRippleHook, forward_signature, make_forward_picklable
 from .family import FamilySpec
 from .registry import get_family, supported_models
 from .generation_stats import GenerationStats, StatsRecorder
@@ -63,11 +64,24 @@ class TimeRippleHandle:
         return any(getattr(t, _HANDLE_ATTR, None) is self for t in self.transformers.values())
 
     def remove(self) -> None:
-        """Restore the original processor objects and remove the hooks (see [`remove_timeripple`])."""
+        """Restore the original processor objects and remove the hooks (see [`remove_timeripple`]).
+
+        Only undoes what is still this handle's: calling it again, or after TimeRipple was applied anew
+        with another handle, changes nothing (the newer handle stays active)."""
         for name, transformer in self.transformers.items():
-            _uninstall(transformer, self.originals.get(name, {}), self._had_forward.get(name, True))
             if getattr(transformer, _HANDLE_ATTR, None) is self:
-                delattr(transformer, _HANDLE_ATTR)
+                self._uninstall(name, transformer)
+
+    def _rollback(self) -> None:
+        # a failed apply: undo whatever was installed, whether or not the handle attribute was set yet
+        for name, transformer in self.transformers.items():
+            if getattr(transformer, _HANDLE_ATTR, None) in (None, self):
+                self._uninstall(name, transformer)
+
+    def _uninstall(self, name: str, transformer: torch.nn.Module) -> None:
+        _uninstall(transformer, self.originals.get(name, {}), self._had_forward.get(name, True))
+        if getattr(transformer, _HANDLE_ATTR, None) is self:
+            delattr(transformer, _HANDLE_ATTR)
 
 
 def apply_timeripple(pipe_or_transformer, config, *, scheduler=None) -> TimeRippleHandle:
@@ -104,14 +118,14 @@ def apply_timeripple(pipe_or_transformer, config, *, scheduler=None) -> TimeRipp
     ```
     """
     config, targets, scheduler_fn, spec = _prepare(pipe_or_transformer, config, scheduler)
+    selections = [_select_layers(transformer, spec) for _, transformer in targets]  # checks before any change
     recorder = StatsRecorder()
     handle = TimeRippleHandle(config=config, family=spec.name, transformers={}, originals={}, recorder=recorder)
     try:
-        for name, transformer in targets:
+        for (name, transformer), selected in zip(targets, selections):
             handle.transformers[name] = transformer
             handle._had_forward[name] = "forward" in vars(transformer)
             context = RippleContext(config, recorder, name)
-            selected = _select_layers(transformer, spec)
             handle.originals[name] = {layer: module.processor for layer, module in selected.items()}
             _register_hook(transformer, spec, context, scheduler_fn)
             prefix = "" if name == "transformer" else f"{name}."  # Wan 2.2: distinct layer names
@@ -122,9 +136,10 @@ def apply_timeripple(pipe_or_transformer, config, *, scheduler=None) -> TimeRipp
                     _check_parallel_support(processor, parallel, module, prefix + layer)
                     processor._parallel_config = parallel
                 _set_processor(module, processor)
+                context.installed[layer] = (module, processor)
             setattr(transformer, _HANDLE_ATTR, handle)
     except BaseException:
-        handle.remove()
+        handle._rollback()
         raise
     logger.info("TimeRipple (%s, config %r) on %s: %s self-attention layers", spec.label, config.name,
                 ", ".join(handle.transformers), sum(len(o) for o in handle.originals.values()))
@@ -150,6 +165,9 @@ def processors_for_model(transformer: torch.nn.Module, config, *, scheduler=None
     Returns:
         `dict[str, AttentionProcessor]`: ``{"<module>.processor": processor}`` for every attention layer.
 
+    Raises:
+        `TypeError`: for a pipeline (pass each transformer); `ValueError`: as [`apply_timeripple`].
+
     Example:
 
     ```py
@@ -158,6 +176,13 @@ def processors_for_model(transformer: torch.nn.Module, config, *, scheduler=None
     >>> pipe.transformer.set_attn_processor(processors)
     ```
     """
+    if not isinstance(transformer, torch.nn.Module):
+        names = [n for n in _TRANSFORMER_NAMES if isinstance(getattr(transformer, n, None), torch.nn.Module)]
+        raise type_error(
+            "transformer", transformer, "a transformer module (processors_for_model builds the processors of one "
+            "model)", "pass " + " and ".join(f"`pipe.{n}`" for n in names or ["transformer"]) + " (one call each), "
+            "or use `timeripple.apply_timeripple(pipe, config)` for the whole pipeline",
+        )
     config, targets, scheduler_fn, spec = _prepare(transformer, config, scheduler)
     (name, transformer), = targets
     if not hasattr(transformer, "attn_processors"):
@@ -175,7 +200,9 @@ def processors_for_model(transformer: torch.nn.Module, config, *, scheduler=None
     )
     processors = dict(transformer.attn_processors)
     for layer, module in selected.items():
-        processors[f"{layer}.processor"] = spec.processor_cls(context, layer, original=module.processor)
+        processor = spec.processor_cls(context, layer, original=module.processor)
+        processors[f"{layer}.processor"] = processor
+        context.installed[layer] = (module, processor)  # the hook checks at every call that they are set
     _register_hook(transformer, spec, context, scheduler_fn)
     setattr(transformer, _HANDLE_ATTR, handle)
     return processors
@@ -244,8 +271,8 @@ def _targets(obj) -> List[Tuple[str, torch.nn.Module]]:
 
 
 def _prepare(obj, config, scheduler):
-    if not isinstance(config, (TimeRippleConfig, str)):
-        raise type_error("config", config, "a TimeRippleConfig or a bundled config name",
+    if not isinstance(config, (TimeRippleConfig, str, os.PathLike)):
+        raise type_error("config", config, "a TimeRippleConfig, a bundled config name or a path to a YAML file",
                          "pass e.g. 'wan2.1' or timeripple.load_config('wan2.1')")
     config = load_config(config)
     targets = _targets(obj)
@@ -276,14 +303,34 @@ def _prepare(obj, config, scheduler):
     return config, targets, scheduler_fn, spec
 
 
+class _FixedScheduler:
+    """``scheduler_fn`` for ``scheduler=``: always that scheduler (a class, not a lambda: picklable)."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def __call__(self):
+        return self.scheduler
+
+
+class _PipelineScheduler:
+    """``scheduler_fn`` for a pipeline: ``pipe.scheduler`` read at every call."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def __call__(self):
+        return self.pipe.scheduler
+
+
 def _scheduler_fn(obj, scheduler) -> Callable[[], object]:
     if scheduler is not None:
         if not hasattr(scheduler, "timesteps"):
             raise type_error("scheduler", scheduler, "a diffusers scheduler (with `timesteps`)",
                              "pass `pipe.scheduler`")
-        return lambda: scheduler
+        return _FixedScheduler(scheduler)
     if not isinstance(obj, torch.nn.Module) and hasattr(obj, "scheduler"):
-        return lambda: obj.scheduler
+        return _PipelineScheduler(obj)
     raise value_error(
         "scheduler", None, "a bare transformer needs the scheduler whose `timesteps` give the step index",
         "pass `scheduler=pipe.scheduler` (or apply to the pipeline)",
@@ -299,14 +346,25 @@ def _select_layers(transformer: torch.nn.Module, spec: FamilySpec) -> Dict[str, 
         raise value_error("transformer", type(transformer).__name__,
                           f"has no {spec.label} self-attention layer that TimeRipple understands",
                           "check that the model is a stock diffusers model of this family")
+    for name, module in selected.items():
+        if not spec.is_stock(module.processor):
+            raise value_error(
+                f"{name}.processor", type(module.processor).__name__,
+                f"TimeRipple replaces the stock {spec.label} processor of each self-attention layer and would "
+                "silently bypass this one (a custom or fused processor)",
+                "put the stock processor back before applying (after `fuse_qkv_projections()`, call "
+                "`unfuse_qkv_projections()`), or leave TimeRipple off for this model",
+            )
     return selected
 
 
 def _register_hook(transformer, spec: FamilySpec, context: RippleContext, scheduler_fn) -> None:
     signature = forward_signature(transformer)
     hook = TimeRippleHook(context, scheduler_fn, spec.grid, signature,
-                          supports_context_parallel=spec.processor_cls._supports_context_parallel)
+                          supports_context_parallel=spec.processor_cls._supports_context_parallel,
+                          strict_steps=isinstance(scheduler_fn, _PipelineScheduler))
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, HOOK_NAME)
+    make_forward_picklable(transformer, hook)
 
 
 def _set_processor(module: torch.nn.Module, processor) -> None:

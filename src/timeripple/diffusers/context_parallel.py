@@ -57,6 +57,8 @@ class HunyuanVideoContextParallelAttnProcessor(HunyuanVideoAttnProcessor2_0):
     the plan of [`context_parallel_plan`] (see the module docstring). Without a parallel config it is the
     stock processor."""
 
+    _timeripple_stock_stand_in = True  # FamilySpec.is_stock accepts it where the stock processor would be
+
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         if self._parallel_config is not None and attention_mask is not None and encoder_hidden_states is not None:
             attention_mask = gathered_mask(attention_mask, self._parallel_config, hidden_states.shape[1],
@@ -67,6 +69,8 @@ class HunyuanVideoContextParallelAttnProcessor(HunyuanVideoAttnProcessor2_0):
 class CogVideoXContextParallelAttnProcessor(CogVideoXAttnProcessor2_0):
     """CogVideoX's stock processor with the attention call routed through diffusers' dispatcher, so that
     Ulysses context parallelism reaches it. Without a parallel config it is the stock processor."""
+
+    _timeripple_stock_stand_in = True  # FamilySpec.is_stock accepts it where the stock processor would be
 
     _attention_backend = None
     _parallel_config = None

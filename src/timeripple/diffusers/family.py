@@ -6,7 +6,7 @@ The processor modules each define one (``FAMILY``); ``registry.py`` maps transfo
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Tuple, Union
 
 import torch
 
@@ -30,6 +30,10 @@ class FamilySpec:
             its bound ``forward`` arguments.
         attention_types (`tuple[type]`): classes of the attention modules to consider.
         label (`str`): human-readable name for messages, e.g. ``"Wan 2.1 / 2.2"``.
+        stock_processors (`tuple[type or str]`, *optional*): the processor classes (or class names, for
+            models not importable here) a layer may carry when TimeRipple is applied; any other processor
+            is refused, since TimeRipple would silently replace it. Empty = the stock class that
+            ``processor_cls`` derives from.
     """
 
     name: str
@@ -38,3 +42,16 @@ class FamilySpec:
     grid: GridFn
     attention_types: Tuple[type, ...]
     label: str
+    stock_processors: Tuple[Union[type, str], ...] = ()
+
+    def is_stock(self, processor) -> bool:
+        """Whether ``processor`` is exactly one of the family's stock processor classes."""
+        stock = self.stock_processors or tuple(
+            base for base in self.processor_cls.__mro__[1:]
+            if base is not object and not getattr(base, "_is_timeripple_processor", False)
+        )
+        cls = type(processor)
+        if vars(cls).get("_timeripple_stock_stand_in", False) and any(issubclass(cls, s) for s in stock
+                                                                        if isinstance(s, type)):
+            return True  # the project's context-parallel version of the stock processor
+        return any(cls is s if isinstance(s, type) else cls.__name__ == s for s in stock)

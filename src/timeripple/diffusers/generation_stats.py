@@ -83,6 +83,10 @@ def _fmt_theta(theta) -> str:
     return f"{theta:.4g}"
 
 
+def _new_entry():  # a module-level factory, not a lambda: the recorder pickles with the model
+    return [0, 0.0]
+
+
 class StatsRecorder:
     """Collects one entry per self-attention call; shared by every transformer of a pipeline.
 
@@ -91,6 +95,7 @@ class StatsRecorder:
 
     def __init__(self):
         self._finished = False
+        self._schedule = None
         self.reset()
 
     def reset(self) -> None:
@@ -98,8 +103,8 @@ class StatsRecorder:
         self.last_step: Optional[int] = None
         self.thresholds: Dict[int, Any] = {}
         # step -> [weight, skipped]; layer -> [weight, skipped]
-        self.per_step = defaultdict(lambda: [0, 0.0])
-        self.per_layer = defaultdict(lambda: [0, 0.0])
+        self.per_step = defaultdict(_new_entry)
+        self.per_layer = defaultdict(_new_entry)
         self.num_calls = 0
         self._finished = False
 
@@ -108,9 +113,17 @@ class StatsRecorder:
         self._finished = True
 
     @torch.compiler.disable
-    def begin_call(self, step: int, num_steps: int) -> None:
-        if self._finished or (self.last_step is not None and (step < self.last_step or num_steps != self.num_steps)):
+    def begin_call(self, step: int, num_steps: int, schedule=None) -> None:
+        """Start a forward call at ``step``; a new generation resets the statistics. ``schedule`` is the
+        scheduler's ``timesteps`` object: ``set_timesteps`` makes a new one at the start of every pipeline
+        call, so a call that went back to the same step with a new one is a new generation (an earlier
+        call that stopped at step 0, by an exception, never reached the end-of-call reset)."""
+        last = self.last_step
+        restarted = schedule is not None and self._schedule is not None and schedule is not self._schedule
+        if self._finished or (last is not None and (step < last or num_steps != self.num_steps
+                                                    or (restarted and step <= last))):
             self.reset()
+        self._schedule = schedule
         self.num_steps = num_steps
         self.last_step = step
 

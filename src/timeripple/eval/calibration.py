@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["calibrate", "CalibrationResult", "CalibrationRow", "DEFAULT_SCALES", "scale_config"]
 
-DEFAULT_SCALES = (0.1, 0.25, 0.5, 1.0)
+from .._defaults import DEFAULT_SCALES  # noqa: E402
 _THRESHOLD_FIELDS = ("threshold_start", "threshold_end", "fixed_threshold")
 
 

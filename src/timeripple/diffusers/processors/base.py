@@ -50,6 +50,7 @@ class TimeRippleAttnProcessor:
     ```
     """
 
+    _is_timeripple_processor = True  # FamilySpec.is_stock: never a family's stock processor
     _attention_backend = None
     _parallel_config = None
     # families with a context-parallel plan whose gathered token order TimeRipple knows (see parallel.py)
