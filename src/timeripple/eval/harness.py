@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["evaluate", "check_pipeline", "DEFAULT_METHODS"]
 
-DEFAULT_METHODS = ("channel", "token-strict", "token-budget", "token-rms", "magnitude", "skip")
+DEFAULT_METHODS = defaults.DEFAULT_METHODS
 REQUIRED_CALL_ARGS = ("prompt", "generator", "num_inference_steps", "output_type")
 CRITERIA = ("colour", "shape", "direction", "all")
 _DENSE_CACHES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
