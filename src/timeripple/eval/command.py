@@ -101,6 +101,9 @@ def add_eval_parser(sub, device_type) -> None:
                    help="runs per pipeline call (default: all on CUDA, 1 on the CPU)")
     p.add_argument("--tol", type=float, default=defaults.SAVINGS_TOLERANCE,
                    help=f"absolute tolerance on the achieved savings (default: {defaults.SAVINGS_TOLERANCE})")
+    p.add_argument("--match-on", choices=("reusing", "total"), default="reusing",
+                   help="savings matched to the levels: on the schedule's reusing steps (default) or over the "
+                   "whole generation (for caches without a schedule)")
     p.add_argument("--capture-steps", type=_int(1), default=3, metavar="N",
                    help="reusing steps whose q/k/v are captured for the attention error (default: 3)")
     p.add_argument("--capture-layers", type=_int(1), default=None, metavar="N",
@@ -167,7 +170,7 @@ def cmd_eval(args) -> int:
     result = evaluate(
         pipe, methods, args.levels, prompts=prompts, seeds=seeds, num_inference_steps=steps,
         guidance_scale=args.guidance_scale, config=args.config, search_runs=search_runs, batch_size=args.batch_size,
-        tol=args.tol, tensor_level=not args.no_tensor, capture_steps=args.capture_steps,
+        tol=args.tol, match_on=args.match_on, tensor_level=not args.no_tensor, capture_steps=args.capture_steps,
         capture_layers=args.capture_layers, progress=not args.no_progress,
     )
     files = result.save(out)

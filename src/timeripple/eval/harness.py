@@ -77,6 +77,7 @@ def evaluate(
     batch_size: Optional[int] = None,
     device=None,
     tol: float = defaults.SAVINGS_TOLERANCE,
+    match_on: str = "reusing",
     tensor_level: bool = True,
     capture_steps: int = 3,
     capture_layers: Optional[int] = None,
@@ -105,6 +106,9 @@ def evaluate(
         batch_size (`int`, *optional*): runs per pipeline call; default all runs on CUDA, 1 elsewhere.
         device (`str`, *optional*): where the pipeline runs (it is moved there); default: where it is.
         tol (`float`, defaults to 0.005): absolute tolerance on the achieved savings.
+        match_on (`str`, defaults to ``"reusing"``): the savings matched to the targets: ``"reusing"`` (mean over
+            the reusing steps of the schedule) or ``"total"`` (whole generation, FLOP-weighted; for methods
+            such as caches that have no schedule of their own).
         tensor_level (`bool`, defaults to `True`): capture q/k/v at ``capture_steps`` reusing steps (spread
             over the reusing range) of ``capture_layers`` layers (default all) from the first run and report
             each method's attention-output MSE at savings matched per call.
@@ -130,6 +134,9 @@ def evaluate(
 
     methods = [get_method(m) for m in methods]
     levels = [_check_level(x) for x in levels]
+    if match_on not in ("reusing", "total"):
+        raise value_error("match_on", match_on, "must be 'reusing' or 'total'", "pass match_on='reusing'")
+    key = f"savings_{match_on}"
     config = load_config(config)
     prompts = list(defaults.EVAL_PROMPTS if prompts is None else prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -172,7 +179,7 @@ def evaluate(
         runner.dense()
         calls, geo, num_layers = capture_attention(
             pipe, config, dict(call, prompt=[runs[0][0]], generator=[torch.Generator().manual_seed(runs[0][1])]),
-            steps=spread(reusing, capture_steps), max_layers=capture_layers, store=tensor_level)
+            steps=spread(reusing, capture_steps), max_layers=capture_layers if tensor_level else 1)
         geometry = Geometry(geo[0], geo[1], config.window, config.axes) if geo else None
         rows, tensor = [], []
         pairs = [(m, lv) for m in methods for lv in (levels if m.knob is not None else [None])]
@@ -182,14 +189,16 @@ def evaluate(
             full_hist: Dict[float, float] = {}
             for level in (levels if method.knob is not None else [None]):
                 bar.set_postfix_str(f"{method.name} @ {'-' if level is None else f'{level:.1%}'}")
-                found, measured = _match(runner, method, config, level, geometry, search_runs, tol,
-                                         search_hist, full_hist)
-                rows.append(_row(method, level, found, measured, runner.dense_summary))
-                if tensor_level and calls and method.build is not None:
+                err = None
+                if calls and method.build is not None:  # tensor level first: its knobs are a cheap first guess
                     err = attention_error(method, calls, config, level, tol=tol, device=device,
-                                          first_guess=None if found is None else found.knob,
+                                          first_guess=_first_guess(method, level, geometry, full_hist),
                                           exact_cache=runner.exact_cache)
-                    tensor.append({"method": method.name, "target": level, **err})
+                    if tensor_level:
+                        tensor.append({"method": method.name, "target": level, **err})
+                found, measured = _match(runner, method, config, level, geometry, search_runs, tol,
+                                         search_hist, full_hist, key, _tensor_guess(method, err))
+                rows.append(_row(method, level, found, measured, runner.dense_summary))
                 bar.update()
         bar.close()
     finally:
@@ -198,7 +207,7 @@ def evaluate(
     settings = {
         "pipeline": type(pipe).__name__, "config": config.name, "prompts": prompts, "seeds": list(seeds),
         "runs": len(runs), "search_runs": search_runs, "num_inference_steps": num_inference_steps,
-        "guidance_scale": guidance_scale, "levels": levels, "tol": tol, "batch_size": batch_size,
+        "guidance_scale": guidance_scale, "levels": levels, "tol": tol, "match_on": match_on, "batch_size": batch_size,
         "device": str(device), "reusing_steps": reusing, "capture_steps": sorted({c.step for c in calls}),
         "captured_layers": sorted({c.layer for c in calls}), "num_layers": num_layers,
         "captured_calls": [c.describe() for c in calls], "pipe_kwargs": dict(pipe_kwargs or {}),
@@ -216,28 +225,47 @@ def _check_level(level) -> float:
     return float(level)
 
 
-def _match(runner, method: Method, config, level, geometry, search_runs, tol, search_hist, full_hist):
+def _first_guess(method: Method, level, geometry, full_hist) -> Optional[float]:
+    if level is None or method.knob is None:
+        return None
+    if full_hist:  # the knob of the previous level closest to this one
+        return min(full_hist, key=lambda k: abs(full_hist[k] - level))
+    if method.first_guess is not None and geometry is not None:
+        return method.first_guess(level, geometry)
+    return method.default_knob
+
+
+def _tensor_guess(method: Method, err) -> Optional[float]:
+    """The mean knob (geometric for log knobs) that matched the target on the captured calls."""
+    knobs = [r["knob"] for r in (err or {}).get("per_call", []) if r["knob"] is not None and r["converged"]]
+    if not knobs:
+        return None
+    if method.log_knob:
+        return math.exp(sum(math.log(k) for k in knobs) / len(knobs))
+    return sum(knobs) / len(knobs)
+
+
+def _match(runner, method: Method, config, level, geometry, search_runs, tol, search_hist, full_hist, key,
+           tensor_guess=None):
     """Search the knob on the search runs, confirm on all runs, refine on all runs if the confirmation
     misses. Returns ``(SearchResult | None, measurement on all runs)``."""
     if level is None:  # a method without a knob: measured once
         return None, runner.measure(method, config, None, len(runner.runs))
-    guess = method.default_knob
-    if method.first_guess is not None and geometry is not None:
-        guess = method.first_guess(level, geometry)
-    if full_hist:  # the previous level's knobs bracket this one on the full set
-        guess = min(full_hist, key=lambda k: abs(full_hist[k] - level))
+    guess = _first_guess(method, level, geometry, full_hist)
+    if tensor_guess is not None and not any(abs(s - level) <= tol for s in full_hist.values()):
+        guess = tensor_guess
 
-    def savings_on(n, hist):
-        return lambda knob: runner.measure(method, config, knob, n)["savings_reusing"]
+    def savings_on(n):
+        return lambda knob: runner.measure(method, config, knob, n)[key]
 
     common = dict(bounds=method.bounds, log_knob=method.log_knob, tol=tol, name=method.name, knob_name=method.knob)
     full = len(runner.runs)
     if search_runs < full:
-        found = match_savings(savings_on(search_runs, search_hist), level, first_guess=guess,
+        found = match_savings(savings_on(search_runs), level, first_guess=guess,
                               history=search_hist, **common)
-        full_hist.setdefault(found.knob, runner.measure(method, config, found.knob, full)["savings_reusing"])
+        full_hist.setdefault(found.knob, runner.measure(method, config, found.knob, full)[key])
         guess = found.knob
-    found = match_savings(savings_on(full, full_hist), level, first_guess=guess, history=full_hist, **common)
+    found = match_savings(savings_on(full), level, first_guess=guess, history=full_hist, **common)
     return found, runner.measure(method, config, found.knob, full)
 
 
