@@ -14,7 +14,6 @@ import inspect
 import logging
 import math
 import time
-import weakref
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -24,8 +23,8 @@ from ..config import load_config
 from . import prompts as defaults
 from .capture import attention_error, capture_attention, reusing_steps, spread
 from .methods import Geometry, Method, get_method
-from .metrics import psnr, ssim
 from .report import EvalResult
+from .runner import Runner
 from .search import SearchResult, match_savings
 
 logger = logging.getLogger(__name__)
@@ -34,8 +33,6 @@ __all__ = ["evaluate", "check_pipeline", "DEFAULT_METHODS"]
 
 DEFAULT_METHODS = defaults.DEFAULT_METHODS
 REQUIRED_CALL_ARGS = ("prompt", "generator", "num_inference_steps", "output_type")
-CRITERIA = ("colour", "shape", "direction", "all")
-_DENSE_CACHES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
 def check_pipeline(pipe) -> Dict[str, bool]:
@@ -172,11 +169,15 @@ def evaluate(
     call = dict(pipe_kwargs or {}, num_inference_steps=num_inference_steps, output_type="pt")
     if guidance_scale is not None:
         call["guidance_scale"] = guidance_scale
-    runner = _Runner(pipe, runs, call, batch_size, device, per_step, adherence, tqdm if progress else None)
+    runner = Runner(pipe, runs, call, batch_size, device, per_step, adherence, tqdm if progress else None)
     old_bar = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)
     try:
         runner.dense()
+        warm = device.type == "cuda"  # timings: warm re-timing of the first batch on CUDA
+        if warm:
+            runner.time_warm(None)  # warm-up
+            runner.dense_summary["seconds_per_video"] = runner.time_warm(None)
         calls, geo, num_layers = capture_attention(
             pipe, config, dict(call, prompt=[runs[0][0]], generator=[torch.Generator().manual_seed(runs[0][1])]),
             steps=spread(reusing, capture_steps), max_layers=capture_layers if tensor_level else 1)
@@ -198,6 +199,9 @@ def evaluate(
                         tensor.append({"method": method.name, "target": level, **err})
                 found, measured = _match(runner, method, config, level, geometry, search_runs, tol,
                                          search_hist, full_hist, key, _tensor_guess(method, err))
+                if warm:
+                    knob = None if found is None else found.knob
+                    measured = dict(measured, seconds_per_video=runner.time_warm((method, config, knob)))
                 rows.append(_row(method, level, found, measured, runner.dense_summary))
                 bar.update()
         bar.close()
@@ -212,6 +216,7 @@ def evaluate(
         "captured_layers": sorted({c.layer for c in calls}), "num_layers": num_layers,
         "captured_calls": [c.describe() for c in calls], "pipe_kwargs": dict(pipe_kwargs or {}),
         "per_step": per_step, "adherence": adherence,
+        "timing": "warm: first batch re-timed after warm-up, synchronised" if warm else "every generation, as run",
     }
     methods_info = [{"name": m.name, "description": m.description, "knob": m.knob, "savings": m.savings}
                     for m in methods]
@@ -302,143 +307,3 @@ def _environment(device) -> Dict[str, Any]:
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
     return env
-
-
-class _Runner:
-    """Generates run sets (dense once, then per method and knob), times them and scores them."""
-
-    def __init__(self, pipe, runs, call, batch_size, device, per_step, adherence, tqdm):
-        self.pipe, self.runs, self.call, self.batch_size, self.device = pipe, runs, call, batch_size, device
-        self.per_step, self.adherence, self.tqdm = per_step, adherence, tqdm
-        self.cache: Dict[tuple, Dict[str, Any]] = {}
-        self.exact_cache: Dict[int, torch.Tensor] = {}
-        self.dense_videos: List[torch.Tensor] = []
-        self.dense_traj: List[List[torch.Tensor]] = []
-        self.dense_summary: Dict[str, Any] = {}
-
-    def dense(self) -> None:
-        store = _DENSE_CACHES.setdefault(self.pipe, {})
-        key_call = tuple(sorted((k, repr(v)) for k, v in self.call.items()))
-        missing = [r for r in self.runs if (r, key_call, self.per_step) not in store]
-        if missing:
-            out = self._generate(missing, None, desc="dense")
-            for i, r in enumerate(missing):
-                store[(r, key_call, self.per_step)] = {
-                    "video": out["videos"][i], "traj": out["traj"][i] if self.per_step else None,
-                    "seconds": out["seconds_per_video"], "adherence": out["adherence"][i] if out["adherence"] else None}
-        entries = [store[(r, key_call, self.per_step)] for r in self.runs]
-        self.dense_videos = [e["video"] for e in entries]
-        self.dense_traj = [e["traj"] for e in entries]
-        adh = [e["adherence"] for e in entries] if self.adherence else None
-        self.dense_summary = {"seconds_per_video": sum(e["seconds"] for e in entries) / len(entries),
-                              "cached_runs": len(self.runs) - len(missing), "adherence": _adherence_summary(adh),
-                              "adherence_per_run": adh}
-
-    def measure(self, method: Method, config, knob, n: int) -> Dict[str, Any]:
-        key = (method.name, knob, n)
-        if key not in self.cache:
-            out = self._generate(self.runs[:n], (method, config, knob), desc=f"{method.name} {knob if knob is None else f'{knob:.4g}'}")
-            self.cache[key] = self._score(out, n)
-            logger.info("%s %s=%s on %d runs: %.4f savings on the reusing steps", method.name, method.knob, knob,
-                        n, self.cache[key]["savings_reusing"])
-        return self.cache[key]
-
-    def _score(self, out, n) -> Dict[str, Any]:
-        p = [psnr(d, v) for d, v in zip(self.dense_videos[:n], out["videos"])]
-        s = [ssim(d, v) for d, v in zip(self.dense_videos[:n], out["videos"])]
-        finite = [x for x in p if math.isfinite(x)]
-        m = {"runs": n, "savings_reusing": out["savings_reusing"], "savings_total": out["savings_total"],
-             "psnr_mean": sum(finite) / len(finite) if finite else math.inf, "psnr_min": min(p),
-             "psnr": p, "ssim_mean": sum(s) / len(s), "ssim": s, "identical_runs": len(p) - len(finite),
-             "seconds_per_video": out["seconds_per_video"], "step_savings": out["step_savings"]}
-        if self.per_step:
-            m["step_error"] = [sum(e[i] for e in out["step_error"]) / n for i in range(len(out["step_error"][0]))]
-        if self.adherence:
-            dense = self.dense_summary["adherence_per_run"][:n]
-            m["adherence"] = _adherence_summary(out["adherence"])
-            m["adherence"]["lost"] = {c: sum(bool(d[c]) and not r[c] for d, r in zip(dense, out["adherence"]))
-                                      for c in CRITERIA}
-        return m
-
-    def _generate(self, runs, setup, desc) -> Dict[str, Any]:
-        from ..diffusers import apply_timeripple
-
-        videos, traj, errors, adh = [], [], [], []
-        seconds, weight, skipped_total, skipped_reusing, step_sums = 0.0, 0, 0.0, 0.0, None
-        batches = [runs[i : i + self.batch_size] for i in range(0, len(runs), self.batch_size)]
-        bar = self.tqdm(total=len(runs), desc=desc, leave=False) if self.tqdm else None
-        for batch_index, batch in enumerate(batches):
-            offset = batch_index * self.batch_size
-            latents: List[torch.Tensor] = []
-            call = dict(self.call, prompt=[p for p, _ in batch],
-                        generator=[torch.Generator().manual_seed(s) for _, s in batch])
-            if self.per_step:
-                def record(pipe, i, t, tensors, latents=latents):
-                    latents.append(tensors["latents"].detach().float().cpu())
-                    return {}
-                call.update(callback_on_step_end=record, callback_on_step_end_tensor_inputs=["latents"])
-            handle = None
-            if setup is not None:
-                method, config, knob = setup
-                if method.install is not None:
-                    handle = method.install(self.pipe, knob, config)
-                else:
-                    s = method.setup(knob, config)
-                    handle = apply_timeripple(self.pipe, s.config, attention_fn=s.attention)
-            try:
-                self._sync()
-                start = time.perf_counter()
-                out = self.pipe(**call)
-                self._sync()
-                seconds += time.perf_counter() - start
-                stats = handle.stats if handle is not None else None
-            finally:
-                if handle is not None:
-                    handle.remove()
-            frames = getattr(out, "frames", None)
-            if not isinstance(frames, torch.Tensor) or frames.ndim != 5 or frames.shape[0] != len(batch):
-                raise value_error("pipe(...).frames", type(frames).__name__, f"must be a tensor (B={len(batch)}, F, C, "
-                                  "H, W) with output_type='pt'", "use a video pipeline that returns `.frames`")
-            videos += list(frames.detach().float().cpu())
-            if self.per_step:
-                steps = torch.stack(latents, 1)  # (B, steps, ...)
-                for b in range(len(batch)):
-                    if setup is None:
-                        traj.append(steps[b])
-                    else:
-                        ref = self.dense_traj[offset + b]
-                        errors.append([float((steps[b, i] - ref[i]).pow(2).mean().sqrt()) for i in range(ref.shape[0])])
-            if self.adherence:
-                from .adherence import score_adherence
-
-                adh += [score_adherence(v, p) for v, (p, _) in zip(frames, batch)]
-            if stats is not None:
-                reuse = [i for i, th in enumerate(stats.thresholds) if th is not None]
-                per = stats.step_savings
-                step_sums = [a + len(batch) * b for a, b in zip(step_sums or [0.0] * len(per), per)]
-                skipped_total += len(batch) * stats.total_savings
-                skipped_reusing += len(batch) * (sum(per[i] for i in reuse) / len(reuse) if reuse else 0.0)
-            weight += len(batch)
-            if bar:
-                bar.update(len(batch))
-        if bar:
-            bar.close()
-        return {"videos": videos, "traj": traj, "step_error": errors, "adherence": adh,
-                "seconds_per_video": seconds / len(runs), "savings_total": skipped_total / weight,
-                "savings_reusing": skipped_reusing / weight,
-                "step_savings": None if step_sums is None else [x / weight for x in step_sums]}
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-
-def _adherence_summary(rows) -> Optional[Dict[str, Any]]:
-    if not rows:
-        return None
-    out = {}
-    for c in CRITERIA:
-        judged = [bool(r[c]) for r in rows if r[c] is not None]
-        out[c] = sum(judged) / len(judged) if judged else None
-    out["n"] = len(rows)
-    return out
