@@ -130,3 +130,27 @@ def test_a_pipeline_it_cannot_drive():
         check_pipeline(lambda prompt, generator, num_inference_steps, output_type: None)
     with pytest.raises(ValueError, match="search_runs"):
         evaluate(_NoGenerator(), methods=["channel"], prompts=[PROMPT], seeds=[0], search_runs=2)
+
+
+def test_attention_fn_replaces_ripple_attention_on_reusing_steps_only(pipe):
+    import timeripple
+
+    seen = []
+
+    def quarter(q, k, v, *, grid, text_len, text_position, attn_mask, attention_kwargs, step, num_steps, layer):
+        seen.append((step, num_steps, layer, tuple(grid), attention_kwargs["mode"]))
+        stats = RippleStats.dense(q.shape)
+        stats.qk_savings = torch.full_like(stats.qk_savings, 0.25)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v), stats
+
+    with pytest.raises(TypeError, match="attention_fn"):
+        timeripple.apply_timeripple(pipe, CONFIG, attention_fn="not callable")
+    timeripple.apply_timeripple(pipe, CONFIG, attention_fn=quarter)
+    try:
+        pipe([PROMPT], num_inference_steps=STEPS, guidance_scale=GUIDANCE, generator=torch.Generator().manual_seed(0))
+        stats = timeripple.get_stats(pipe)
+    finally:
+        timeripple.remove_timeripple(pipe)
+    assert {s[0] for s in seen} == {0} and len(seen) == 5  # step 0 of 2 reuses, 5 layers, 1 call each
+    assert seen[0][1:] == (STEPS, "blocks.0.attn1", (9, 16, 16), "channel")
+    assert stats.step_savings == [pytest.approx(0.25), 0.0]
