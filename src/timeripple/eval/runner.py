@@ -102,6 +102,7 @@ class Runner:
             out["adherence"] = adherence_summary(rows)
             out["adherence"]["lost"] = {c: sum(bool(d["adherence"][c]) and not r[c] for d, r in zip(dense, rows))
                                         for c in CRITERIA}
+            out["adherence"]["per_run"] = [{c: r[c] for c in CRITERIA} for r in rows]
         return out
 
     def time_warm(self, setup=None, repeats: int = 1) -> float:
