@@ -1,11 +1,12 @@
 """Savings matching: move a method's knob until its achieved savings hit a target.
 
 :func:`match_savings` takes ``savings(knob)`` (monotone non-decreasing, e.g. the mean counted savings on
-the reusing steps over a set of runs), a target and the knob's range. It starts at a first guess, brackets
-the target by stepping by a factor of 4 (in ``log(knob)`` for scales) or by halving the distance to a
-bound (for fractions), then narrows the bracket with the Illinois variant of regula falsi on
-``logit(savings) - logit(target)`` (savings curves are sigmoid-like in the knob, so this is close to
-linear). It stops as soon as an evaluated knob is within ``tol`` of the target and always reports the
+the reusing steps over a set of runs), a target and the knob's range. It starts at a first guess and
+brackets the target with secant steps on ``logit(savings)`` (savings curves are sigmoid-like in the knob,
+so this is close to linear; the slope comes from the points seen, from a similar curve, or a shallow
+default), each at most a factor of 4 in ``log(knob)`` for scales or half the distance to a bound for
+fractions; then it narrows the bracket with the Illinois variant of regula falsi on
+``logit(savings) - logit(target)``. It stops as soon as an evaluated knob is within ``tol`` of the target and always reports the
 **achieved** savings of the knob it returns, never the target.
 """
 
@@ -98,6 +99,7 @@ def match_savings(
     lo, hi = (float(b) for b in bounds)
     to_u = math.log if log_knob else (lambda x: x)
     from_u = math.exp if log_knob else (lambda u: u)
+    slope0 = 1.0 if log_knob else 4.0 / (hi - lo)  # logit(savings) per unit of u, when nothing better is known
     seen: Dict[float, float] = {} if history is None else history
     order: List[Tuple[float, float]] = []
     budget = [max_evals]
@@ -140,14 +142,14 @@ def match_savings(
                     return result(hi, f"{name}: target {target:.1%} cannot be reached; at most {seen[hi]:.2%} "
                                       f"at the bound {knob_name} = {hi:.4g}", reachable=False)
                 nxt = from_u(to_u(start) + math.log(4)) if log_knob else _halfway(start, hi, lo, hi)
-                nxt = _aim(start, nxt, +1, target, seen, shape, to_u, from_u)
+                nxt = _aim(start, nxt, +1, target, seen, shape, to_u, from_u, slope0)
                 s = f(min(nxt, hi))
             else:  # need less savings: lower the knob
                 if b <= lo:
                     return result(lo, f"{name}: target {target:.1%} cannot be reached; at least {seen[lo]:.2%} "
                                       f"at the bound {knob_name} = {lo:.4g}", reachable=False)
                 nxt = from_u(to_u(b) - math.log(4)) if log_knob else _halfway(b, lo, lo, hi)
-                nxt = _aim(b, nxt, -1, target, seen, shape, to_u, from_u)
+                nxt = _aim(b, nxt, -1, target, seen, shape, to_u, from_u, slope0)
                 s = f(max(nxt, lo))
             if abs(s - target) <= tol:
                 return result(closest())
@@ -184,9 +186,9 @@ def match_savings(
                          f"the closest ({seen[x]:.2%} at {knob_name} = {x:.6g}) is reported")
 
 
-def _aim(start, capped, direction, target, seen, shape, to_u, from_u) -> float:
+def _aim(start, capped, direction, target, seen, shape, to_u, from_u, default_slope) -> float:
     """A secant step from ``start`` towards the target on ``logit(savings)``, 5% long so that it tends to
-    bracket, never further than ``capped`` (the plain bracketing step); ``capped`` when no slope is known."""
+    bracket, never further than ``capped`` (the plain bracketing step)."""
     points = sorted(seen.items(), key=lambda kv: abs(_logit(kv[1]) - _logit(target)))
     if len({k for k, _ in points}) < 2 and shape:
         points = sorted(shape.items(), key=lambda kv: abs(_logit(kv[1]) - _logit(target)))
@@ -195,8 +197,8 @@ def _aim(start, capped, direction, target, seen, shape, to_u, from_u) -> float:
         if u1 != u2 and (g2 - g1) / (u2 - u1) > 0:
             slope = (g2 - g1) / (u2 - u1)
             break
-    else:
-        return capped
+    else:  # one point: a shallow slope (1 logit unit per e-fold / per quarter range), so the step overshoots
+        slope = default_slope
     u0 = to_u(start)
     step = 1.05 * (_logit(target) - _logit(seen[start])) / slope
     limit = to_u(capped) - u0
