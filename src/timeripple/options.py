@@ -5,7 +5,8 @@ A value is checked by the same rule, with the same message, wherever it comes fr
 :func:`~timeripple.ripple_attention`, the detector or a baseline. Every error names the argument, the
 value received, the rule and the fix (``_validation.py`` builds the messages).
 
-This module imports only ``torch`` and ``_validation``; everything else may import it.
+This module imports only ``_validation`` (``torch`` only inside the tensor checks, so the torch-free CLI
+defaults can share its constants); everything else may import it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import math
 from numbers import Integral, Real
 from typing import Mapping, Optional, Sequence, Tuple
-
-import torch
 
 from ._validation import number_kind_error, type_error, value_error
 
@@ -200,6 +199,8 @@ def check_text(text_len, text_position, grid: Sequence[int], n: int) -> None:
 
 def check_tensors(q, k, v) -> None:
     """``q``, ``k``, ``v``: 4-D floating tensors ``(B, H, N, D)`` of one dtype and device; ``k`` like ``q``."""
+    import torch
+
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
             raise type_error(name, x, "a torch.Tensor (B, H, N, D)", f"pass {name} as a tensor")
@@ -228,6 +229,8 @@ def check_mask(attn_mask, q) -> None:
     """An SDPA mask (bool or additive float) broadcastable to ``(B, H, N, N)`` on ``q``'s device, or None."""
     if attn_mask is None:
         return
+    import torch
+
     if not isinstance(attn_mask, torch.Tensor):
         raise type_error("attn_mask", attn_mask, "a torch.Tensor or None", "pass a bool or float mask tensor")
     if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():

@@ -30,14 +30,13 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from .._defaults import DEFAULT_CONFIG, DEFAULT_GUIDANCE, DEFAULT_PROMPT, DEFAULT_STEPS, MODES, VIDEO_FORMATS
 from .._validation import type_error, value_error
-from ..options import MODES
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DemoResult", "run_demo", "save_outputs", "format_report", "resolve_config", "DEFAULT_PROMPT"]
 
-from .._defaults import DEFAULT_CONFIG, DEFAULT_GUIDANCE, DEFAULT_PROMPT, DEFAULT_STEPS, VIDEO_FORMATS  # noqa: E402,F401
 DIFF_GAIN = 10  # the difference row of the frame strip shows |dense - TimeRipple| times this
 FPS = 4
 ADHERENCE_FIELDS = ("colour", "shape", "direction")
