@@ -42,6 +42,10 @@ def ripple_attention(
     token_keys: str = "chain",
     key_budget: float | None = None,
     key_repr: str = "source",
+    query_repr: str = "copy",
+    key_score: str = "delta",
+    pair_savings: float | None = None,
+    key_share: float = 0.75,
 ):
     r"""Self-attention that reuses ``q``/``k`` values between neighbouring video tokens (TimeRipple).
 
@@ -117,6 +121,7 @@ def ripple_attention(
         raise value_error("mode", mode, "must be 'channel' or 'token'", "pass mode='channel' or mode='token'")
     _check_options(mode, channel_alpha, token_criterion, token_fraction, budget, scale)
     _check_token_plan_options(mode, token_keys, key_budget, key_repr, budget, window, return_stats)
+    _check_fidelity_options(mode, query_repr, key_score, pair_savings, key_share, budget, key_budget)
     _check_mask(attn_mask, q)
     if threshold is None:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
@@ -130,6 +135,7 @@ def ripple_attention(
             text_position=text_position, attn_mask=attn_mask, window=window, axes=axes, priority=priority,
             criterion=token_criterion, fraction=token_fraction, budget=budget, scale=scale,
             return_stats=return_stats, token_keys=token_keys, key_budget=key_budget, key_repr=key_repr,
+            query_repr=query_repr, key_score=key_score, pair_savings=pair_savings, key_share=key_share,
         )
     if all(theta == 0 for theta in thresholds.values()):  # nothing can pass: skip detection entirely
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
@@ -303,6 +309,31 @@ def _check_options(mode, channel_alpha, criterion, fraction, budget, scale) -> N
             raise value_error("budget", budget, "applies to mode='token' only", "pass mode='token' or budget=None")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or math.isnan(scale)):
         raise value_error("scale", scale, "must be None or a real number", "leave scale=None for 1/sqrt(D)")
+
+
+def _check_fidelity_options(mode, query_repr, key_score, pair_savings, key_share, budget, key_budget) -> None:
+    from .token_fidelity import KEY_SCORES, QUERY_REPRS
+
+    if query_repr not in QUERY_REPRS:
+        raise value_error("query_repr", query_repr, f"must be one of {QUERY_REPRS}", "pass query_repr='copy' or 'interp'")
+    if key_score not in KEY_SCORES:
+        raise value_error("key_score", key_score, f"must be one of {KEY_SCORES}", "pass key_score='delta' or 'kv'")
+    if isinstance(key_share, bool) or not isinstance(key_share, numbers.Real) or not 0 <= key_share <= 1:
+        raise value_error("key_share", key_share, "must be a number in [0, 1]", "pass e.g. key_share=0.75")
+    if pair_savings is not None:
+        if isinstance(pair_savings, bool) or not isinstance(pair_savings, numbers.Real) or not 0 <= pair_savings < 1:
+            raise value_error("pair_savings", pair_savings, "must be None or a number in [0, 1)",
+                              "pass e.g. pair_savings=0.75")
+        if budget is not None or key_budget is not None:
+            raise value_error("pair_savings", pair_savings, "replaces budget and key_budget; pass only one of them",
+                              "drop budget / key_budget, or pair_savings")
+    if mode != "token" and (query_repr != "copy" or key_score != "delta" or pair_savings is not None):
+        raise value_error("mode", mode, "query_repr, key_score and pair_savings apply to mode='token' only",
+                          "pass mode='token' or leave them at their defaults")
+    if pair_savings is None and budget is None and (query_repr == "interp" or key_score == "kv"):
+        raise value_error("query_repr / key_score", (query_repr, key_score),
+                          "the interpolation and kv scores select by rank: they need a budget or pair_savings",
+                          "pass pair_savings=... (or budget=...), or query_repr='copy' / key_score='delta'")
 
 
 def _check_token_plan_options(mode, token_keys, key_budget, key_repr, budget, window, return_stats) -> None:

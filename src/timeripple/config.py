@@ -34,7 +34,7 @@ TOKEN_CRITERIA = ("strict", "fraction", "rms")
 NEWLINE_END_OF_DOCUMENT = "\n...\n"  # what yaml.safe_dump puts after a plain scalar
 # config fields passed to ripple_attention unchanged (besides the scheduled threshold)
 _ATTENTION_FIELDS = ("mode", "window", "axes", "priority", "channel_alpha", "token_criterion", "token_fraction", "budget",
-                     "token_keys", "key_budget", "key_repr")
+                     "token_keys", "key_budget", "key_repr", "query_repr", "key_score", "pair_savings", "key_share")
 
 # field -> comment written above it in YAML (meaning and unit)
 _FIELD_DOCS = {
@@ -76,6 +76,16 @@ _FIELD_DOCS = {
     "possible pairs merged, 0..1); null = budget.",
     "key_repr": "Token mode only: the key standing for a merged group: source = its first token's k; mean = "
     "the group's mean k. The value is always the group's mean v.",
+    "query_repr": "Token mode only: the output row of a reused query: copy = its source's row; mean = the row "
+    "computed at its group's mean query; interp = interpolated between the rows of the window-first tokens "
+    "around it on its axis (selected by the interpolation residual; needs budget or pair_savings).",
+    "key_score": "Token mode with budget or pair_savings: how merged keys are picked: delta = token_criterion on "
+    "k; kv = the merge-error score |dk|*(|dv| + |dk|*std(v)/2) against the window-first partner.",
+    "pair_savings": "Token mode only: target share of skipped query-key pairs on the reusing steps, in [0, 1); "
+    "both sides' budgets are computed for the grid on every call (the same value gives the same savings on "
+    "every model); replaces budget / key_budget; null = off.",
+    "key_share": "With pair_savings: the key side's share of the saving, kept_k/N = (1-pair_savings)^key_share, "
+    "kept_q/N = (1-pair_savings)^(1-key_share) (0..1; keys are cheaper to merge than queries to reuse).",
 }
 
 
@@ -169,6 +179,13 @@ class TimeRippleConfig:
             disjoint pairs only; window 2; bias-free attention).
         key_budget (`float`, *optional*): token mode with ``budget``: the key side's budget (``0..1``).
         key_repr (`str`, defaults to ``"source"``): token mode: merged key = source ``k`` or group ``"mean"``.
+        query_repr (`str`, defaults to ``"copy"``): token mode: a reused query's row is copied (``"copy"``),
+            computed at the group's mean query (``"mean"``) or interpolated (``"interp"``).
+        key_score (`str`, defaults to ``"delta"``): token mode: keys picked by ``token_criterion`` on k or by
+            the merge-error score ``"kv"``.
+        pair_savings (`float`, *optional*): token mode: target share of skipped pairs, budgets per call
+            from the grid (scale-free); replaces ``budget`` / ``key_budget``.
+        key_share (`float`, defaults to 0.75): the key side's share of ``pair_savings``.
 
     Example:
 
@@ -203,6 +220,10 @@ class TimeRippleConfig:
     token_keys: str = "chain"
     key_budget: Optional[float] = None
     key_repr: str = "source"
+    query_repr: str = "copy"
+    key_score: str = "delta"
+    pair_savings: Optional[float] = None
+    key_share: float = 0.75
 
     def __post_init__(self):
         def put(field, value):  # frozen: normalised values are stored with object.__setattr__
@@ -270,6 +291,28 @@ class TimeRippleConfig:
         if self.token_keys == "pairs" and self.window != 2:
             raise value_error("window", self.window, "token_keys 'pairs' pairs the members of 2x2x2 cubes",
                               "set `window: 2`, or `token_keys: chain`")
+        self._check_fidelity(put, budget, key_budget)
+
+    def _check_fidelity(self, put, budget, key_budget) -> None:
+        """The token-plan fidelity fields (``timeripple.token_fidelity``)."""
+        put("query_repr", _check_choice("query_repr", self.query_repr, ("copy", "mean", "interp")))
+        put("key_score", _check_choice("key_score", self.key_score, ("delta", "kv")))
+        pair_savings = _check_real("pair_savings", self.pair_savings, allow_none=True, low=0)
+        if pair_savings is not None and pair_savings >= 1:
+            raise value_error("pair_savings", pair_savings, "must be < 1", "set e.g. `pair_savings: 0.75`")
+        if pair_savings is not None and (budget is not None or key_budget is not None):
+            raise value_error("pair_savings", pair_savings, "replaces budget and key_budget; set only one of them",
+                              "set `budget: null` and `key_budget: null`, or `pair_savings: null`")
+        put("pair_savings", pair_savings)
+        put("key_share", _check_real("key_share", self.key_share, low=0, high=1))
+        if self.mode != "token" and (self.query_repr != "copy" or self.key_score != "delta" or pair_savings is not None):
+            raise value_error("query_repr / key_score / pair_savings", (self.query_repr, self.key_score, pair_savings),
+                              f"apply only with mode='token', got mode={self.mode!r}",
+                              "set `mode: token`, or leave them at copy / delta / null")
+        if pair_savings is None and budget is None and (self.query_repr == "interp" or self.key_score == "kv"):
+            raise value_error("query_repr / key_score", (self.query_repr, self.key_score),
+                              "select by rank and need `budget` or `pair_savings`",
+                              "set `pair_savings: 0.75` (or a budget), or query_repr copy / key_score delta")
 
     def _checked_scale(self) -> Optional[Dict[str, float]]:
         scale = self.axis_threshold_scale
