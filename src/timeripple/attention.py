@@ -46,6 +46,7 @@ def ripple_attention(
     key_score: str = "delta",
     pair_savings: float | None = None,
     key_share: float = 0.75,
+    budget_scope: str = "head",
 ):
     r"""Self-attention that reuses ``q``/``k`` values between neighbouring video tokens (TimeRipple).
 
@@ -122,6 +123,7 @@ def ripple_attention(
     _check_options(mode, channel_alpha, token_criterion, token_fraction, budget, scale)
     _check_token_plan_options(mode, token_keys, key_budget, key_repr, budget, window, return_stats)
     _check_fidelity_options(mode, query_repr, key_score, pair_savings, key_share, budget, key_budget)
+    _check_budget_scope(mode, budget_scope, budget, pair_savings, token_keys)
     _check_mask(attn_mask, q)
     if threshold is None:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
@@ -136,6 +138,7 @@ def ripple_attention(
             criterion=token_criterion, fraction=token_fraction, budget=budget, scale=scale,
             return_stats=return_stats, token_keys=token_keys, key_budget=key_budget, key_repr=key_repr,
             query_repr=query_repr, key_score=key_score, pair_savings=pair_savings, key_share=key_share,
+            budget_scope=budget_scope,
         )
     if all(theta == 0 for theta in thresholds.values()):  # nothing can pass: skip detection entirely
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
@@ -309,6 +312,17 @@ def _check_options(mode, channel_alpha, criterion, fraction, budget, scale) -> N
             raise value_error("budget", budget, "applies to mode='token' only", "pass mode='token' or budget=None")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or math.isnan(scale)):
         raise value_error("scale", scale, "must be None or a real number", "leave scale=None for 1/sqrt(D)")
+
+
+def _check_budget_scope(mode, budget_scope, budget, pair_savings, token_keys) -> None:
+    if budget_scope not in ("head", "call"):
+        raise value_error("budget_scope", budget_scope, "must be 'head' or 'call'", "pass budget_scope='head'")
+    if budget_scope == "call" and (mode != "token" or (budget is None and pair_savings is None)):
+        raise value_error("budget_scope", budget_scope, "'call' pools a token-mode budget over the heads",
+                          "pass mode='token' with budget=... or pair_savings=..., or budget_scope='head'")
+    if budget_scope == "call" and token_keys != "chain":
+        raise value_error("budget_scope", budget_scope, "'call' needs token_keys='chain' (pairs fix one pairing per cube)",
+                          "pass token_keys='chain', or budget_scope='head'")
 
 
 def _check_fidelity_options(mode, query_repr, key_score, pair_savings, key_share, budget, key_budget) -> None:

@@ -34,7 +34,8 @@ TOKEN_CRITERIA = ("strict", "fraction", "rms")
 NEWLINE_END_OF_DOCUMENT = "\n...\n"  # what yaml.safe_dump puts after a plain scalar
 # config fields passed to ripple_attention unchanged (besides the scheduled threshold)
 _ATTENTION_FIELDS = ("mode", "window", "axes", "priority", "channel_alpha", "token_criterion", "token_fraction", "budget",
-                     "token_keys", "key_budget", "key_repr", "query_repr", "key_score", "pair_savings", "key_share")
+                     "token_keys", "key_budget", "key_repr", "query_repr", "key_score", "pair_savings", "key_share",
+                     "budget_scope")
 
 # field -> comment written above it in YAML (meaning and unit)
 _FIELD_DOCS = {
@@ -86,6 +87,8 @@ _FIELD_DOCS = {
     "every model); replaces budget / key_budget; null = off.",
     "key_share": "With pair_savings: the key side's share of the saving, kept_k/N = (1-pair_savings)^key_share, "
     "kept_q/N = (1-pair_savings)^(1-key_share) (0..1; keys are cheaper to merge than queries to reuse).",
+    "budget_scope": "Token mode with budget or pair_savings: head = the same budget in every head (static "
+    "shapes, fastest); call = pooled over the heads of a call (more alike heads reuse more; token_keys chain).",
 }
 
 
@@ -186,6 +189,8 @@ class TimeRippleConfig:
         pair_savings (`float`, *optional*): token mode: target share of skipped pairs, budgets per call
             from the grid (scale-free); replaces ``budget`` / ``key_budget``.
         key_share (`float`, defaults to 0.75): the key side's share of ``pair_savings``.
+        budget_scope (`str`, defaults to ``"head"``): token mode: the budget per head (static shapes) or
+            pooled over the heads of a call (``"call"``).
 
     Example:
 
@@ -224,6 +229,7 @@ class TimeRippleConfig:
     key_score: str = "delta"
     pair_savings: Optional[float] = None
     key_share: float = 0.75
+    budget_scope: str = "head"
 
     def __post_init__(self):
         def put(field, value):  # frozen: normalised values are stored with object.__setattr__
@@ -305,6 +311,10 @@ class TimeRippleConfig:
                               "set `budget: null` and `key_budget: null`, or `pair_savings: null`")
         put("pair_savings", pair_savings)
         put("key_share", _check_real("key_share", self.key_share, low=0, high=1))
+        put("budget_scope", _check_choice("budget_scope", self.budget_scope, ("head", "call")))
+        if self.budget_scope == "call" and (budget is None and pair_savings is None or self.token_keys != "chain"):
+            raise value_error("budget_scope", self.budget_scope, "'call' needs a budget or pair_savings and "
+                              "token_keys chain", "set `pair_savings` and `token_keys: chain`, or `budget_scope: head`")
         if self.mode != "token" and (self.query_repr != "copy" or self.key_score != "delta" or pair_savings is not None):
             raise value_error("query_repr / key_score / pair_savings", (self.query_repr, self.key_score, pair_savings),
                               f"apply only with mode='token', got mode={self.mode!r}",

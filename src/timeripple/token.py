@@ -36,6 +36,7 @@ def build_token_plan(
     v: torch.Tensor | None = None,
     query_score: str = "delta",
     key_score: str = "delta",
+    budget_scope: str = "head",
 ):
     """Detect reusable tokens of ``q`` and ``k`` ``(B, H, N, D)`` and build the token plan.
 
@@ -77,6 +78,11 @@ def build_token_plan(
         elif side == 1 and key_score == "kv":
             v_video, _ = reuse.split_video(v, text_len, text_position)
             table = token_fidelity.kv_score_table(video, v_video, grid, tuple(thresholds), window)
+        if budget_scope == "call":  # the budget pooled over the heads of the call (score tables only)
+            if table is None:
+                table = token_fidelity.delta_score_table(video, grid, tuple(thresholds), window, criterion, fraction)
+            table = token_fidelity.pool_over_heads(table, side_budget)
+            side_budget = 1.0
         if table is not None:
             if pairs:
                 src, via = detect.pair_sources_from_scores(table, grid, thresholds, priority=priority,
@@ -182,7 +188,7 @@ def _token_stats(q_src, k_src, via_q, via_k, axes):
 def token_mode_attention(
     q, k, v, *, grid, thresholds, threshold, text_len, text_position, attn_mask, window, axes, priority,
     criterion, fraction, budget, scale, return_stats, token_keys="chain", key_budget=None, key_repr="source",
-    query_repr="copy", key_score="delta", pair_savings=None, key_share=0.75,
+    query_repr="copy", key_score="delta", pair_savings=None, key_share=0.75, budget_scope="head",
 ):
     """``ripple_attention(mode="token")`` after argument checks; see its docstring."""
     from .kernels import token_attention
@@ -203,6 +209,7 @@ def token_mode_attention(
         window=window, priority=priority, criterion=criterion, fraction=fraction, budget=budget,
         token_keys=token_keys, key_budget=key_budget, v=v,
         query_score="interp" if query_repr == "interp" else "delta", key_score=key_score,
+        budget_scope=budget_scope,
     )
     q_in = token_fidelity.group_mean_queries(q, q_src) if query_repr == "mean" else q
     expected = None

@@ -159,3 +159,32 @@ def budgets_for_pair_savings(target: float, key_share: float, grid: Sequence[int
     budget = max(reuse_q, 0.0) / eligible if eligible else 0.0
     key_budget = max(reuse_k, 0.0) / cap_k if cap_k else 0.0
     return min(budget, 1.0), min(key_budget, 1.0)
+
+
+def pool_over_heads(table: torch.Tensor, budget: float) -> torch.Tensor:
+    """``budget_scope="call"``: the score table with every token outside the call's ``round(budget · E)``
+    smallest scores (pooled over the heads; ``E`` = eligible tokens of all heads) set to NaN, so that a
+    selection with budget 1.0 reuses exactly the pooled choice: heads whose tokens are more alike reuse
+    more, the call's total stays that of a per-head budget (ties at the cut may add a few)."""
+    B, H, Nv, _ = table.shape
+    best = table.nan_to_num(nan=math.inf).amin(-1).reshape(B, H * Nv)  # (B, H*Nv)
+    eligible = torch.isfinite(best)
+    n_reuse = torch.round(eligible.sum(-1, keepdim=True).double() * budget).long()  # (B, 1)
+    ordered = torch.sort(best, dim=-1).values
+    kth = ordered.gather(-1, (n_reuse - 1).clamp_min(0))  # (B, 1)
+    keep = eligible & (n_reuse > 0) & (best <= kth)
+    return torch.where(keep.view(B, H, Nv, 1), table, math.nan)
+
+
+def delta_score_table(x, grid, axes, window, criterion, fraction) -> torch.Tensor:
+    """The token criterion's per-axis scores ``(B, H, Nv, 3)`` (NaN where a token cannot reuse), as the
+    plain-torch detection computes them, for :func:`pool_over_heads`."""
+    cols = []
+    for axis in detect.AXES:
+        if axis in axes:
+            _, non_first = detect.axis_partners(grid, axis, window, x.device)
+            score = detect.token_scores(x, grid, axis, window, criterion, fraction)
+            cols.append(torch.where(non_first.view(1, 1, -1), score, math.nan))
+        else:
+            cols.append(torch.full(x.shape[:3], math.nan, device=x.device))
+    return torch.stack(cols, -1)
