@@ -188,7 +188,7 @@ class TimeRippleConfig:
             the merge-error score ``"kv"``.
         pair_savings (`float`, *optional*): token mode: target share of skipped pairs, budgets per call
             from the grid (scale-free); replaces ``budget`` / ``key_budget``.
-        key_share (`float`, defaults to 0.75): the key side's share of ``pair_savings``.
+        key_share (`float`, defaults to 0.7): the key side's share of ``pair_savings``.
         budget_scope (`str`, defaults to ``"head"``): token mode: the budget per head (static shapes) or
             pooled over the heads of a call (``"call"``).
 
@@ -228,7 +228,7 @@ class TimeRippleConfig:
     query_repr: str = "copy"
     key_score: str = "delta"
     pair_savings: Optional[float] = None
-    key_share: float = 0.75
+    key_share: float = 0.7
     budget_scope: str = "head"
 
     def __post_init__(self):

@@ -188,7 +188,7 @@ def _token_stats(q_src, k_src, via_q, via_k, axes):
 def token_mode_attention(
     q, k, v, *, grid, thresholds, threshold, text_len, text_position, attn_mask, window, axes, priority,
     criterion, fraction, budget, scale, return_stats, token_keys="chain", key_budget=None, key_repr="source",
-    query_repr="copy", key_score="delta", pair_savings=None, key_share=0.75, budget_scope="head",
+    query_repr="copy", key_score="delta", pair_savings=None, key_share=0.7, budget_scope="head",
 ):
     """``ripple_attention(mode="token")`` after argument checks; see its docstring."""
     from .kernels import token_attention
