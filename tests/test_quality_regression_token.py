@@ -12,7 +12,13 @@ Settings as in ``test_quality_regression.py`` (its three prompts and seeds, 10 s
 Measured with ``python tests/test_quality_regression_token.py`` (shipped weights sha256 af67b5ef...909,
 CPU, torch 2.13.0, diffusers 0.42.1):
 
-    MEASURED
+    fidelity: reusing-step savings 0.75 on all 7 reusing steps
+      red circle right, seed 0:     PSNR 27.38 dB, SSIM 0.8912, adherence ✓✓✓
+      blue square left, seed 1:     PSNR 32.41 dB, SSIM 0.9386, adherence ✓✗✓ (dense ✓✗✓)
+      yellow triangle up, seed 2:   PSNR 28.65 dB, SSIM 0.9189, adherence ✓✓✓
+    today:    reusing-step savings 0.75 on all 7 reusing steps
+      PSNR 20.81 / 20.14 / 19.82 dB, SSIM 0.6625 / 0.6351 / 0.7329
+    (mean PSNR 29.48 vs 20.26 dB: +9.22 dB at equal savings)
 
 Floors by the rule of ``test_quality_regression.py``: savings = measured per reusing step − 0.02 (a
 deterministic count); PSNR = lowest measured − 3 dB; SSIM = lowest measured − 0.02; adherence: no
@@ -41,9 +47,9 @@ TARGET = 0.75
 FIDELITY = dict(mode="token", pair_savings=TARGET, key_share=0.7, key_repr="mean", key_score="kv",
                 query_repr="interp")
 FLOOR_STEP_SAVINGS = 0.73  # measured 0.75 on every reusing step (both plans)
-FLOOR_PSNR_DB = None  # set from the measurement below
-FLOOR_SSIM = None
-FLOOR_GAIN_DB = None
+FLOOR_PSNR_DB = 24.3  # lowest measured 27.38 dB
+FLOOR_SSIM = 0.87  # lowest measured 0.8912
+FLOOR_GAIN_DB = 6.2  # measured +9.22 dB
 
 
 def measure() -> dict:
