@@ -39,6 +39,11 @@ def ripple_attention(
     token_keys: str = "chain",
     key_budget: float | None = None,
     key_repr: str = "source",
+    query_repr: str = "copy",
+    key_score: str = "delta",
+    pair_savings: float | None = None,
+    key_share: float = 0.7,
+    budget_scope: str = "head",
 ):
     r"""Self-attention that reuses ``q``/``k`` values between neighbouring video tokens (TimeRipple).
 
@@ -94,6 +99,20 @@ def ripple_attention(
             ``pairs.pair_budgets_for_pair_savings`` gives both budgets for a pair-savings target.
         key_repr (`str`, defaults to `"source"`): token mode. The key standing for a merged group: its
             source's ``k`` or the group's ``"mean"`` ``k`` (``v`` is always the group mean).
+        query_repr (`str`, defaults to `"copy"`): token mode. A reused query's output row: its source's
+            row (``"copy"``), the row computed at its group's mean query (``"mean"``), or the linear
+            interpolation of the rows of the window-first tokens around it on its axis (``"interp"``;
+            those queries are then selected by the interpolation residual). See ``timeripple.token_fidelity``.
+        key_score (`str`, defaults to `"delta"`): token mode with a budget. ``"delta"``: keys are selected
+            by ``token_criterion`` on ``k``; ``"kv"``: by the merge-error score ``|δk|·(|δv| + ½|δk|·σ_v)``.
+        pair_savings (`float`, *optional*): token mode. A target share of skipped query-key pairs in
+            ``[0, 1)``; the budgets of both sides are computed for the grid on every call (scale-free,
+            unlike a threshold). Replaces ``budget`` / ``key_budget`` (pass neither).
+        key_share (`float`, defaults to 0.7): with ``pair_savings``, the key side's share of the saving:
+            ``kept_k / N = (1 - pair_savings) ** key_share``, ``kept_q / N = (1 - pair_savings) ** (1 - key_share)``.
+        budget_scope (`str`, defaults to `"head"`): token mode with a budget: ``"head"`` reuses the budget in
+            every head (equal kept counts: static shapes); ``"call"`` pools it over the heads of the call
+            (heads whose tokens are more alike reuse more; same total; ``token_keys="chain"`` only).
 
     Returns:
         `torch.Tensor` ``(B, H, N, Dv)`` in ``q``'s dtype, or ``(out, stats)`` with ``return_stats``.
@@ -115,6 +134,9 @@ def ripple_attention(
                                token_fraction=token_fraction, budget=budget, scale=scale)
     options.check_token_plan_options(mode, token_keys=token_keys, key_budget=key_budget, key_repr=key_repr,
                                      budget=budget, window=window)
+    options.check_fidelity_options(mode, query_repr=query_repr, key_score=key_score, pair_savings=pair_savings,
+                                   key_share=key_share, budget_scope=budget_scope, budget=budget,
+                                   key_budget=key_budget, token_keys=token_keys)
     if not (isinstance(return_stats, bool) or return_stats == "device"):
         raise type_error("return_stats", return_stats, "a bool, or 'device' (token mode only)",
                          "pass return_stats=True or False")
@@ -145,6 +167,8 @@ def ripple_attention(
             text_position=text_position, attn_mask=attn_mask, window=window, axes=axes, priority=priority,
             criterion=token_criterion, fraction=token_fraction, budget=budget, scale=scale,
             return_stats=return_stats, token_keys=token_keys, key_budget=key_budget, key_repr=key_repr,
+            query_repr=query_repr, key_score=key_score, pair_savings=pair_savings, key_share=key_share,
+            budget_scope=budget_scope,
         )
     if all(theta == 0 for theta in thresholds.values()):  # nothing can pass: skip detection entirely
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)

@@ -21,7 +21,8 @@ import yaml
 from . import schedule
 from ._config_io import ConfigLoader, FrozenDict, read_config_file
 from ._validation import type_error, value_error
-from .options import (AXES, check_axes, check_int, check_mode_options, check_real, check_token_plan_options,
+from .options import (AXES, check_axes, check_int, check_fidelity_options, check_mode_options, check_real,
+                      check_token_plan_options,
                       check_window)
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ CONFIG_VERSION = 1
 NEWLINE_END_OF_DOCUMENT = "\n...\n"  # what yaml.safe_dump puts after a plain scalar
 # config fields passed to ripple_attention unchanged (besides the scheduled threshold)
 _ATTENTION_FIELDS = ("mode", "window", "axes", "priority", "channel_alpha", "token_criterion", "token_fraction", "budget",
-                     "token_keys", "key_budget", "key_repr")
+                     "token_keys", "key_budget", "key_repr", "query_repr", "key_score", "pair_savings", "key_share",
+                     "budget_scope")
 
 # field -> comment written above it in YAML (meaning and unit)
 _FIELD_DOCS = {
@@ -74,6 +76,18 @@ _FIELD_DOCS = {
     "possible pairs merged, 0..1); null = budget.",
     "key_repr": "Token mode only: the key standing for a merged group: source = its first token's k; mean = "
     "the group's mean k. The value is always the group's mean v.",
+    "query_repr": "Token mode only: the output row of a reused query: copy = its source's row; mean = the row "
+    "computed at its group's mean query; interp = interpolated between the rows of the window-first tokens "
+    "around it on its axis (selected by the interpolation residual; needs budget or pair_savings).",
+    "key_score": "Token mode with budget or pair_savings: how merged keys are picked: delta = token_criterion on "
+    "k; kv = the merge-error score |dk|*(|dv| + |dk|*std(v)/2) against the window-first partner.",
+    "pair_savings": "Token mode only: target share of skipped query-key pairs on the reusing steps, in [0, 1); "
+    "both sides' budgets are computed for the grid on every call (the same value gives the same savings on "
+    "every model); replaces budget / key_budget; null = off.",
+    "key_share": "With pair_savings: the key side's share of the saving, kept_k/N = (1-pair_savings)^key_share, "
+    "kept_q/N = (1-pair_savings)^(1-key_share) (0..1; keys are cheaper to merge than queries to reuse).",
+    "budget_scope": "Token mode with budget or pair_savings: head = the same budget in every head (static "
+    "shapes, fastest); call = pooled over the heads of a call (more alike heads reuse more; token_keys chain).",
 }
 
 
@@ -115,6 +129,15 @@ class TimeRippleConfig:
             disjoint pairs only; window 2; bias-free attention).
         key_budget (`float`, *optional*): token mode with ``budget``: the key side's budget (``0..1``).
         key_repr (`str`, defaults to ``"source"``): token mode: merged key = source ``k`` or group ``"mean"``.
+        query_repr (`str`, defaults to ``"copy"``): token mode: a reused query's row is copied (``"copy"``),
+            computed at the group's mean query (``"mean"``) or interpolated (``"interp"``).
+        key_score (`str`, defaults to ``"delta"``): token mode: keys picked by ``token_criterion`` on k or by
+            the merge-error score ``"kv"``.
+        pair_savings (`float`, *optional*): token mode: target share of skipped pairs, budgets per call
+            from the grid (scale-free); replaces ``budget`` / ``key_budget``.
+        key_share (`float`, defaults to 0.7): the key side's share of ``pair_savings``.
+        budget_scope (`str`, defaults to ``"head"``): token mode: the budget per head (static shapes) or
+            pooled over the heads of a call (``"call"``).
 
     Example:
 
@@ -149,6 +172,11 @@ class TimeRippleConfig:
     token_keys: str = "chain"
     key_budget: Optional[float] = None
     key_repr: str = "source"
+    query_repr: str = "copy"
+    key_score: str = "delta"
+    pair_savings: Optional[float] = None
+    key_share: float = 0.7
+    budget_scope: str = "head"
 
     def __post_init__(self):
         def put(field, value):  # frozen: normalised values are stored with object.__setattr__
@@ -194,6 +222,12 @@ class TimeRippleConfig:
         put("key_repr", self.key_repr)
         put("key_budget", check_token_plan_options(self.mode, token_keys=self.token_keys, key_budget=self.key_budget,
                                                    key_repr=self.key_repr, budget=self.budget, window=self.window))
+        pair_savings, key_share = check_fidelity_options(
+            self.mode, query_repr=self.query_repr, key_score=self.key_score, pair_savings=self.pair_savings,
+            key_share=self.key_share, budget_scope=self.budget_scope, budget=self.budget, key_budget=self.key_budget,
+            token_keys=self.token_keys)
+        put("pair_savings", pair_savings)
+        put("key_share", key_share)
 
     def _checked_scale(self) -> Optional[Dict[str, float]]:
         scale = self.axis_threshold_scale

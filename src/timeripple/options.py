@@ -23,9 +23,13 @@ TOKEN_CRITERIA = ("strict", "fraction", "rms")
 TEXT_POSITIONS = ("after", "before")
 TOKEN_KEYS = ("chain", "pairs")  # how keys merge in token mode (timeripple/pairs.py)
 KEY_REPRS = ("source", "mean")  # the key standing for a merged group
+QUERY_REPRS = ("copy", "mean", "interp")  # how a reused query row is made (timeripple/token_fidelity.py)
+KEY_SCORES = ("delta", "kv")  # how keys are ranked for merging
+BUDGET_SCOPES = ("head", "call")  # a budget per head, or pooled over the heads of a call
 
 __all__ = [
-    "AXES", "MODES", "TOKEN_CRITERIA", "TEXT_POSITIONS", "TOKEN_KEYS", "KEY_REPRS", "check_token_plan_options",
+    "AXES", "MODES", "TOKEN_CRITERIA", "TEXT_POSITIONS", "TOKEN_KEYS", "KEY_REPRS", "QUERY_REPRS", "KEY_SCORES", "BUDGET_SCOPES",
+    "check_token_plan_options", "check_fidelity_options",
     "check_int", "check_real", "check_choice", "check_axes", "check_window", "check_mode_options",
     "check_geometry", "check_text", "check_tensors", "check_mask", "normalize_thresholds",
 ]
@@ -139,6 +143,37 @@ def check_token_plan_options(mode, *, token_keys="chain", key_budget=None, key_r
         raise value_error("window", window, "token_keys='pairs' pairs the members of 2x2x2 cubes",
                           "use window=2, or token_keys='chain'")
     return key_budget
+
+
+def check_fidelity_options(mode, *, query_repr="copy", key_score="delta", pair_savings=None, key_share=0.7,
+                           budget_scope="head", budget=None, key_budget=None, token_keys="chain"):
+    """The token-plan fidelity options (``timeripple/token_fidelity.py``); returns ``(pair_savings, key_share)``
+    as floats (``pair_savings`` may be None)."""
+    check_choice("query_repr", query_repr, QUERY_REPRS, fix="pass query_repr='copy' (today), 'mean' or 'interp'")
+    check_choice("key_score", key_score, KEY_SCORES, fix="pass key_score='delta' (today) or 'kv'")
+    key_share = check_real("key_share", key_share, low=0, high=1, fix="use e.g. key_share=0.7")
+    pair_savings = check_real("pair_savings", pair_savings, allow_none=True, low=0,
+                              fix="use e.g. pair_savings=0.75, or None")
+    if pair_savings is not None and pair_savings >= 1:
+        raise value_error("pair_savings", pair_savings, "must be < 1", "use e.g. pair_savings=0.75")
+    if pair_savings is not None and (budget is not None or key_budget is not None):
+        raise value_error("pair_savings", pair_savings, "replaces budget and key_budget; set only one of them",
+                          "set budget=None and key_budget=None, or pair_savings=None")
+    check_choice("budget_scope", budget_scope, BUDGET_SCOPES, fix="pass budget_scope='head'")
+    if budget_scope == "call" and (mode != "token" or (budget is None and pair_savings is None)):
+        raise value_error("budget_scope", budget_scope, "'call' pools a token-mode budget over the heads",
+                          "set mode='token' with budget or pair_savings, or budget_scope='head'")
+    if budget_scope == "call" and token_keys != "chain":
+        raise value_error("budget_scope", budget_scope, "'call' needs token_keys='chain' (pairs fix one pairing per cube)",
+                          "set token_keys='chain', or budget_scope='head'")
+    if mode != "token" and (query_repr != "copy" or key_score != "delta" or pair_savings is not None):
+        raise value_error("mode", mode, "query_repr, key_score and pair_savings apply to mode='token' only",
+                          "set mode='token', or leave them at copy / delta / None")
+    if pair_savings is None and budget is None and (query_repr == "interp" or key_score == "kv"):
+        raise value_error("query_repr / key_score", (query_repr, key_score),
+                          "the interpolation and kv scores select by rank: they need a budget or pair_savings",
+                          "set pair_savings (e.g. 0.75) or budget, or query_repr='copy' / key_score='delta'")
+    return pair_savings, key_share
 
 
 def normalize_thresholds(threshold, axes) -> dict[str, float]:

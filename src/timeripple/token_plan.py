@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import detect, options, sequence
+from . import detect, options, sequence, token_fidelity
 from . import pairs as key_pairs
 from ._validation import value_error
 from .ripple_stats import RippleStats
@@ -34,6 +34,10 @@ def build_token_plan(
     fused: bool | None = None,
     token_keys: str = "chain",
     key_budget: float | None = None,
+    v: torch.Tensor | None = None,
+    query_score: str = "delta",
+    key_score: str = "delta",
+    budget_scope: str = "head",
 ):
     """Detect reusable tokens of ``q`` and ``k`` ``(B, H, N, D)`` and build the token plan.
 
@@ -48,6 +52,9 @@ def build_token_plan(
     ``token_keys``: ``"chain"`` (both sides as above) or ``"pairs"`` (keys merge only in disjoint pairs,
     :func:`pairs.pair_sources_from_scores`; window 2). ``key_budget``: the key side's budget (default
     ``budget``; with ``"pairs"`` a share of the pairs, else of the eligible keys).
+
+    ``query_score="interp"`` / ``key_score="kv"`` (budget mode; ``key_score="kv"`` needs ``v``) select by
+    the scores of :mod:`timeripple.token_fidelity` (computed in torch) instead of the token criterion.
 
     Returns:
         ``(q_src, k_src, via_q, via_k)``: int32 ``(B, H, N)`` sources over the whole sequence and int8
@@ -66,7 +73,27 @@ def build_token_plan(
         video, start = sequence.split_video(x, text_len, text_position)  # (B, H, Nv, D)
         pairs = side == 1 and token_keys == "pairs"
         side_budget = budget if side == 0 or key_budget is None or budget is None else key_budget
-        if fused:
+        table = None
+        if side == 0 and query_score == "interp":
+            table = token_fidelity.interp_score_table(video, grid, tuple(thresholds), window)  # (B, H, Nv, 3)
+        elif side == 1 and key_score == "kv":
+            v_video, _ = sequence.split_video(v, text_len, text_position)
+            table = token_fidelity.kv_score_table(video, v_video, grid, tuple(thresholds), window)
+        if budget_scope == "call":  # the budget pooled over the heads of the call (score tables only)
+            if table is None:
+                table = token_fidelity.delta_score_table(video, grid, tuple(thresholds), window, criterion, fraction)
+            table = token_fidelity.pool_over_heads(table, side_budget)
+            side_budget = 1.0
+        if table is not None:
+            if pairs:
+                src, via = key_pairs.pair_sources_from_scores(table, grid, thresholds, priority=priority,
+                                                              budget=side_budget)
+            else:
+                src, via = detect.token_sources_from_scores(
+                    table, grid, thresholds, window=window, priority=priority, budget=side_budget,
+                )  # (B, H, Nv)
+            del table
+        elif fused:
             from .kernels.detect_fused import token_axis_scores
 
             scores = token_axis_scores(video, grid, window, criterion, axes=tuple(thresholds))  # (B,H,Nv,3)
@@ -174,6 +201,7 @@ def _token_stats(q_src, k_src, via_q, via_k, axes):
 def token_mode_attention(
     q, k, v, *, grid, thresholds, threshold, text_len, text_position, attn_mask, window, axes, priority,
     criterion, fraction, budget, scale, return_stats, token_keys="chain", key_budget=None, key_repr="source",
+    query_repr="copy", key_score="delta", pair_savings=None, key_share=0.7, budget_scope="head",
 ):
     """``ripple_attention(mode="token")`` after argument checks; see its docstring."""
     from .kernels import token_attention
@@ -183,14 +211,20 @@ def token_mode_attention(
                           "use mode='channel' for a different value head dim")
     key_bias = key_bias_from_mask(attn_mask, q)  # (B, N) or None
     B, H, N, D = q.shape
-    if budget is None and all(theta == 0 for theta in thresholds.values()):  # nothing can pass
+    if budget is None and pair_savings is None and all(theta == 0 for theta in thresholds.values()):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
         return (out, RippleStats.dense(q.shape, axes, threshold, "token")) if return_stats else out
+    if pair_savings is not None:  # scale-free target: budgets from the grid, per call
+        budget, key_budget = token_fidelity.budgets_for_pair_savings(
+            pair_savings, key_share, grid, tuple(thresholds), window, text_len, token_keys)
     q_src, k_src, via_q, via_k = build_token_plan(
         q, k, grid=grid, thresholds=thresholds, text_len=text_len, text_position=text_position,
         window=window, priority=priority, criterion=criterion, fraction=fraction, budget=budget,
-        token_keys=token_keys, key_budget=key_budget,
+        token_keys=token_keys, key_budget=key_budget, v=v,
+        query_score="interp" if query_repr == "interp" else "delta", key_score=key_score,
+        budget_scope=budget_scope,
     )
+    q_in = token_fidelity.group_mean_queries(q, q_src) if query_repr == "mean" else q
     expected = None
     if budget is not None and token_keys == "pairs" and key_bias is None and window == 2:
         from .kernels.class_attention import expected_class_sizes
@@ -204,11 +238,14 @@ def token_mode_attention(
         def fold(x):
             return x.reshape(B * H, 1, N, *x.shape[3:])  # (B*H, 1, N, ...)
 
-        out = token_attention(fold(q), fold(k), fold(v), fold(q_src), fold(k_src), scale=scale,
+        out = token_attention(fold(q_in), fold(k), fold(v), fold(q_src), fold(k_src), scale=scale,
                               key_bias=key_bias.reshape(B * H, N), key_repr=key_repr).reshape(B, H, N, D)
     else:
-        out = token_attention(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr,
+        out = token_attention(q_in, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr,
                               expected=expected)  # (B, H, N, D)
+    if query_repr == "interp":  # reused rows: interpolated between the kept rows around them on their axis
+        start = text_len if text_position == "before" else 0
+        out = token_fidelity.interpolate_reused_rows(out, via_q, grid, window, start, len(thresholds))
     if not return_stats:
         return out
     if return_stats == "device":  # no host sync: savings stay on the device until someone reads them

@@ -40,6 +40,7 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name):
     if name in _EXPORTS:
+        import_module(".catalog", __name__)  # registers every method before any lookup
         value = getattr(import_module(_EXPORTS[name] if _EXPORTS[name].startswith(".") else f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value

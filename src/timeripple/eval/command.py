@@ -73,6 +73,7 @@ def _int(minimum: int):
 
 def add_eval_parser(sub, device_type) -> None:
     """Add the ``eval`` subcommand to the ``timeripple`` parser (``device_type`` parses ``--device``)."""
+    from . import catalog  # noqa: F401  (registers every method)
     from .methods import list_methods
 
     p = sub.add_parser(
@@ -134,6 +135,7 @@ def _read_prompts(path: str) -> list:
 
 def cmd_eval(args) -> int:
     """Run ``timeripple eval``; checks the cheap arguments before loading any model."""
+    from . import catalog  # noqa: F401  (registers every method)
     from .methods import get_method
 
     for module in args.imports:

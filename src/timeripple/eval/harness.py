@@ -20,6 +20,7 @@ import torch
 
 from .._validation import type_error, value_error
 from ..config import load_config
+from . import catalog  # noqa: F401  (registers every method)
 from . import prompts as defaults
 from .capture import attention_error, capture_attention, reusing_steps, spread
 from .methods import Geometry, Method, get_method
