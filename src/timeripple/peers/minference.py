@@ -2,7 +2,8 @@
 
 MInference speeds up LLM prefill with three sparse shapes of the attention map, one chosen per head:
 
-* ``"a_shape"``: a few "sink" key columns (the first tokens) plus a local band around the diagonal.
+* ``"a_shape"``: a few "sink" key columns (the first ``min(64, Nv / 32)`` tokens) plus a local band
+  around the diagonal.
 * ``"vertical_slash"``: the key columns and the diagonals (offsets ``i - j``) that carry the most
   attention, estimated online from the exact rows of a few sampled queries.
 * ``"block_sparse"``: per block of 64 queries, the key blocks with the largest score between the
@@ -47,8 +48,9 @@ def _embed(video_masks: torch.Tensor, n: int, text_len: int, text_position: str)
 
 
 def _a_shape(nv: int, density: float, device) -> torch.Tensor:
-    """``(Nv, Nv)``: ``SINKS`` first columns plus the narrowest band reaching ``density``."""
-    sinks = min(SINKS, nv)
+    """``(Nv, Nv)``: the first ``min(SINKS, Nv // 32)`` columns (at least 1) plus the narrowest band
+    reaching ``density``."""
+    sinks = max(1, min(SINKS, nv // 32))
 
     def kept(w):  # band pairs plus the sink columns' pairs outside the band
         extra = sum(nv - (min(nv - 1, c + w) - max(0, c - w) + 1) for c in range(sinks))
