@@ -69,7 +69,7 @@ class TimeRippleHandle:
                 delattr(transformer, _HANDLE_ATTR)
 
 
-def apply_timeripple(pipe_or_transformer, config, *, scheduler=None) -> TimeRippleHandle:
+def apply_timeripple(pipe_or_transformer, config, *, scheduler=None, attention_fn=None) -> TimeRippleHandle:
     r"""
     Turn on TimeRipple attention reuse in a diffusers video pipeline or transformer.
 
@@ -84,6 +84,12 @@ def apply_timeripple(pipe_or_transformer, config, *, scheduler=None) -> TimeRipp
             A config tuned for another family logs a warning and still runs.
         scheduler (`SchedulerMixin`, *optional*): the scheduler whose ``timesteps`` give the step
             index. Defaults to ``pipe.scheduler`` (read at every call); required for a bare transformer.
+        attention_fn (`Callable`, *optional*): for evaluation and research (``timeripple eval`` uses it to
+            run baselines on the same layers and steps): on every reusing step it replaces
+            ``ripple_attention`` and is called as ``attention_fn(q, k, v, *, grid, text_len, text_position,
+            attn_mask, attention_kwargs, step, num_steps, layer)`` with ``(B, H, N, D)`` tensors (post-norm,
+            post-RoPE) and the step's ``config.attention_kwargs``; it returns ``(out (B, H, N, D),
+            RippleStats)``, whose counted savings the statistics record. Dense steps stay stock.
 
     Returns:
         [`TimeRippleHandle`]: to read statistics and to undo.
@@ -103,13 +109,16 @@ def apply_timeripple(pipe_or_transformer, config, *, scheduler=None) -> TimeRipp
     ```
     """
     config, targets, scheduler_fn, spec = _prepare(pipe_or_transformer, config, scheduler)
+    if attention_fn is not None and not callable(attention_fn):
+        raise type_error("attention_fn", attention_fn, "a callable or None",
+                         "pass a function with ripple_attention's keyword contract (see the docstring)")
     recorder = StatsRecorder()
     handle = TimeRippleHandle(config=config, family=spec.name, transformers={}, originals={}, recorder=recorder)
     try:
         for name, transformer in targets:
             handle.transformers[name] = transformer
             handle._had_forward[name] = "forward" in vars(transformer)
-            context = RippleContext(config, recorder, name)
+            context = RippleContext(config, recorder, name, attention_fn=attention_fn)
             selected = _select_layers(transformer, spec)
             handle.originals[name] = {layer: module.processor for layer, module in selected.items()}
             _register_hook(transformer, spec, context, scheduler_fn)

@@ -41,12 +41,15 @@ class RippleContext:
         step, num_steps: the 0-indexed denoising step and the step count, or `None`.
         attention_kwargs: ``config.attention_kwargs(step, num_steps)``; `None` on a dense step.
         threshold: the scheduled θ (`None` on a dense step).
+        attention_fn: `None` (reusing steps run ``ripple_attention``), or the callable that replaces it
+            (see ``apply_timeripple(..., attention_fn=...)``); it persists across calls.
     """
 
-    def __init__(self, config, recorder: StatsRecorder, transformer_name: str = "transformer"):
+    def __init__(self, config, recorder: StatsRecorder, transformer_name: str = "transformer", attention_fn=None):
         self.config = config
         self.recorder = recorder
         self.transformer_name = transformer_name
+        self.attention_fn = attention_fn
         self.clear()
 
     def clear(self) -> None:

@@ -143,7 +143,8 @@ class TimeRippleAttnProcessor:
         attn_mask: Optional[torch.Tensor] = None,
         grid: Optional[tuple] = None,
     ) -> torch.Tensor:
-        """Attention on ``(B, H, N, D)``: ``dense()`` (the stock call) on dense steps, else ``ripple_attention``.
+        """Attention on ``(B, H, N, D)``: ``dense()`` (the stock call) on dense steps, else ``ripple_attention``
+        (or the context's ``attention_fn``, see ``apply_timeripple``).
 
         ``grid`` overrides the hook's grid for models that pass it to the attention layer themselves."""
         ctx = self._context()
@@ -157,6 +158,12 @@ class TimeRippleAttnProcessor:
             self._record(ctx, 0.0, products)
             return out
         if self._parallel_config is not None:
+            if ctx.attention_fn is not None:
+                raise value_error(
+                    "attention_fn", ctx.attention_fn, "a custom attention callable does not run under context "
+                    "parallelism (only ripple_attention is split across ranks)",
+                    "evaluate without `enable_parallelism(...)`, or apply TimeRipple without `attention_fn`",
+                )
             return self._attend_parallel(ctx, query, key, value, text_len, text_position, attn_mask, grid)
         grid = tuple(ctx.grid if grid is None else grid)
         T, Hg, Wg = grid
@@ -167,6 +174,13 @@ class TimeRippleAttnProcessor:
                 "check that the transformer's input latents match its patch size (under context parallelism, "
                 "apply TimeRipple before `enable_parallelism(...)`); report the model if they do",
             )
+        if ctx.attention_fn is not None:  # evaluation: another attention on the same reusing steps
+            out, stats = ctx.attention_fn(
+                query, key, value, grid=grid, text_len=text_len, text_position=text_position, attn_mask=attn_mask,
+                attention_kwargs=ctx.attention_kwargs, step=ctx.step, num_steps=ctx.num_steps, layer=self.layer_name,
+            )
+            self._record(ctx, stats.qk_savings_mean, stats.qk_products)
+            return out
         from ...attention import ripple_attention
 
         out, stats = ripple_attention(
