@@ -81,6 +81,14 @@ def test_svg_flex_block_masks_match_masked_sdpa(text):
     assert s_flex.details["backend"] == "flex" and s_ref.details["backend"] == "sdpa"
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert torch.equal(s_flex.qk_savings, s_ref.qk_savings)
+    if text_len:  # a key-padding mask (HunyuanVideo's padded text): flex folds it into the mask_mod
+        keep = torch.ones(1, 1, 1, q.shape[2], dtype=torch.bool)
+        keep[..., (64 + 3) if position == "after" else 3 : (64 + 5) if position == "after" else 5] = False
+        ref = svg_attention(q, k, v, backend="sdpa", attn_mask=keep, **kw)[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = svg_attention(q, k, v, backend="flex", attn_mask=keep, **kw)[0]
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_svg_bad_input_names_the_argument():

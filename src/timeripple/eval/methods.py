@@ -265,3 +265,5 @@ for _method in (
            savings="q·kᵀ products", build=_skip, **_SCALE),
 ):
     register_method(_method)
+
+from . import ablation_methods, peer_methods  # noqa: E402,F401  (the paper's ablations and the peers)

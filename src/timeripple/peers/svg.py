@@ -79,6 +79,16 @@ def svg_choose_heads(q, k, v, candidates, *, rows, scale, attn_mask=None) -> tor
     return torch.stack(errors).argmin(dim=0)  # (B, H)
 
 
+def _key_mask(attn_mask, B: int, N: int):
+    """``(B, N)`` bool key mask when ``attn_mask`` is a bool key-padding mask (``(B, 1, 1, N)``-like), else None."""
+    if attn_mask is None or attn_mask.dtype != torch.bool or attn_mask.dim() > 4:
+        return None
+    m = attn_mask.view((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
+    if m.shape[1] != 1 or m.shape[2] != 1:
+        return None
+    return m[:, 0, 0].expand(B, N)
+
+
 def _combine_mask(head_masks: torch.Tensor, attn_mask, dtype):
     if attn_mask is None:
         return head_masks
@@ -140,8 +150,9 @@ def svg_attention(
     _check_sparsity(sparsity)
     if backend not in BACKENDS:
         raise value_error("backend", backend, f"must be one of {BACKENDS}", "pass backend='auto'")
-    if backend == "flex" and attn_mask is not None:
-        raise value_error("backend", backend, "the flex path takes no attn_mask", "use backend='sdpa'")
+    if backend == "flex" and _key_mask(attn_mask, B, N) is None and attn_mask is not None:
+        raise value_error("backend", backend, "the flex path takes only a bool key mask broadcastable to "
+                          "(B, 1, 1, N) as attn_mask", "use backend='sdpa'")
     scale = D ** -0.5 if scale is None else float(scale)
     plan = svg_plan(q, k, v, grid=grid, sparsity=sparsity, text_len=text_len, text_position=text_position,
                     attn_mask=attn_mask, num_sampled=num_sampled, scale=scale)
@@ -192,10 +203,12 @@ def svg_plan(q, k, v, *, grid, sparsity, text_len, text_position, attn_mask, num
 
 def svg_run(q, k, v, plan: SVGPlan, *, attn_mask=None, scale, backend="auto"):
     """Attention under ``plan``: ``(out, backend used)``."""
-    use_flex = backend == "flex" or (backend == "auto" and q.is_cuda and attn_mask is None)
+    key_keep = _key_mask(attn_mask, q.shape[0], q.shape[2])
+    flexible = attn_mask is None or key_keep is not None
+    use_flex = backend == "flex" or (backend == "auto" and q.is_cuda and flexible)
     if use_flex:
         out = _flex_svg(q, k, v, plan.choice, plan.grid, plan.r, plan.e_s, plan.e_t, plan.text_len,
-                        plan.text_position, scale)
+                        plan.text_position, scale, key_keep)
         return out, "flex"
     mask = _combine_mask(plan.head_masks(), attn_mask, q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale), "sdpa"
@@ -232,6 +245,7 @@ def _flex_masks(grid, n, text_len, text_position, r, e_s, e_t, device_str, B, H)
     start, nv = masks.video_span(n, text_len, text_position)
     device = torch.device(device_str)
     choice_buf = torch.zeros(B, H, dtype=torch.bool, device=device)
+    key_buf = torch.ones(B, n, dtype=torch.bool, device=device)
 
     def is_text(i):
         return (i < start) | (i >= start + nv)
@@ -248,20 +262,31 @@ def _flex_masks(grid, n, text_len, text_position, r, e_s, e_t, device_str, B, H)
         return is_text(qi) | is_text(ki) | ((pq - pk).abs() <= e_t)
 
     def chosen_mod(b, h, qi, ki):
-        return torch.where(choice_buf[b, h], temporal_mod(b, h, qi, ki), spatial_mod(b, h, qi, ki))
+        return torch.where(choice_buf[b, h], temporal_mod(b, h, qi, ki), spatial_mod(b, h, qi, ki)) & key_buf[b, ki]
 
     kw = dict(B=None, H=None, Q_LEN=n, KV_LEN=n, device=device)
     bm_s = create_block_mask(spatial_mod, **kw)
     bm_t = create_block_mask(temporal_mod, **kw)
-    return bm_s, bm_t, choice_buf, chosen_mod, BlockMask
+    return bm_s, bm_t, choice_buf, key_buf, chosen_mod, BlockMask
 
 
-def _flex_svg(q, k, v, choice, grid, r, e_s, e_t, text_len, text_position, scale):
+def _partial_only(bm):
+    """``(kv_num_blocks, kv_indices)`` with the full blocks folded into the partial ones, so the mask_mod
+    (which carries the key mask) is evaluated everywhere."""
+    dense = bm.to_dense().bool()  # (1, 1, Qb, KVb)
+    return dense.sum(-1, dtype=torch.int32), dense.int().argsort(dim=-1, descending=True, stable=True).to(torch.int32)
+
+
+def _flex_svg(q, k, v, choice, grid, r, e_s, e_t, text_len, text_position, scale, key_keep=None):
     B, H, N, _ = q.shape
-    bm_s, bm_t, choice_buf, chosen_mod, BlockMask = _flex_masks(
+    bm_s, bm_t, choice_buf, key_buf, chosen_mod, BlockMask = _flex_masks(
         grid, N, text_len, text_position, r, e_s, e_t, str(q.device), B, H
     )
     choice_buf.copy_(choice)
+    if key_keep is None:
+        key_buf.fill_(True)
+    else:
+        key_buf.copy_(key_keep)
     sel = choice[:, :, None]  # (B, H, 1)
 
     def pick(a, b):
@@ -271,11 +296,14 @@ def _flex_svg(q, k, v, choice, grid, r, e_s, e_t, text_len, text_position, scale
         sel_x = sel.view(B, H, *([1] * (a.dim() - 2)))
         return torch.where(sel_x, b.expand(shape), a.expand(shape)).contiguous()
 
-    block_mask = BlockMask.from_kv_blocks(
-        pick(bm_s.kv_num_blocks, bm_t.kv_num_blocks), pick(bm_s.kv_indices, bm_t.kv_indices),
-        pick(bm_s.full_kv_num_blocks, bm_t.full_kv_num_blocks), pick(bm_s.full_kv_indices, bm_t.full_kv_indices),
-        BLOCK_SIZE=bm_s.BLOCK_SIZE, mask_mod=chosen_mod, seq_lengths=(N, N),
-    )
+    if key_keep is None:
+        blocks = (pick(bm_s.kv_num_blocks, bm_t.kv_num_blocks), pick(bm_s.kv_indices, bm_t.kv_indices),
+                  pick(bm_s.full_kv_num_blocks, bm_t.full_kv_num_blocks),
+                  pick(bm_s.full_kv_indices, bm_t.full_kv_indices))
+    else:  # a key mask: no block may skip the mask_mod
+        (ns, is_), (nt, it) = _partial_only(bm_s), _partial_only(bm_t)
+        blocks = (pick(ns, nt), pick(is_, it), None, None)
+    block_mask = BlockMask.from_kv_blocks(*blocks, BLOCK_SIZE=bm_s.BLOCK_SIZE, mask_mod=chosen_mod, seq_lengths=(N, N))
     perm = _position_major(grid, N, text_len, text_position, q.device)
     idx = torch.where(sel, perm, torch.arange(N, device=q.device))  # (B, H, N)
 
