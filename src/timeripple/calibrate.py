@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ._defaults import DEFAULT_SCALES
 from ._validation import type_error, value_error
 from .config import TimeRippleConfig, load_config
 
@@ -28,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["calibrate", "CalibrationResult", "CalibrationRow", "DEFAULT_SCALES", "scale_config"]
 
-DEFAULT_SCALES = (0.1, 0.25, 0.5, 1.0)
 _THRESHOLD_FIELDS = ("threshold_start", "threshold_end", "fixed_threshold")
 
 

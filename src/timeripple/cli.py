@@ -2,7 +2,8 @@
 
 ``timeripple demo`` generates a clip with the embedded tiny text-to-video model, dense and with
 TimeRipple, and prints how they compare; ``timeripple calibrate`` measures savings against fidelity over
-threshold scales and picks one for a target; ``timeripple configs`` lists the bundled configs;
+threshold scales and picks one for a target; ``timeripple eval`` compares attention methods against
+dense at matched savings (:mod:`timeripple.eval`); ``timeripple configs`` lists the bundled configs;
 ``timeripple version`` prints the version. The logic lives in :mod:`timeripple.demo.run_demo` and
 :mod:`timeripple.calibrate`; this file only parses arguments and prints.
 """
@@ -114,8 +115,9 @@ def _device(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``timeripple`` command (subcommands ``demo``, ``configs``, ``version``)."""
-    from .demo.run_demo import DEFAULT_CONFIG, DEFAULT_GUIDANCE, DEFAULT_PROMPT, DEFAULT_STEPS, MODES, VIDEO_FORMATS
+    """The argument parser of the ``timeripple`` command (``demo``, ``calibrate``, ``eval``, ``configs``,
+    ``version``); building it imports no torch."""
+    from ._defaults import DEFAULT_CONFIG, DEFAULT_GUIDANCE, DEFAULT_PROMPT, DEFAULT_STEPS, MODES, VIDEO_FORMATS
 
     parser = argparse.ArgumentParser(
         prog="timeripple", description=_DESCRIPTION,
@@ -155,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
 
     _add_calibrate_parser(sub)
+    from .eval.command import add_eval_parser
+
+    add_eval_parser(sub, _device)
     sub.add_parser("configs", help="list the bundled configs and their step schedules",
                    description="List the bundled TimeRipple configs with their mode and threshold schedule.")
     sub.add_parser("version", help="print the installed version", description="Print the installed version.")
@@ -162,8 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_calibrate_parser(sub) -> None:
-    from .calibrate import DEFAULT_SCALES
-    from .demo.run_demo import DEFAULT_CONFIG, DEFAULT_GUIDANCE, MODES
+    from ._defaults import DEFAULT_CONFIG, DEFAULT_GUIDANCE, DEFAULT_SCALES, MODES
 
     cal = sub.add_parser(
         "calibrate", help="find the threshold scale for a target saving or fidelity (tiny model by default)",
@@ -301,7 +305,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"demo": _cmd_demo, "calibrate": _cmd_calibrate, "configs": _cmd_configs,
+    from .eval.command import cmd_eval
+
+    commands = {"demo": _cmd_demo, "calibrate": _cmd_calibrate, "eval": cmd_eval, "configs": _cmd_configs,
                 "version": _cmd_version}
     try:
         return commands[args.command](args)

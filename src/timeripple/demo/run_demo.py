@@ -30,18 +30,13 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from .._defaults import DEFAULT_CONFIG, DEFAULT_GUIDANCE, DEFAULT_PROMPT, DEFAULT_STEPS, MODES, VIDEO_FORMATS
 from .._validation import type_error, value_error
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DemoResult", "run_demo", "save_outputs", "format_report", "resolve_config", "DEFAULT_PROMPT"]
 
-DEFAULT_PROMPT = "a red circle moving right quickly on a gray background"
-DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 5.0
-DEFAULT_CONFIG = "wan2.1"
-MODES = ("channel", "token")
-VIDEO_FORMATS = ("auto", "mp4", "gif")
 DIFF_GAIN = 10  # the difference row of the frame strip shows |dense - TimeRipple| times this
 FPS = 4
 ADHERENCE_FIELDS = ("colour", "shape", "direction")

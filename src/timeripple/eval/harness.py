@@ -14,7 +14,6 @@ import inspect
 import logging
 import math
 import time
-import weakref
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -24,18 +23,16 @@ from ..config import load_config
 from . import prompts as defaults
 from .capture import attention_error, capture_attention, reusing_steps, spread
 from .methods import Geometry, Method, get_method
-from .metrics import psnr, ssim
 from .report import EvalResult
+from .runner import Runner
 from .search import SearchResult, match_savings
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["evaluate", "check_pipeline", "DEFAULT_METHODS"]
 
-DEFAULT_METHODS = ("channel", "token-strict", "token-budget", "token-rms", "magnitude", "skip")
+DEFAULT_METHODS = defaults.DEFAULT_METHODS
 REQUIRED_CALL_ARGS = ("prompt", "generator", "num_inference_steps", "output_type")
-CRITERIA = ("colour", "shape", "direction", "all")
-_DENSE_CACHES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
 def check_pipeline(pipe) -> Dict[str, bool]:
@@ -77,6 +74,7 @@ def evaluate(
     batch_size: Optional[int] = None,
     device=None,
     tol: float = defaults.SAVINGS_TOLERANCE,
+    match_on: str = "reusing",
     tensor_level: bool = True,
     capture_steps: int = 3,
     capture_layers: Optional[int] = None,
@@ -105,6 +103,9 @@ def evaluate(
         batch_size (`int`, *optional*): runs per pipeline call; default all runs on CUDA, 1 elsewhere.
         device (`str`, *optional*): where the pipeline runs (it is moved there); default: where it is.
         tol (`float`, defaults to 0.005): absolute tolerance on the achieved savings.
+        match_on (`str`, defaults to ``"reusing"``): the savings matched to the targets: ``"reusing"`` (mean over
+            the reusing steps of the schedule) or ``"total"`` (whole generation, FLOP-weighted; for methods
+            such as caches that have no schedule of their own).
         tensor_level (`bool`, defaults to `True`): capture q/k/v at ``capture_steps`` reusing steps (spread
             over the reusing range) of ``capture_layers`` layers (default all) from the first run and report
             each method's attention-output MSE at savings matched per call.
@@ -130,6 +131,9 @@ def evaluate(
 
     methods = [get_method(m) for m in methods]
     levels = [_check_level(x) for x in levels]
+    if match_on not in ("reusing", "total"):
+        raise value_error("match_on", match_on, "must be 'reusing' or 'total'", "pass match_on='reusing'")
+    key = f"savings_{match_on}"
     config = load_config(config)
     prompts = list(defaults.EVAL_PROMPTS if prompts is None else prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -165,14 +169,18 @@ def evaluate(
     call = dict(pipe_kwargs or {}, num_inference_steps=num_inference_steps, output_type="pt")
     if guidance_scale is not None:
         call["guidance_scale"] = guidance_scale
-    runner = _Runner(pipe, runs, call, batch_size, device, per_step, adherence, tqdm if progress else None)
+    runner = Runner(pipe, runs, call, batch_size, device, per_step, adherence, tqdm if progress else None)
     old_bar = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)
     try:
         runner.dense()
+        warm = device.type == "cuda"  # timings: warm re-timing of the first batch on CUDA
+        if warm:
+            runner.time_warm(None)  # warm-up
+            runner.dense_summary["seconds_per_video"] = runner.time_warm(None)
         calls, geo, num_layers = capture_attention(
             pipe, config, dict(call, prompt=[runs[0][0]], generator=[torch.Generator().manual_seed(runs[0][1])]),
-            steps=spread(reusing, capture_steps), max_layers=capture_layers, store=tensor_level)
+            steps=spread(reusing, capture_steps), max_layers=capture_layers if tensor_level else 1)
         geometry = Geometry(geo[0], geo[1], config.window, config.axes) if geo else None
         rows, tensor = [], []
         pairs = [(m, lv) for m in methods for lv in (levels if m.knob is not None else [None])]
@@ -182,14 +190,19 @@ def evaluate(
             full_hist: Dict[float, float] = {}
             for level in (levels if method.knob is not None else [None]):
                 bar.set_postfix_str(f"{method.name} @ {'-' if level is None else f'{level:.1%}'}")
-                found, measured = _match(runner, method, config, level, geometry, search_runs, tol,
-                                         search_hist, full_hist)
-                rows.append(_row(method, level, found, measured, runner.dense_summary))
-                if tensor_level and calls and method.build is not None:
+                err = None
+                if calls and method.build is not None:  # tensor level first: its knobs are a cheap first guess
                     err = attention_error(method, calls, config, level, tol=tol, device=device,
-                                          first_guess=None if found is None else found.knob,
+                                          first_guess=_first_guess(method, level, geometry, full_hist),
                                           exact_cache=runner.exact_cache)
-                    tensor.append({"method": method.name, "target": level, **err})
+                    if tensor_level:
+                        tensor.append({"method": method.name, "target": level, **err})
+                found, measured = _match(runner, method, config, level, geometry, search_runs, tol,
+                                         search_hist, full_hist, key, _tensor_guess(method, err))
+                if warm:
+                    knob = None if found is None else found.knob
+                    measured = dict(measured, seconds_per_video=runner.time_warm((method, config, knob)))
+                rows.append(_row(method, level, found, measured, runner.dense_summary))
                 bar.update()
         bar.close()
     finally:
@@ -198,11 +211,12 @@ def evaluate(
     settings = {
         "pipeline": type(pipe).__name__, "config": config.name, "prompts": prompts, "seeds": list(seeds),
         "runs": len(runs), "search_runs": search_runs, "num_inference_steps": num_inference_steps,
-        "guidance_scale": guidance_scale, "levels": levels, "tol": tol, "batch_size": batch_size,
+        "guidance_scale": guidance_scale, "levels": levels, "tol": tol, "match_on": match_on, "batch_size": batch_size,
         "device": str(device), "reusing_steps": reusing, "capture_steps": sorted({c.step for c in calls}),
         "captured_layers": sorted({c.layer for c in calls}), "num_layers": num_layers,
         "captured_calls": [c.describe() for c in calls], "pipe_kwargs": dict(pipe_kwargs or {}),
         "per_step": per_step, "adherence": adherence,
+        "timing": "warm: first batch re-timed after warm-up, synchronised" if warm else "every generation, as run",
     }
     methods_info = [{"name": m.name, "description": m.description, "knob": m.knob, "savings": m.savings}
                     for m in methods]
@@ -216,28 +230,47 @@ def _check_level(level) -> float:
     return float(level)
 
 
-def _match(runner, method: Method, config, level, geometry, search_runs, tol, search_hist, full_hist):
+def _first_guess(method: Method, level, geometry, full_hist) -> Optional[float]:
+    if level is None or method.knob is None:
+        return None
+    if full_hist:  # the knob of the previous level closest to this one
+        return min(full_hist, key=lambda k: abs(full_hist[k] - level))
+    if method.first_guess is not None and geometry is not None:
+        return method.first_guess(level, geometry)
+    return method.default_knob
+
+
+def _tensor_guess(method: Method, err) -> Optional[float]:
+    """The mean knob (geometric for log knobs) that matched the target on the captured calls."""
+    knobs = [r["knob"] for r in (err or {}).get("per_call", []) if r["knob"] is not None and r["converged"]]
+    if not knobs:
+        return None
+    if method.log_knob:
+        return math.exp(sum(math.log(k) for k in knobs) / len(knobs))
+    return sum(knobs) / len(knobs)
+
+
+def _match(runner, method: Method, config, level, geometry, search_runs, tol, search_hist, full_hist, key,
+           tensor_guess=None):
     """Search the knob on the search runs, confirm on all runs, refine on all runs if the confirmation
     misses. Returns ``(SearchResult | None, measurement on all runs)``."""
     if level is None:  # a method without a knob: measured once
         return None, runner.measure(method, config, None, len(runner.runs))
-    guess = method.default_knob
-    if method.first_guess is not None and geometry is not None:
-        guess = method.first_guess(level, geometry)
-    if full_hist:  # the previous level's knobs bracket this one on the full set
-        guess = min(full_hist, key=lambda k: abs(full_hist[k] - level))
+    guess = _first_guess(method, level, geometry, full_hist)
+    if tensor_guess is not None and not any(abs(s - level) <= tol for s in full_hist.values()):
+        guess = tensor_guess
 
-    def savings_on(n, hist):
-        return lambda knob: runner.measure(method, config, knob, n)["savings_reusing"]
+    def savings_on(n):
+        return lambda knob: runner.measure(method, config, knob, n)[key]
 
     common = dict(bounds=method.bounds, log_knob=method.log_knob, tol=tol, name=method.name, knob_name=method.knob)
     full = len(runner.runs)
     if search_runs < full:
-        found = match_savings(savings_on(search_runs, search_hist), level, first_guess=guess,
+        found = match_savings(savings_on(search_runs), level, first_guess=guess,
                               history=search_hist, **common)
-        full_hist.setdefault(found.knob, runner.measure(method, config, found.knob, full)["savings_reusing"])
+        full_hist.setdefault(found.knob, runner.measure(method, config, found.knob, full)[key])
         guess = found.knob
-    found = match_savings(savings_on(full, full_hist), level, first_guess=guess, history=full_hist, **common)
+    found = match_savings(savings_on(full), level, first_guess=guess, history=full_hist, **common)
     return found, runner.measure(method, config, found.knob, full)
 
 
@@ -274,143 +307,3 @@ def _environment(device) -> Dict[str, Any]:
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
     return env
-
-
-class _Runner:
-    """Generates run sets (dense once, then per method and knob), times them and scores them."""
-
-    def __init__(self, pipe, runs, call, batch_size, device, per_step, adherence, tqdm):
-        self.pipe, self.runs, self.call, self.batch_size, self.device = pipe, runs, call, batch_size, device
-        self.per_step, self.adherence, self.tqdm = per_step, adherence, tqdm
-        self.cache: Dict[tuple, Dict[str, Any]] = {}
-        self.exact_cache: Dict[int, torch.Tensor] = {}
-        self.dense_videos: List[torch.Tensor] = []
-        self.dense_traj: List[List[torch.Tensor]] = []
-        self.dense_summary: Dict[str, Any] = {}
-
-    def dense(self) -> None:
-        store = _DENSE_CACHES.setdefault(self.pipe, {})
-        key_call = tuple(sorted((k, repr(v)) for k, v in self.call.items()))
-        missing = [r for r in self.runs if (r, key_call, self.per_step) not in store]
-        if missing:
-            out = self._generate(missing, None, desc="dense")
-            for i, r in enumerate(missing):
-                store[(r, key_call, self.per_step)] = {
-                    "video": out["videos"][i], "traj": out["traj"][i] if self.per_step else None,
-                    "seconds": out["seconds_per_video"], "adherence": out["adherence"][i] if out["adherence"] else None}
-        entries = [store[(r, key_call, self.per_step)] for r in self.runs]
-        self.dense_videos = [e["video"] for e in entries]
-        self.dense_traj = [e["traj"] for e in entries]
-        adh = [e["adherence"] for e in entries] if self.adherence else None
-        self.dense_summary = {"seconds_per_video": sum(e["seconds"] for e in entries) / len(entries),
-                              "cached_runs": len(self.runs) - len(missing), "adherence": _adherence_summary(adh),
-                              "adherence_per_run": adh}
-
-    def measure(self, method: Method, config, knob, n: int) -> Dict[str, Any]:
-        key = (method.name, knob, n)
-        if key not in self.cache:
-            out = self._generate(self.runs[:n], (method, config, knob), desc=f"{method.name} {knob if knob is None else f'{knob:.4g}'}")
-            self.cache[key] = self._score(out, n)
-            logger.info("%s %s=%s on %d runs: %.4f savings on the reusing steps", method.name, method.knob, knob,
-                        n, self.cache[key]["savings_reusing"])
-        return self.cache[key]
-
-    def _score(self, out, n) -> Dict[str, Any]:
-        p = [psnr(d, v) for d, v in zip(self.dense_videos[:n], out["videos"])]
-        s = [ssim(d, v) for d, v in zip(self.dense_videos[:n], out["videos"])]
-        finite = [x for x in p if math.isfinite(x)]
-        m = {"runs": n, "savings_reusing": out["savings_reusing"], "savings_total": out["savings_total"],
-             "psnr_mean": sum(finite) / len(finite) if finite else math.inf, "psnr_min": min(p),
-             "psnr": p, "ssim_mean": sum(s) / len(s), "ssim": s, "identical_runs": len(p) - len(finite),
-             "seconds_per_video": out["seconds_per_video"], "step_savings": out["step_savings"]}
-        if self.per_step:
-            m["step_error"] = [sum(e[i] for e in out["step_error"]) / n for i in range(len(out["step_error"][0]))]
-        if self.adherence:
-            dense = self.dense_summary["adherence_per_run"][:n]
-            m["adherence"] = _adherence_summary(out["adherence"])
-            m["adherence"]["lost"] = {c: sum(bool(d[c]) and not r[c] for d, r in zip(dense, out["adherence"]))
-                                      for c in CRITERIA}
-        return m
-
-    def _generate(self, runs, setup, desc) -> Dict[str, Any]:
-        from ..diffusers import apply_timeripple
-
-        videos, traj, errors, adh = [], [], [], []
-        seconds, weight, skipped_total, skipped_reusing, step_sums = 0.0, 0, 0.0, 0.0, None
-        batches = [runs[i : i + self.batch_size] for i in range(0, len(runs), self.batch_size)]
-        bar = self.tqdm(total=len(runs), desc=desc, leave=False) if self.tqdm else None
-        for batch_index, batch in enumerate(batches):
-            offset = batch_index * self.batch_size
-            latents: List[torch.Tensor] = []
-            call = dict(self.call, prompt=[p for p, _ in batch],
-                        generator=[torch.Generator().manual_seed(s) for _, s in batch])
-            if self.per_step:
-                def record(pipe, i, t, tensors, latents=latents):
-                    latents.append(tensors["latents"].detach().float().cpu())
-                    return {}
-                call.update(callback_on_step_end=record, callback_on_step_end_tensor_inputs=["latents"])
-            handle = None
-            if setup is not None:
-                method, config, knob = setup
-                if method.install is not None:
-                    handle = method.install(self.pipe, knob, config)
-                else:
-                    s = method.setup(knob, config)
-                    handle = apply_timeripple(self.pipe, s.config, attention_fn=s.attention)
-            try:
-                self._sync()
-                start = time.perf_counter()
-                out = self.pipe(**call)
-                self._sync()
-                seconds += time.perf_counter() - start
-                stats = handle.stats if handle is not None else None
-            finally:
-                if handle is not None:
-                    handle.remove()
-            frames = getattr(out, "frames", None)
-            if not isinstance(frames, torch.Tensor) or frames.ndim != 5 or frames.shape[0] != len(batch):
-                raise value_error("pipe(...).frames", type(frames).__name__, f"must be a tensor (B={len(batch)}, F, C, "
-                                  "H, W) with output_type='pt'", "use a video pipeline that returns `.frames`")
-            videos += list(frames.detach().float().cpu())
-            if self.per_step:
-                steps = torch.stack(latents, 1)  # (B, steps, ...)
-                for b in range(len(batch)):
-                    if setup is None:
-                        traj.append(steps[b])
-                    else:
-                        ref = self.dense_traj[offset + b]
-                        errors.append([float((steps[b, i] - ref[i]).pow(2).mean().sqrt()) for i in range(ref.shape[0])])
-            if self.adherence:
-                from .adherence import score_adherence
-
-                adh += [score_adherence(v, p) for v, (p, _) in zip(frames, batch)]
-            if stats is not None:
-                reuse = [i for i, th in enumerate(stats.thresholds) if th is not None]
-                per = stats.step_savings
-                step_sums = [a + len(batch) * b for a, b in zip(step_sums or [0.0] * len(per), per)]
-                skipped_total += len(batch) * stats.total_savings
-                skipped_reusing += len(batch) * (sum(per[i] for i in reuse) / len(reuse) if reuse else 0.0)
-            weight += len(batch)
-            if bar:
-                bar.update(len(batch))
-        if bar:
-            bar.close()
-        return {"videos": videos, "traj": traj, "step_error": errors, "adherence": adh,
-                "seconds_per_video": seconds / len(runs), "savings_total": skipped_total / weight,
-                "savings_reusing": skipped_reusing / weight,
-                "step_savings": None if step_sums is None else [x / weight for x in step_sums]}
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-
-def _adherence_summary(rows) -> Optional[Dict[str, Any]]:
-    if not rows:
-        return None
-    out = {}
-    for c in CRITERIA:
-        judged = [bool(r[c]) for r in rows if r[c] is not None]
-        out[c] = sum(judged) / len(judged) if judged else None
-    out["n"] = len(rows)
-    return out

@@ -41,10 +41,11 @@ def plot_all(result, folder: Path) -> Dict[str, Path]:
 
 
 def _quality(plt, result, path: Path) -> None:
+    key = f"savings_{result.settings.get('match_on', 'reusing')}"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for m in result.methods:
-        rows = sorted((r for r in result.rows if r["method"] == m["name"]), key=lambda r: r["savings_reusing"])
-        x = [100 * r["savings_reusing"] for r in rows]
+        rows = sorted((r for r in result.rows if r["method"] == m["name"]), key=lambda r: r[key])
+        x = [100 * r[key] for r in rows]
         finite = [r["psnr_mean"] if math.isfinite(r["psnr_mean"]) else float("nan") for r in rows]
         (line,) = axes[0].plot(x, finite, "o-", label=m["name"])
         axes[1].plot(x, [r["ssim_mean"] for r in rows], "o-", color=line.get_color(), label=m["name"])
@@ -52,7 +53,8 @@ def _quality(plt, result, path: Path) -> None:
             if not r["converged"]:
                 axes[0].annotate("†", (xi, yi), textcoords="offset points", xytext=(4, 4))
     for ax, label in zip(axes, ("mean PSNR vs dense (dB)", "mean SSIM vs dense")):
-        ax.set_xlabel("achieved savings on the reusing steps (%, counted)")
+        ax.set_xlabel("achieved savings, " + ("reusing steps" if key == "savings_reusing" else "whole generation")
+                      + " (%, counted)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)

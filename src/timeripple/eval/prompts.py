@@ -23,6 +23,7 @@ DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 5.0
 DEFAULT_CONFIG = "wan2.1"
 SAVINGS_TOLERANCE = 0.005  # |achieved - target| on the reusing steps, absolute
+DEFAULT_METHODS: tuple[str, ...] = ("channel", "token-strict", "token-budget", "token-rms", "magnitude", "skip")
 
 __all__ = ["EVAL_PROMPTS", "EVAL_SEEDS", "DEFAULT_LEVELS", "DEFAULT_STEPS", "DEFAULT_GUIDANCE", "DEFAULT_CONFIG",
-           "SAVINGS_TOLERANCE"]
+           "SAVINGS_TOLERANCE", "DEFAULT_METHODS"]
