@@ -20,16 +20,17 @@ import time
 import traceback
 from pathlib import Path
 
-MAIN = ("channel", "token-budget", "magnitude", "skip", "svg", "minference", "tr-svg", "pab", "fbc", "magcache",
-        "taylorseer", "delta-dit")
+MAIN = ("channel", "svg", "tr-svg", "pab", "fbc", "magcache", "taylorseer", "delta-dit", "minference", "magnitude",
+        "skip", "token-budget")
 ABLATION = ("channel-fixed", "channel-t", "channel-w3", "channel-w4", "channel-w8", "channel-alpha")
 WINDOWS = (3, 4, 8)
 
 
-def _evaluate_each(methods, levels, common, log):
+def _evaluate_each(methods, levels, common, log, save=None, results=None, skipped=None):
     from timeripple.eval import evaluate
 
-    results, skipped = [], {}
+    results = [] if results is None else results
+    skipped = {} if skipped is None else skipped
     for name in methods:
         t0 = time.time()
         try:
@@ -39,6 +40,10 @@ def _evaluate_each(methods, levels, common, log):
             skipped[name] = f"{type(exc).__name__}: {exc}"
             log(f"{name}: SKIPPED ({skipped[name][:300]})")
             traceback.print_exc()
+        if save is not None:  # after every method, so a run cut short keeps what it measured
+            merged = _merge(results, skipped)
+            if merged is not None:
+                save(merged)
     return results, skipped
 
 
@@ -81,14 +86,12 @@ def run(args) -> None:
     log(f"settings: {json.dumps({k: v for k, v in common.items() if k != 'pipe'})}, levels {args.levels}")
     groups = [g for g in args.groups]
     if "main" in groups:
-        res, skipped = _evaluate_each(args.methods or MAIN, args.levels, common, log)
-        merged = _merge(res, skipped)
-        if merged is not None:
-            merged.save(str(out / "main"))
+        _evaluate_each(args.methods or MAIN, args.levels, common, log, save=lambda m: m.save(str(out / "main")))
         log("main saved")
     if "ablation" in groups:
         level = args.ablation_level
-        res, skipped = _evaluate_each(("channel",) + ABLATION, [level], common, log)
+        save = lambda m: m.save(str(out / "ablation"))  # noqa: E731
+        res, skipped = _evaluate_each(("channel",) + ABLATION, [level], common, log, save=save)
         channel = next((r for r in res if r.rows and r.rows[0]["method"] == "channel"), None)
         if channel is not None:  # Fig. 11 as the paper runs it: every window at window 2's threshold
             scale = channel.rows[0]["knob"]
@@ -98,12 +101,8 @@ def run(args) -> None:
                     f"{level:.0%}", knob=None, savings="q·kᵀ partial products",
                     build=lambda _k, cfg, w=w: MethodSetup(scaled(cfg.replace(mode="channel", window=w), scale))),
                     replace=True)
-            more, skipped_more = _evaluate_each([f"channel-w{w}-same" for w in WINDOWS], [level], common, log)
-            res += more
-            skipped.update(skipped_more)
-        merged = _merge(res, skipped)
-        if merged is not None:
-            merged.save(str(out / "ablation"))
+            _evaluate_each([f"channel-w{w}-same" for w in WINDOWS], [level], common, log, save=save, results=res,
+                           skipped=skipped)
         log("ablation saved")
     logfile.close()
 
