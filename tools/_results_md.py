@@ -183,5 +183,18 @@ def render(runs, out_path, e2e_path=""):
                   f"of {res[0]['repeats']} after a warm-up; 50 steps composed from the bundled schedule; ceiling = "
                   "attention-free reusing steps. Cache rows time one *reusing* step of the cache.", "",
                   render_e2e(res), ""]
+    lines += ["## Commands", "", "Staged checkout on the device (see docs/eval.md); the GPU run (one call):", "", "```sh",
+              "python tools/peers_tables.py run --out runs/gpu --device cuda --groups main --capture-steps 2 "
+              "--capture-layers 2",
+              "python tools/peers_tables.py run --out runs/gpu --device cuda --groups ablation --no-tensor",
+              "python benchmarks/bench_peers_e2e.py --models wan1.3b hunyuan --repeats 2 --json runs/gpu/e2e.json",
+              "python tools/peers_tables.py render runs/gpu --e2e runs/gpu/e2e.json --out docs/results.md", "```", "",
+              "The reduced CPU version (2 prompts x 1 seed, 10 steps, 75% only; about 8.6 s per video at 20 steps on "
+              "one core, so budget an hour for the main table):", "", "```sh",
+              "python tools/peers_tables.py run --out runs/cpu --prompts 2 --seeds 0 --steps 10 --levels 0.75 "
+              "--capture-steps 1 --capture-layers 1",
+              "python tools/peers_tables.py render runs/cpu --out results_cpu.md", "```", "",
+              "The same tables one method at a time with the CLI: `timeripple eval --methods svg --levels 0.5 0.75 "
+              "0.875` (the peers and ablations are in the registry)."]
     Path(out_path).write_text("\n".join(lines) + "\n")
     return out_path
