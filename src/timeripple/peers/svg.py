@@ -235,22 +235,19 @@ def _position_major(grid, n, text_len, text_position, device) -> torch.Tensor:
     return idx
 
 
-@functools.lru_cache(maxsize=16)
-def _flex_masks(grid, n, text_len, text_position, r, e_s, e_t, device_str, B, H):
-    """The spatial (natural order) and temporal (position-major) block masks, and the head-choice buffer."""
-    from torch.nn.attention.flex_attention import BlockMask, create_block_mask
-
+def _mods(grid, n, text_len, text_position, params):
+    """The spatial (natural order), temporal (position-major) and chosen mask_mods. ``params`` holds
+    ``(r, e_s, e_t)``: Python ints for building block masks, or a tensor read at run time (so one compiled
+    kernel serves every sparsity instead of one compile per value)."""
     T, Hg, Wg = grid
     s = Hg * Wg
     start, nv = masks.video_span(n, text_len, text_position)
-    device = torch.device(device_str)
-    choice_buf = torch.zeros(B, H, dtype=torch.bool, device=device)
-    key_buf = torch.ones(B, n, dtype=torch.bool, device=device)
 
     def is_text(i):
         return (i < start) | (i >= start + nv)
 
     def spatial_mod(b, h, qi, ki):
+        r, e_s = params[0], params[1]
         fq, fk = (qi - start) // s, (ki - start) // s
         pq, pk = (qi - start) % s, (ki - start) % s
         df = (fq - fk).abs()
@@ -259,15 +256,34 @@ def _flex_masks(grid, n, text_len, text_position, r, e_s, e_t, device_str, B, H)
 
     def temporal_mod(b, h, qi, ki):  # in position-major order: token j is (pos j // T, frame j % T)
         pq, pk = (qi - start) // T, (ki - start) // T
-        return is_text(qi) | is_text(ki) | ((pq - pk).abs() <= e_t)
+        return is_text(qi) | is_text(ki) | ((pq - pk).abs() <= params[2])
+
+    return spatial_mod, temporal_mod
+
+
+@functools.lru_cache(maxsize=16)
+def _flex_blocks(grid, n, text_len, text_position, r, e_s, e_t, device_str):
+    """The spatial and temporal block masks of one geometry and sparsity (built once, eagerly)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    spatial_mod, temporal_mod = _mods(grid, n, text_len, text_position, (r, e_s, e_t))
+    kw = dict(B=None, H=None, Q_LEN=n, KV_LEN=n, device=torch.device(device_str))
+    return create_block_mask(spatial_mod, **kw), create_block_mask(temporal_mod, **kw)
+
+
+@functools.lru_cache(maxsize=16)
+def _flex_state(grid, n, text_len, text_position, device_str, B, H):
+    """Per geometry: the buffers the chosen mask_mod reads (head choice, key mask, sizes) and the mask_mod."""
+    device = torch.device(device_str)
+    choice_buf = torch.zeros(B, H, dtype=torch.bool, device=device)
+    key_buf = torch.ones(B, n, dtype=torch.bool, device=device)
+    params = torch.zeros(3, dtype=torch.long, device=device)
+    spatial_mod, temporal_mod = _mods(grid, n, text_len, text_position, params)
 
     def chosen_mod(b, h, qi, ki):
         return torch.where(choice_buf[b, h], temporal_mod(b, h, qi, ki), spatial_mod(b, h, qi, ki)) & key_buf[b, ki]
 
-    kw = dict(B=None, H=None, Q_LEN=n, KV_LEN=n, device=device)
-    bm_s = create_block_mask(spatial_mod, **kw)
-    bm_t = create_block_mask(temporal_mod, **kw)
-    return bm_s, bm_t, choice_buf, key_buf, chosen_mod, BlockMask
+    return choice_buf, key_buf, params, chosen_mod
 
 
 def _partial_only(bm):
@@ -278,11 +294,13 @@ def _partial_only(bm):
 
 
 def _flex_svg(q, k, v, choice, grid, r, e_s, e_t, text_len, text_position, scale, key_keep=None):
+    from torch.nn.attention.flex_attention import BlockMask
+
     B, H, N, _ = q.shape
-    bm_s, bm_t, choice_buf, key_buf, chosen_mod, BlockMask = _flex_masks(
-        grid, N, text_len, text_position, r, e_s, e_t, str(q.device), B, H
-    )
+    bm_s, bm_t = _flex_blocks(grid, N, text_len, text_position, r, e_s, e_t, str(q.device))
+    choice_buf, key_buf, params, chosen_mod = _flex_state(grid, N, text_len, text_position, str(q.device), B, H)
     choice_buf.copy_(choice)
+    params.copy_(torch.tensor([r, e_s, e_t]))
     if key_keep is None:
         key_buf.fill_(True)
     else:
