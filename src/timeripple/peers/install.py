@@ -58,7 +58,8 @@ class PeerSchedule:
             raise value_error("dense_fraction", self.dense_fraction, "must be in [0, 1]", "pass e.g. 0.24")
 
     def attention_kwargs(self, step: int, num_steps: int) -> Optional[Dict[str, Any]]:
-        """The peer's kwargs at ``step`` (plus ``threshold`` for the hook's bookkeeping), or `None` (dense)."""
+        """The peer's kwargs at ``step``, or `None` (a dense step). A ``threshold`` entry is always present: the
+        stats record it per step as the reusing-step marker (``1.0`` when the peer takes no threshold)."""
         if self.step_kwargs is not None:
             kwargs = self.step_kwargs(step, num_steps)
         elif step < round(self.dense_fraction * num_steps) or step >= num_steps - self.dense_last:

@@ -9,6 +9,10 @@ Savings are **counted** in the paper's unit, partial products of ``q kᵀ``: pro
 computed iff the pair ``(i, j)`` is inside the chosen mask and neither ``q[i, c]`` nor ``k[j, c]`` is
 reused, plus SVG's ``num_sampled`` profiled rows of ``D`` products each. So the two savings compose
 multiplicatively where they are independent, and the count says exactly what they add up to.
+
+This is a counted reference, not a fast path: the attention is one masked SDPA over ``q̃``, ``k̃``, and the
+count builds a ``(B, H, N, N)`` float tensor (the computed channels of every pair), so it is meant for
+the tiny model and captured calls (``N`` of a few thousand), not for full-size video models.
 """
 
 from __future__ import annotations
