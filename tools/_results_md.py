@@ -146,6 +146,28 @@ def claims(main, abl):
     return out
 
 
+def _plot(res, path, x_key, x_label):
+    """PSNR (mean over runs) against ``x_key`` per method, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in res["rows"]):
+        pts = sorted((r[x_key], r["psnr_mean"]) for r in res["rows"] if r["method"] == method
+                     and r.get(x_key) is not None and r["psnr_mean"] is not None and math.isfinite(r["psnr_mean"]))
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=method)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("PSNR vs dense (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _where(res):
     env = res["environment"]
     return env.get("device_name", env["device"])
@@ -163,12 +185,19 @@ def render(runs, out_path, e2e_path=""):
         main, abl = _load(Path(folder) / "main"), _load(Path(folder) / "ablation")
         if main:
             where = _where(main)
+            tag = "gpu" if "cuda" in main["environment"]["device"] else "cpu"
+            figs = Path(out_path).parent / "results"
+            figs.mkdir(parents=True, exist_ok=True)
+            _plot(main, figs / f"{tag}_psnr_vs_savings.png", "savings_total", "counted savings, whole run")
+            _plot(main, figs / f"{tag}_psnr_vs_speedup.png", "speedup_timed", f"timed speedup vs dense ({where})")
             lines += [f"## Tbl. 2: methods at matched savings ({where})", "", _settings(main), "",
                       _quality_table(main), "", "Methods not in this table:", "", _skipped(main, INTENDED_MAIN), "",
                       f"## Fig. 7: attention-output MSE at matched per-call savings ({where})", "",
                       "q/k/v captured from the pipeline's own self-attention layers; each method's knob is matched "
                       "per call; only methods that run inside attention have a tensor-level figure (caches skip whole "
-                      "calls).", "", _tensor_table(main), ""]
+                      "calls).", "", _tensor_table(main), "",
+                      f"![PSNR vs savings](results/{tag}_psnr_vs_savings.png) "
+                      f"![PSNR vs timed speedup](results/{tag}_psnr_vs_speedup.png)", ""]
         if abl and abl["rows"]:
             lv = abl["settings"]["levels"][0]
             lines += [f"## Tbl. 3, Fig. 11, Tbl. 4: ablations at {lv:.0%} on the reusing steps ({_where(abl)})", "",
