@@ -14,6 +14,8 @@ name            what runs                                                    kno
 ``magcache``    diffusers MagCache, ratios calibrated on the pipeline          threshold
 ``taylorseer``  diffusers TaylorSeerCache (attention + feed-forward outputs)   cache interval (int)
 ``delta-dit``   Δ-DiT-style block cache (rear blocks early, front late)        share of blocks cached
+``tr+pab``      TimeRipple channel mode with PAB (skip range 2) in one model   TimeRipple threshold scale
+``tr+fbc``      TimeRipple channel mode with FirstBlockCache (0.05)            TimeRipple threshold scale
 ==============  ===========================================================  ===============================
 
 Attention peers run through TimeRipple's processors (``apply_timeripple(..., attention_fn=...)``) on the
@@ -40,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["MethodUnavailable", "PEER_METHODS", "TR_SVG_SPARSITY"]
 
-PEER_METHODS = ("svg", "minference", "tr-svg", "pab", "fbc", "magcache", "taylorseer", "delta-dit")
+PEER_METHODS = ("svg", "minference", "tr-svg", "pab", "fbc", "magcache", "taylorseer", "delta-dit", "tr+pab", "tr+fbc")
 TR_SVG_SPARSITY = 0.7  # the paper's SVG 70%
 PAB_MIDDLE = 0.8  # PAB broadcasts in the middle 80% of the steps (the paper's PAB_5,9 setting)
 NUM_SAMPLED = 64
@@ -175,6 +177,21 @@ def _delta_dit_install(pipe, knob, config):
     return apply_delta_dit(pipe, num_blocks=num, interval=2, cutoff=0.5, early="rear")
 
 
+def _composed_install(kind: str, knob):
+    """TimeRipple (channel mode, thresholds scaled by the searched knob) together with diffusers' ``kind``
+    cache at a fixed ``knob`` (deliverable 2 of issue 13: the combined trade-off)."""
+    def install(pipe, scale, config):
+        from ..peers import apply_timeripple_with_cache
+        from .methods import scaled
+
+        _family_or_unavailable(pipe, f"tr+{kind}")
+        extra = {"timestep_skip_range": _middle_timesteps(pipe, PAB_MIDDLE)} if kind == "pab" else {}
+        cfg = scaled(config.replace(mode="channel", budget=None, channel_alpha=None), scale)
+        return apply_timeripple_with_cache(pipe, cfg, kind, knob, **extra)
+
+    return install
+
+
 def _sparsity_guess(target: float, geo) -> float:
     # the pairs skipped are about the sparsity of the video pairs, less the sampled rows
     extra = NUM_SAMPLED / max(geo.num_tokens, 1)
@@ -203,6 +220,12 @@ for _method in (
     Method("taylorseer", "diffusers TaylorSeerCache (attention and feed-forward outputs, order 1)",
            knob="cache interval", savings="self-attention q·kᵀ products of predicted calls",
            install=_install_cache("taylorseer", True), bounds=(1.0, 64.0), log_knob=True, default_knob=2.0),
+    Method("tr+pab", "TimeRipple channel mode together with diffusers PAB (skip range 2, middle 80% of the steps)",
+           knob="threshold scale", savings="q·kᵀ partial products over the run (calls PAB skips count whole)",
+           install=_composed_install("pab", 2), bounds=(1e-4, 1e3), log_knob=True),
+    Method("tr+fbc", "TimeRipple channel mode together with diffusers FirstBlockCache (threshold 0.05)",
+           knob="threshold scale", savings="q·kᵀ partial products over the run (blocks FBC skips count whole)",
+           install=_composed_install("fbc", 0.05), bounds=(1e-4, 1e3), log_knob=True),
     Method("delta-dit", "Δ-DiT-style block cache: rear blocks early, front blocks late, full step every 2nd",
            knob="share of blocks cached", savings="self-attention q·kᵀ products of skipped blocks",
            install=_delta_dit_install, bounds=(0.0, 0.5), log_knob=False, default_knob=0.25),
