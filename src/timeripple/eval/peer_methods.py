@@ -46,7 +46,13 @@ PEER_METHODS = ("svg", "minference", "tr-svg", "pab", "fbc", "magcache", "taylor
 TR_SVG_SPARSITY = 0.7  # the paper's SVG 70%
 PAB_MIDDLE = 0.8  # PAB broadcasts in the middle 80% of the steps (the paper's PAB_5,9 setting)
 NUM_SAMPLED = 64
-_MAG_RATIOS: "weakref.WeakKeyDictionary[object, Dict[int, list]]" = weakref.WeakKeyDictionary()
+# MagCache ratios per pipeline and step count (calibrated on first use; may be filled by hand)
+MAG_RATIOS: "weakref.WeakKeyDictionary[object, Dict[int, list]]" = weakref.WeakKeyDictionary()
+
+
+def _sampled(grid) -> int:
+    """Queries sampled per call: ``NUM_SAMPLED``, at most 1/32 of the video tokens (at least 1)."""
+    return max(1, min(NUM_SAMPLED, (grid[0] * grid[1] * grid[2]) // 32))
 
 
 class MethodUnavailable(ValueError):
@@ -61,7 +67,7 @@ def _svg(sparsity, config):
 
     def attention(q, k, v, *, grid, text_len, text_position, attn_mask, attention_kwargs, step, num_steps, layer):
         return svg_attention(q, k, v, grid=grid, sparsity=float(sparsity), text_len=text_len,
-                             text_position=text_position, attn_mask=attn_mask, num_sampled=NUM_SAMPLED,
+                             text_position=text_position, attn_mask=attn_mask, num_sampled=_sampled(grid),
                              return_stats=True)
 
     return MethodSetup(config, attention)
@@ -73,7 +79,7 @@ def _minference(sparsity, config):
     def attention(q, k, v, *, grid, text_len, text_position, attn_mask, attention_kwargs, step, num_steps, layer):
         return minference_attention(q, k, v, grid=grid, density=max(1e-4, 1.0 - float(sparsity)), pattern="auto",
                                     text_len=text_len, text_position=text_position, attn_mask=attn_mask,
-                                    num_sampled=NUM_SAMPLED, return_stats=True)
+                                    num_sampled=_sampled(grid), return_stats=True)
 
     return MethodSetup(config, attention)
 
@@ -89,7 +95,7 @@ def _tr_svg(scale, config):
         return ripple_svg_attention(q, k, v, grid=grid, threshold=theta, sparsity=TR_SVG_SPARSITY,
                                     text_len=text_len, text_position=text_position, attn_mask=attn_mask,
                                     window=attention_kwargs["window"], axes=attention_kwargs["axes"],
-                                    priority=attention_kwargs["priority"], num_sampled=NUM_SAMPLED,
+                                    priority=attention_kwargs["priority"], num_sampled=_sampled(grid),
                                     return_stats=True)
 
     return MethodSetup(base, attention)
@@ -150,7 +156,7 @@ def _mag_ratios(pipe, n: int) -> list:
     from ..peers import calibrate_mag_ratios
     from .prompts import DEFAULT_GUIDANCE, EVAL_PROMPTS
 
-    store = _MAG_RATIOS.setdefault(pipe, {})
+    store = MAG_RATIOS.setdefault(pipe, {})
     if n not in store:
         def run():
             kwargs = dict(prompt=EVAL_PROMPTS[0], num_inference_steps=n, output_type="latent",
@@ -159,8 +165,10 @@ def _mag_ratios(pipe, n: int) -> list:
                 kwargs["guidance_scale"] = DEFAULT_GUIDANCE
             try:
                 pipe(**kwargs)
-            except (TypeError, ValueError) as err:
-                raise MethodUnavailable(f"magcache could not calibrate its ratios on this pipeline ({err})") from err
+            except Exception as err:  # e.g. a pipeline without a text encoder cannot take a prompt
+                raise MethodUnavailable(f"magcache could not calibrate its ratios by calling the pipeline with a "
+                                        f"prompt ({type(err).__name__}: {err}); put them in "
+                                        "`timeripple.eval.peer_methods.MAG_RATIOS[pipe][num_steps]`") from err
 
         store[n] = calibrate_mag_ratios(pipe, run)
         logger.info("MagCache ratios for %d steps: %s", n, [round(r, 4) for r in store[n]])
@@ -194,7 +202,7 @@ def _composed_install(kind: str, knob):
 
 def _sparsity_guess(target: float, geo) -> float:
     # the pairs skipped are about the sparsity of the video pairs, less the sampled rows
-    extra = NUM_SAMPLED / max(geo.num_tokens, 1)
+    extra = _sampled(geo.grid) / max(geo.num_tokens, 1)
     return min(0.99, max(0.01, target + extra))
 
 

@@ -6,8 +6,8 @@ MInference speeds up LLM prefill with three sparse shapes of the attention map, 
   around the diagonal.
 * ``"vertical_slash"``: the key columns and the diagonals (offsets ``i - j``) that carry the most
   attention, estimated online from the exact rows of a few sampled queries.
-* ``"block_sparse"``: per block of 64 queries, the key blocks with the largest score between the
-  mean-pooled query and key blocks.
+* ``"block_sparse"``: per block of 64 queries (``Nv / 4`` for short sequences), the key blocks with the
+  largest score between the mean-pooled query and key blocks.
 
 ``pattern="auto"`` picks, per head, the pattern with the smallest output error on the sampled queries
 (MInference assigns patterns per head offline; here the same criterion runs online). All patterns are
@@ -93,17 +93,23 @@ def _vertical_slash(scores_v: torch.Tensor, rows_v: torch.Tensor, nv: int, densi
     return col_keep[:, :, None, :] | diag_keep[:, :, all_offsets]
 
 
+def _block_size(nv: int) -> int:
+    """``BLOCK`` (64), or ``Nv // 4`` for short sequences so there are blocks to choose from."""
+    return max(1, min(BLOCK, nv // 4))
+
+
 def _block_sparse(qv: torch.Tensor, kv: torch.Tensor, density: float) -> torch.Tensor:
     """``(B, H, Nv, Nv)``: per query block, the top key blocks by pooled score."""
     B, H, nv, D = qv.shape
-    nb = math.ceil(nv / BLOCK)
-    pad = nb * BLOCK - nv
-    blk = torch.arange(nv, device=qv.device) // BLOCK
+    size = _block_size(nv)
+    nb = math.ceil(nv / size)
+    pad = nb * size - nv
+    blk = torch.arange(nv, device=qv.device) // size
     counts = torch.bincount(blk, minlength=nb).clamp_min(1).to(qv.dtype)
 
     def pool(x):
         x = F.pad(x.float(), (0, 0, 0, pad)) if pad else x.float()
-        return x.view(B, H, nb, BLOCK, D).sum(3) / counts.float().view(1, 1, nb, 1)
+        return x.view(B, H, nb, size, D).sum(3) / counts.float().view(1, 1, nb, 1)
 
     block_scores = pool(qv) @ pool(kv).transpose(-1, -2)  # (B, H, nb, nb)
     top = max(1, math.ceil(density * nb))
@@ -177,7 +183,7 @@ def minference_attention(
     # the estimate's cost in pairs' worth of q·kᵀ products: the sampled rows (vertical-slash, auto) and
     # the pooled block scores (block-sparse)
     overhead = (rows.numel() * N if ("vertical_slash" in names or len(names) > 1) else 0)
-    overhead += math.ceil(nv / BLOCK) ** 2 if "block_sparse" in names else 0
+    overhead += math.ceil(nv / _block_size(nv)) ** 2 if "block_sparse" in names else 0
     full = [_embed(c, N, text_len, text_position) for c in candidates]  # (B, H, N, N) each
     if len(full) == 1:
         chosen, choice = full[0], torch.zeros(B, H, dtype=torch.long, device=q.device)
