@@ -154,3 +154,11 @@ def test_attention_fn_replaces_ripple_attention_on_reusing_steps_only(pipe):
     assert {s[0] for s in seen} == {0} and len(seen) == 5  # step 0 of 2 reuses, 5 layers, 1 call each
     assert seen[0][1:] == (STEPS, "blocks.0.attn1", (9, 16, 16), "channel")
     assert stats.step_savings == [pytest.approx(0.25), 0.0]
+
+
+def test_runs_are_generated_in_their_dense_batches():
+    from timeripple.eval.runner import Runner
+
+    runner = Runner(None, [("p", s) for s in range(5)], {}, 2, torch.device("cpu"), False, False, None)
+    assert runner._slots([0]) == [0, 1] and runner._slots([3]) == [2, 3] and runner._slots([4]) == [4]
+    assert runner._slots([1, 4]) == [0, 1, 4] and runner._slots([]) == []

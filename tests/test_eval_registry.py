@@ -127,3 +127,13 @@ def test_builtin_methods_run_and_save_more_with_a_larger_knob(name):
         saved.append(stats.qk_savings_mean)
     assert 0 <= saved[0] < saved[1] <= 1, saved
     assert not math.isnan(saved[1])
+
+
+def test_a_similar_curve_aims_the_first_step():
+    subset = {}
+    first = match_savings(_curve, 0.5, bounds=(1e-4, 1e3), first_guess=1.0, history=subset)
+    shifted = lambda k: _curve(k / 1.2)  # noqa: E731  (the full set saves a little less at the same knob)
+    aimed = match_savings(shifted, 0.5, bounds=(1e-4, 1e3), first_guess=first.knob, shape=subset)
+    blind = match_savings(shifted, 0.5, bounds=(1e-4, 1e3), first_guess=first.knob)
+    assert aimed.converged and blind.converged
+    assert len({k for k, _ in aimed.evaluations}) < len({k for k, _ in blind.evaluations})

@@ -154,7 +154,8 @@ def attention_error(
             knob, found = None, None
             savings = run(None)
         else:
-            guess = first_guess(target) if callable(first_guess) else first_guess
+            # the previous call's knob is the best start for the next (neighbouring layers / steps are alike)
+            guess = rows[-1]["knob"] if rows and rows[-1]["converged"] else first_guess
             found = match_savings(run, target, bounds=method.bounds, log_knob=method.log_knob, first_guess=guess,
                                   tol=tol, name=method.name, knob_name=method.knob)
             knob, savings = found.knob, found.achieved

@@ -270,7 +270,7 @@ def _match(runner, method: Method, config, level, geometry, search_runs, tol, se
                               history=search_hist, **common)
         full_hist.setdefault(found.knob, runner.measure(method, config, found.knob, full)[key])
         guess = found.knob
-    found = match_savings(savings_on(full), level, first_guess=guess, history=full_hist, **common)
+    found = match_savings(savings_on(full), level, first_guess=guess, history=full_hist, shape=search_hist, **common)
     return found, runner.measure(method, config, found.knob, full)
 
 

@@ -4,7 +4,8 @@ per method and knob, timed and scored against dense.
 Results are kept per run, so confirming a knob found on the first ``search_runs`` runs only generates the
 remaining runs. With ``batch_size > 1`` one pipeline call serves several runs: its counted savings
 (a per-call figure) and its wall time are shared equally by the runs of the batch (all runs have the same
-shape, so the mean over the runs is exact).
+shape, so the mean over the runs is exact), and a run is always generated in the same batch as in the
+dense run (whole batches are generated), so batch-size-dependent kernels cannot tell it from dense.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Runner:
         store = _DENSE_CACHES.setdefault(self.pipe, {})
         call_key = tuple(sorted((k, repr(v)) for k, v in self.call.items()))
         keys = [(run, call_key, self.per_step) for run in self.runs]
-        missing = [i for i, key in enumerate(keys) if key not in store]
+        missing = self._slots([i for i, key in enumerate(keys) if key not in store])
         for i, record in zip(missing, self._generate(missing, None, "dense")):
             store[keys[i]] = record
         self.dense_runs = [store[key] for key in keys]
@@ -65,7 +66,7 @@ class Runner:
         key = (method.name, knob, n)
         if key in self.scores:
             return self.scores[key]
-        missing = [i for i in range(n) if (method.name, knob, i) not in self.records]
+        missing = self._slots([i for i in range(n) if (method.name, knob, i) not in self.records])
         label = f"{method.name} {'' if knob is None else f'{knob:.4g}'}"
         for i, record in zip(missing, self._generate(missing, (method, config, knob), label)):
             self.records[(method.name, knob, i)] = record
@@ -73,6 +74,12 @@ class Runner:
         logger.info("%s %s=%s on %d runs: %.4f savings on the reusing steps", method.name, method.knob, knob, n,
                     self.scores[key]["savings_reusing"])
         return self.scores[key]
+
+    def _slots(self, indices: List[int]) -> List[int]:
+        """Whole batches (slots ``[k·bs, (k+1)·bs)``) around ``indices``: every run is always generated in
+        the batch it has in the dense run, so batch-dependent kernels cannot differ from dense."""
+        slots = sorted({i // self.batch_size for i in indices})
+        return [i for k in slots for i in range(k * self.batch_size, min((k + 1) * self.batch_size, len(self.runs)))]
 
     def _score(self, records: List[Dict[str, Any]]) -> Dict[str, Any]:
         n = len(records)
@@ -95,6 +102,7 @@ class Runner:
             out["adherence"] = adherence_summary(rows)
             out["adherence"]["lost"] = {c: sum(bool(d["adherence"][c]) and not r[c] for d, r in zip(dense, rows))
                                         for c in CRITERIA}
+            out["adherence"]["per_run"] = [{c: r[c] for c in CRITERIA} for r in rows]
         return out
 
     def time_warm(self, setup=None, repeats: int = 1) -> float:

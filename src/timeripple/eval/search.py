@@ -1,11 +1,12 @@
 """Savings matching: move a method's knob until its achieved savings hit a target.
 
 :func:`match_savings` takes ``savings(knob)`` (monotone non-decreasing, e.g. the mean counted savings on
-the reusing steps over a set of runs), a target and the knob's range. It starts at a first guess, brackets
-the target by stepping by a factor of 4 (in ``log(knob)`` for scales) or by halving the distance to a
-bound (for fractions), then narrows the bracket with the Illinois variant of regula falsi on
-``logit(savings) - logit(target)`` (savings curves are sigmoid-like in the knob, so this is close to
-linear). It stops as soon as an evaluated knob is within ``tol`` of the target and always reports the
+the reusing steps over a set of runs), a target and the knob's range. It starts at a first guess and
+brackets the target with secant steps on ``logit(savings)`` (savings curves are sigmoid-like in the knob,
+so this is close to linear; the slope comes from the points seen, from a similar curve, or a shallow
+default), each at most a factor of 4 in ``log(knob)`` for scales or half the distance to a bound for
+fractions; then it narrows the bracket with the Illinois variant of regula falsi on
+``logit(savings) - logit(target)``. It stops as soon as an evaluated knob is within ``tol`` of the target and always reports the
 **achieved** savings of the knob it returns, never the target.
 """
 
@@ -62,6 +63,7 @@ def match_savings(
     tol: float = 0.005,
     max_evals: int = 16,
     history: Optional[Dict[float, float]] = None,
+    shape: Optional[Dict[float, float]] = None,
     name: str = "method",
     knob_name: str = "knob",
 ) -> SearchResult:
@@ -79,6 +81,8 @@ def match_savings(
         max_evals (`int`, defaults to 16): most new evaluations before giving up (closest one reported).
         history (`dict[float, float]`, *optional*): knob -> savings already measured with the same
             ``savings`` function (they bracket the target for free; new evaluations are added to it).
+        shape (`dict[float, float]`, *optional*): knob -> savings of a similar curve (e.g. measured on fewer
+            runs); only its slope is used, to aim the first steps while fewer than two points are known.
         name, knob_name (`str`): for the messages.
 
     Returns:
@@ -95,6 +99,7 @@ def match_savings(
     lo, hi = (float(b) for b in bounds)
     to_u = math.log if log_knob else (lambda x: x)
     from_u = math.exp if log_knob else (lambda u: u)
+    slope0 = 1.0 if log_knob else 4.0 / (hi - lo)  # logit(savings) per unit of u, when nothing better is known
     seen: Dict[float, float] = {} if history is None else history
     order: List[Tuple[float, float]] = []
     budget = [max_evals]
@@ -137,12 +142,14 @@ def match_savings(
                     return result(hi, f"{name}: target {target:.1%} cannot be reached; at most {seen[hi]:.2%} "
                                       f"at the bound {knob_name} = {hi:.4g}", reachable=False)
                 nxt = from_u(to_u(start) + math.log(4)) if log_knob else _halfway(start, hi, lo, hi)
+                nxt = _aim(start, nxt, +1, target, seen, shape, to_u, from_u, slope0)
                 s = f(min(nxt, hi))
             else:  # need less savings: lower the knob
                 if b <= lo:
                     return result(lo, f"{name}: target {target:.1%} cannot be reached; at least {seen[lo]:.2%} "
                                       f"at the bound {knob_name} = {lo:.4g}", reachable=False)
                 nxt = from_u(to_u(b) - math.log(4)) if log_knob else _halfway(b, lo, lo, hi)
+                nxt = _aim(b, nxt, -1, target, seen, shape, to_u, from_u, slope0)
                 s = f(max(nxt, lo))
             if abs(s - target) <= tol:
                 return result(closest())
@@ -177,6 +184,27 @@ def match_savings(
         x = closest()
         return result(x, f"{name}: no {knob_name} within {tol:.1%} of {target:.1%} after {max_evals} evaluations; "
                          f"the closest ({seen[x]:.2%} at {knob_name} = {x:.6g}) is reported")
+
+
+def _aim(start, capped, direction, target, seen, shape, to_u, from_u, default_slope) -> float:
+    """A secant step from ``start`` towards the target on ``logit(savings)``, 5% long so that it tends to
+    bracket, never further than ``capped`` (the plain bracketing step)."""
+    points = sorted(seen.items(), key=lambda kv: abs(_logit(kv[1]) - _logit(target)))
+    if len({k for k, _ in points}) < 2 and shape:
+        points = sorted(shape.items(), key=lambda kv: abs(_logit(kv[1]) - _logit(target)))
+    pairs = [(to_u(k), _logit(v)) for k, v in points]
+    for (u1, g1), (u2, g2) in zip(pairs, pairs[1:]):
+        if u1 != u2 and (g2 - g1) / (u2 - u1) > 0:
+            slope = (g2 - g1) / (u2 - u1)
+            break
+    else:  # one point: a shallow slope (1 logit unit per e-fold / per quarter range), so the step overshoots
+        slope = default_slope
+    u0 = to_u(start)
+    step = 1.05 * (_logit(target) - _logit(seen[start])) / slope
+    limit = to_u(capped) - u0
+    if step * direction <= 0:
+        return capped
+    return from_u(u0 + (min(step, limit) if direction > 0 else max(step, limit)))
 
 
 def _halfway(start: float, bound: float, lo: float, hi: float) -> float:
