@@ -21,7 +21,7 @@ CONFIG = timeripple.TimeRippleConfig(
     reference_num_steps=STEPS,
 )
 KNOBS = {"svg": 0.8, "minference": 0.5, "tr-svg": 1.0, "pab": 2.0, "fbc": 0.3, "magcache": 0.5, "taylorseer": 2.0,
-         "delta-dit": 0.5, "tr+pab": 1.0, "tr+fbc": 1.0, "channel-fixed": 1.0, "channel-t": 1.0, "channel-w3": 1.0,
+         "delta-dit": 0.5, "tr+pab": 1.0, "tr+fbc": 1.0, "channel-fixed": 1.0, "channel-temporal": 1.0, "channel-w3": 1.0,
          "channel-w4": 1.0, "channel-w8": 1.0, "channel-alpha": 2.0}
 
 

@@ -8,15 +8,23 @@ from pathlib import Path
 
 INTENDED_MAIN = ("channel", "svg", "tr-svg", "pab", "fbc", "magcache", "taylorseer", "delta-dit", "minference",
                  "magnitude", "skip", "token-budget")
-INTENDED_ABLATION = ("channel", "channel-fixed", "channel-t", "channel-w3", "channel-w4", "channel-w8", "channel-alpha",
+INTENDED_ABLATION = ("channel", "channel-fixed", "channel-temporal", "channel-w3", "channel-w4", "channel-w8", "channel-alpha",
                      "channel-w3-same", "channel-w4-same", "channel-w8-same")
 PAPER_ORDER = ("channel", "tr-svg", "svg", "minference", "pab", "fbc", "magcache", "taylorseer", "delta-dit",
                "magnitude", "skip", "token-budget")
 
 
+ALIASES = {"channel-t": "channel-temporal"}  # the name of runs made before the rename
+
+
 def _load(folder):
     path = Path(folder) / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    res = json.loads(path.read_text())
+    for row in res["rows"] + res.get("tensor", []):
+        row["method"] = ALIASES.get(row["method"], row["method"])
+    return res
 
 
 def _f(x, fmt):
@@ -120,7 +128,7 @@ def claims(main, abl):
                         f"87.5%: tr-svg {trs['psnr_mean']:.1f} dB, svg {svg['psnr_mean']:.1f} dB"))
     if abl:
         lv = abl["settings"]["levels"][0]
-        ch, fx, tp, al = (_row(abl, m, lv) for m in ("channel", "channel-fixed", "channel-t", "channel-alpha"))
+        ch, fx, tp, al = (_row(abl, m, lv) for m in ("channel", "channel-fixed", "channel-temporal", "channel-alpha"))
         if ch and fx:
             out.append(("Tbl. 3: the adaptive (ramped) threshold beats one fixed threshold",
                         "supported" if ch["psnr_mean"] > fx["psnr_mean"] else "not supported",
@@ -202,7 +210,7 @@ def render(runs, out_path, e2e_path=""):
             lv = abl["settings"]["levels"][0]
             lines += [f"## Tbl. 3, Fig. 11, Tbl. 4: ablations at {lv:.0%} on the reusing steps ({_where(abl)})", "",
                       _settings(abl), "",
-                      _quality_table(abl, methods=("channel", "channel-fixed", "channel-t", "channel-w3", "channel-w4",
+                      _quality_table(abl, methods=("channel", "channel-fixed", "channel-temporal", "channel-w3", "channel-w4",
                                                    "channel-w8", "channel-alpha", "channel-w3-same", "channel-w4-same",
                                                    "channel-w8-same")), "",
                       "`channel-wK-same` rows run window K at window 2's matched threshold, as the paper's Fig. 11 "

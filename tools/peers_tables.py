@@ -22,7 +22,7 @@ from pathlib import Path
 
 MAIN = ("channel", "svg", "tr-svg", "pab", "fbc", "magcache", "taylorseer", "delta-dit", "minference", "magnitude",
         "skip", "token-budget")
-ABLATION = ("channel-fixed", "channel-t", "channel-w3", "channel-w4", "channel-w8", "channel-alpha")
+ABLATION = ("channel-fixed", "channel-temporal", "channel-w3", "channel-w4", "channel-w8", "channel-alpha")
 WINDOWS = (3, 4, 8)
 
 

@@ -4,7 +4,7 @@
 name                          variant (the paper)                             knob
 ============================  ==============================================  =====================
 ``channel-fixed``             one fixed θ on every reusing step (Tbl. 3)      threshold scale
-``channel-t``                 temporal axis only (Tbl. 3 "Temp")              threshold scale
+``channel-temporal``          temporal axis only (Tbl. 3 "Temp")              threshold scale
 ``channel-w3/-w4/-w8``        window of 3 / 4 / 8 positions (Fig. 11)         threshold scale
 ``channel-alpha``             per-channel τ = α · mean_c |Δ_c| (Tbl. 4)       α
 ============================  ==============================================  =====================
@@ -20,7 +20,7 @@ from .methods import Method, MethodSetup, register_method, scaled
 __all__ = ["ABLATION_METHODS", "WINDOWS"]
 
 WINDOWS = (3, 4, 8)
-ABLATION_METHODS = ("channel-fixed", "channel-t") + tuple(f"channel-w{w}" for w in WINDOWS) + ("channel-alpha",)
+ABLATION_METHODS = ("channel-fixed", "channel-temporal") + tuple(f"channel-w{w}" for w in WINDOWS) + ("channel-alpha",)
 
 
 def _channel(config, **changes):
@@ -50,7 +50,7 @@ def _alpha(alpha, config):
 _SCALE = dict(knob="threshold scale", savings="q·kᵀ partial products", bounds=(1e-4, 1e3), log_knob=True)
 for _method in (
     Method("channel-fixed", "channel mode, one fixed θ on every reusing step (Tbl. 3 'Fixed')", build=_fixed, **_SCALE),
-    Method("channel-t", "channel mode, temporal axis only (Tbl. 3 'Temp')", build=_temporal, **_SCALE),
+    Method("channel-temporal", "channel mode, temporal axis only (Tbl. 3 'Temp')", build=_temporal, **_SCALE),
     *[Method(f"channel-w{w}", f"channel mode, window {w} (Fig. 11)", build=_window(w), **_SCALE) for w in WINDOWS],
     Method("channel-alpha", "channel mode, per-channel τ = α·mean|Δ| (Tbl. 4)", knob="alpha",
            savings="q·kᵀ partial products", build=_alpha, bounds=(1e-3, 1e2), log_knob=True),

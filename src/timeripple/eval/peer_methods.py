@@ -24,7 +24,8 @@ tensor-level error. Caches install themselves and count the self-attention qÂ·ká
 they skip; they have no schedule-dense steps, so every step counts as a reusing step for them (their
 "savings on the reusing steps" is the mean over all steps; ``savings_total`` is the whole generation).
 
-A method that cannot run on the given pipeline or device raises [`MethodUnavailable`] (a `ValueError`)
+Importing this module imports no torch (``timeripple eval --help`` stays cheap). A method that cannot run
+on the given pipeline or device raises [`MethodUnavailable`] (a `ValueError`)
 with the reason, from ``install`` / ``build``; the harness reports the reason instead of a row of figures.
 """
 
@@ -33,8 +34,6 @@ from __future__ import annotations
 import logging
 import weakref
 from typing import Dict
-
-import torch
 
 from .methods import Method, MethodSetup, register_method
 
@@ -153,6 +152,8 @@ def _middle_timesteps(pipe, share: float) -> tuple:
 
 def _mag_ratios(pipe, n: int) -> list:
     """MagCache ratios of ``pipe`` for ``n`` steps, calibrated once per pipeline on the first eval prompt."""
+    import torch
+
     from ..peers import calibrate_mag_ratios
     from .prompts import DEFAULT_GUIDANCE, EVAL_PROMPTS
 
