@@ -249,6 +249,9 @@ def render(runs, out_path, e2e_path=""):
               "- `svg`'s timed speedup on the tiny model is not representative: its FlexAttention kernel recompiled "
               "for every sparsity the search tried, hit torch's recompile limit and then ran unfused. The code now "
               "reads the mask sizes from a tensor (one compile for all sparsities); this is not re-measured.",
+              "- TimeRipple composed with diffusers' caches (`tr+pab`, `tr+fbc`; `peers.apply_timeripple_with_cache`) "
+              "is registered and tested (both orders give the same model) but was in neither measured run, so its "
+              "combined trade-off is not in this page.",
               "- Full-size speed: only Wan2.1-1.3B stock, attention-free and TimeRipple token mode were timed before "
               "the limit; the SVG-style flex path, the caches' reusing steps and HunyuanVideo were not.",
               "- The tiny model is 9 frames of 16x16 tokens with 4 heads: SVG's spatial/temporal masks and MInference's "
