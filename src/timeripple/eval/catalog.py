@@ -7,3 +7,4 @@ is no import cycle. ``timeripple.eval`` and the harness import this module befor
 
 from . import methods  # noqa: F401  (the registry and the built-ins)
 from . import fidelity_methods  # noqa: F401  (token-plan fidelity variants, issue 9)
+from . import ablation_methods, peer_methods  # noqa: F401  (the paper's ablations and the peers, issue 13)

@@ -265,3 +265,4 @@ for _method in (
            savings="q·kᵀ products", build=_skip, **_SCALE),
 ):
     register_method(_method)
+

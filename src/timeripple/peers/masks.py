@@ -1,0 +1,123 @@
+"""Token geometry and the boolean attention masks of the sparse-attention peers.
+
+All masks here are ``(N, N)`` bool tensors (True = the pair ``(query, key)`` is computed) over a joint
+sequence of ``T*Hg*Wg`` video tokens laid out t-major and ``text_len`` text tokens before or after them.
+Text rows and text columns are always kept, as in Sparse VideoGen: only video-video pairs are masked.
+
+* **spatial** (SVG): a video query sees the keys of its own frame and of the ``r`` frames on each side;
+  to make the density continuous, the frames at distance ``r + 1`` are added within ``e`` raster
+  positions of the query's own position.
+* **temporal** (SVG): a video query sees the keys within ``e`` raster positions of its own spatial
+  position, in every frame.
+
+:func:`spatial_params` / :func:`temporal_params` pick ``(r, e)`` / ``e`` for a target density of the
+video-video pairs from closed-form pair counts, so the mask never has to be built to be sized.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence, Tuple
+
+import torch
+
+from .._validation import value_error
+
+__all__ = [
+    "video_span", "video_index", "window_pairs", "spatial_params", "temporal_params",
+    "spatial_mask", "temporal_mask", "keep_text",
+]
+
+
+def video_span(n: int, text_len: int, text_position: str) -> Tuple[int, int]:
+    """``(start, nv)``: where the video tokens start in the joint sequence and how many there are."""
+    start = text_len if text_position == "before" else 0
+    return start, n - text_len
+
+
+def video_index(grid: Sequence[int], device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(frame, pos)`` int64 ``(Nv,)`` of every video token: its frame and its raster position in the frame."""
+    T, Hg, Wg = (int(g) for g in grid)
+    s = Hg * Wg
+    idx = torch.arange(T * s, device=device)
+    return idx // s, idx % s
+
+
+def window_pairs(s: int, e: int) -> int:
+    """Number of ordered pairs ``(i, j)`` of ``range(s)`` with ``|i - j| <= e``."""
+    e = max(0, min(int(e), s - 1))
+    return s * (2 * e + 1) - e * (e + 1)
+
+
+def _frame_pairs(T: int, d: int) -> int:
+    """Ordered frame pairs at distance exactly ``d``."""
+    if d < 0 or d >= T:
+        return 0
+    return T if d == 0 else 2 * (T - d)
+
+
+def spatial_params(grid: Sequence[int], density: float) -> Tuple[int, int, float]:
+    """``(r, e, achieved)``: the smallest spatial mask whose video-pair density is ``>= density``."""
+    T, Hg, Wg = (int(g) for g in grid)
+    s = Hg * Wg
+    total = (T * s) ** 2
+    if not 0 < density <= 1:
+        raise value_error("density", density, "must be in (0, 1]", "pass 1 - sparsity, e.g. 0.3")
+    full = 0
+    for r in range(T):
+        full += _frame_pairs(T, r) * s * s
+        ring = _frame_pairs(T, r + 1)
+        if full / total >= density or ring == 0:
+            return r, -1, full / total
+        need = density * total - full  # pairs still missing, taken from the frames at distance r + 1
+        if ring * s * s >= need:
+            lo, hi = 0, s - 1  # smallest e with ring * window_pairs(s, e) >= need
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if ring * window_pairs(s, mid) >= need:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return r, lo, (full + ring * window_pairs(s, lo)) / total
+    return T - 1, -1, 1.0
+
+
+def temporal_params(grid: Sequence[int], density: float) -> Tuple[int, float]:
+    """``(e, achieved)``: the smallest temporal window whose video-pair density is ``>= density``."""
+    _, Hg, Wg = (int(g) for g in grid)
+    s = Hg * Wg
+    if not 0 < density <= 1:
+        raise value_error("density", density, "must be in (0, 1]", "pass 1 - sparsity, e.g. 0.3")
+    e = max(0, math.ceil(density * s) // 2 - 1)
+    while window_pairs(s, e) < density * s * s and e < s - 1:
+        e += 1
+    return e, window_pairs(s, e) / (s * s)
+
+
+def keep_text(video_mask: torch.Tensor, n: int, text_len: int, text_position: str) -> torch.Tensor:
+    """Embed a ``(Nv, Nv)`` video mask into the ``(N, N)`` joint mask with every text row and column kept."""
+    start, nv = video_span(n, text_len, text_position)
+    if text_len == 0:
+        return video_mask
+    full = torch.ones(n, n, dtype=torch.bool, device=video_mask.device)
+    full[start : start + nv, start : start + nv] = video_mask
+    return full
+
+
+def spatial_mask(grid, r: int, e: int, *, n: int, text_len: int = 0, text_position: str = "after",
+                 device=None) -> torch.Tensor:
+    """``(N, N)`` bool spatial mask (see the module docstring)."""
+    frame, pos = video_index(grid, device)
+    df = (frame[:, None] - frame[None, :]).abs()
+    video = df <= r
+    if e >= 0:
+        video |= (df == r + 1) & ((pos[:, None] - pos[None, :]).abs() <= e)
+    return keep_text(video, n, text_len, text_position)
+
+
+def temporal_mask(grid, e: int, *, n: int, text_len: int = 0, text_position: str = "after",
+                  device=None) -> torch.Tensor:
+    """``(N, N)`` bool temporal mask (see the module docstring)."""
+    _, pos = video_index(grid, device)
+    video = (pos[:, None] - pos[None, :]).abs() <= e
+    return keep_text(video, n, text_len, text_position)
