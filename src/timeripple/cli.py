@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibrate_parser(sub)
     from .eval.command import add_eval_parser
 
-    add_eval_parser(sub, _device)
+    add_eval_parser(sub, _device, _positive_int)
     sub.add_parser("configs", help="list the bundled configs and their step schedules",
                    description="List the bundled TimeRipple configs with their mode and threshold schedule.")
     sub.add_parser("version", help="print the installed version", description="Print the installed version.")

@@ -58,21 +58,9 @@ def _level(text: str) -> float:
     return value
 
 
-def _int(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
-        return value
-
-    return parse
-
-
-def add_eval_parser(sub, device_type) -> None:
-    """Add the ``eval`` subcommand to the ``timeripple`` parser (``device_type`` parses ``--device``)."""
+def add_eval_parser(sub, device_type, int_type) -> None:
+    """Add the ``eval`` subcommand to the ``timeripple`` parser (``device_type`` parses ``--device``,
+    ``int_type(minimum)`` the integer options: the CLI's own argument types)."""
     from . import catalog  # noqa: F401  (registers every method)
     from .methods import list_methods
 
@@ -89,25 +77,25 @@ def add_eval_parser(sub, device_type) -> None:
                    " ".join(f"{x:g}" for x in defaults.DEFAULT_LEVELS))
     p.add_argument("--prompts-file", default=None, metavar="FILE",
                    help="one prompt per line (# comments); default: the 8 prompts of timeripple.eval.EVAL_PROMPTS")
-    p.add_argument("--seeds", nargs="+", type=_int(0), default=None, metavar="N",
+    p.add_argument("--seeds", nargs="+", type=int_type(0), default=None, metavar="N",
                    help="seeds; every prompt runs with every seed (default: %s)" % " ".join(map(str, defaults.EVAL_SEEDS)))
-    p.add_argument("--steps", type=_int(2), default=None, help=f"denoising steps (default: {defaults.DEFAULT_STEPS})")
+    p.add_argument("--steps", type=int_type(2), default=None, help=f"denoising steps (default: {defaults.DEFAULT_STEPS})")
     p.add_argument("--guidance-scale", type=float, default=defaults.DEFAULT_GUIDANCE,
                    help=f"classifier-free guidance scale (default: {defaults.DEFAULT_GUIDANCE:g})")
     p.add_argument("--config", default=defaults.DEFAULT_CONFIG,
                    help=f"base config: its schedule and thresholds (default: {defaults.DEFAULT_CONFIG})")
-    p.add_argument("--search-runs", type=_int(1), default=None, metavar="N",
+    p.add_argument("--search-runs", type=int_type(1), default=None, metavar="N",
                    help="runs used while searching each knob, then confirmed on all runs (default: all)")
-    p.add_argument("--batch-size", type=_int(1), default=None, metavar="N",
+    p.add_argument("--batch-size", type=int_type(1), default=None, metavar="N",
                    help="runs per pipeline call (default: all on CUDA, 1 on the CPU)")
     p.add_argument("--tol", type=float, default=defaults.SAVINGS_TOLERANCE,
                    help=f"absolute tolerance on the achieved savings (default: {defaults.SAVINGS_TOLERANCE})")
     p.add_argument("--match-on", choices=("reusing", "total"), default="reusing",
                    help="savings matched to the levels: on the schedule's reusing steps (default) or over the "
                    "whole generation (for caches without a schedule)")
-    p.add_argument("--capture-steps", type=_int(1), default=3, metavar="N",
+    p.add_argument("--capture-steps", type=int_type(1), default=3, metavar="N",
                    help="reusing steps whose q/k/v are captured for the attention error (default: 3)")
-    p.add_argument("--capture-layers", type=_int(1), default=None, metavar="N",
+    p.add_argument("--capture-layers", type=int_type(1), default=None, metavar="N",
                    help="captured layers, evenly spread (default: all)")
     p.add_argument("--no-tensor", action="store_true", help="skip the tensor-level attention error")
     p.add_argument("--quick", action="store_true",
