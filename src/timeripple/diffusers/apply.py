@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TimeRippleHandle", "apply_timeripple", "remove_timeripple", "get_stats", "processors_for_model"]
 
-_HANDLE_ATTR = "_timeripple_handle"
+HANDLE_ATTR = "_timeripple_handle"
 _TRANSFORMER_NAMES = ("transformer", "transformer_2")
 
 
@@ -61,7 +61,7 @@ class TimeRippleHandle:
 
     @property
     def active(self) -> bool:
-        return any(getattr(t, _HANDLE_ATTR, None) is self for t in self.transformers.values())
+        return any(getattr(t, HANDLE_ATTR, None) is self for t in self.transformers.values())
 
     def remove(self) -> None:
         """Restore the original processor objects and remove the hooks (see [`remove_timeripple`]).
@@ -69,19 +69,19 @@ class TimeRippleHandle:
         Only undoes what is still this handle's: calling it again, or after TimeRipple was applied anew
         with another handle, changes nothing (the newer handle stays active)."""
         for name, transformer in self.transformers.items():
-            if getattr(transformer, _HANDLE_ATTR, None) is self:
+            if getattr(transformer, HANDLE_ATTR, None) is self:
                 self._uninstall(name, transformer)
 
     def _rollback(self) -> None:
         # a failed apply: undo whatever was installed, whether or not the handle attribute was set yet
         for name, transformer in self.transformers.items():
-            if getattr(transformer, _HANDLE_ATTR, None) in (None, self):
+            if getattr(transformer, HANDLE_ATTR, None) in (None, self):
                 self._uninstall(name, transformer)
 
     def _uninstall(self, name: str, transformer: torch.nn.Module) -> None:
         _uninstall(transformer, self.originals.get(name, {}), self._had_forward.get(name, True))
-        if getattr(transformer, _HANDLE_ATTR, None) is self:
-            delattr(transformer, _HANDLE_ATTR)
+        if getattr(transformer, HANDLE_ATTR, None) is self:
+            delattr(transformer, HANDLE_ATTR)
 
 
 def apply_timeripple(pipe_or_transformer, config, *, scheduler=None, attention_fn=None) -> TimeRippleHandle:
@@ -127,7 +127,7 @@ def apply_timeripple(pipe_or_transformer, config, *, scheduler=None, attention_f
     if attention_fn is not None and not callable(attention_fn):
         raise type_error("attention_fn", attention_fn, "a callable or None",
                          "pass a function with ripple_attention's keyword contract (see the docstring)")
-    selections = [_select_layers(transformer, spec) for _, transformer in targets]  # checks before any change
+    selections = [select_layers(transformer, spec) for _, transformer in targets]  # checks before any change
     recorder = StatsRecorder()
     handle = TimeRippleHandle(config=config, family=spec.name, transformers={}, originals={}, recorder=recorder)
     try:
@@ -144,9 +144,9 @@ def apply_timeripple(pipe_or_transformer, config, *, scheduler=None, attention_f
                 if parallel is not None:  # applied after `enable_parallelism`: join it, as its processors did
                     _check_parallel_support(processor, parallel, module, prefix + layer)
                     processor._parallel_config = parallel
-                _set_processor(module, processor)
+                set_processor(module, processor)
                 context.installed[layer] = (module, processor)
-            setattr(transformer, _HANDLE_ATTR, handle)
+            setattr(transformer, HANDLE_ATTR, handle)
     except BaseException:
         handle._rollback()
         raise
@@ -201,7 +201,7 @@ def processors_for_model(transformer: torch.nn.Module, config, *, scheduler=None
         )
     recorder = StatsRecorder()
     context = RippleContext(config, recorder, name)
-    selected = _select_layers(transformer, spec)
+    selected = select_layers(transformer, spec)
     handle = TimeRippleHandle(
         config=config, family=spec.name, transformers={name: transformer},
         originals={name: {layer: module.processor for layer, module in selected.items()}}, recorder=recorder,
@@ -213,7 +213,7 @@ def processors_for_model(transformer: torch.nn.Module, config, *, scheduler=None
         processors[f"{layer}.processor"] = processor
         context.installed[layer] = (module, processor)  # the hook checks at every call that they are set
     _register_hook(transformer, spec, context, scheduler_fn)
-    setattr(transformer, _HANDLE_ATTR, handle)
+    setattr(transformer, HANDLE_ATTR, handle)
     return processors
 
 
@@ -257,8 +257,8 @@ def get_stats(pipe_or_transformer_or_handle) -> GenerationStats:
 def _find_handle(obj) -> TimeRippleHandle:
     if isinstance(obj, TimeRippleHandle):
         return obj
-    for _, transformer in _targets(obj):
-        handle = getattr(transformer, _HANDLE_ATTR, None)
+    for _, transformer in install_targets(obj):
+        handle = getattr(transformer, HANDLE_ATTR, None)
         if handle is not None:
             return handle
     raise value_error(
@@ -267,7 +267,7 @@ def _find_handle(obj) -> TimeRippleHandle:
     )
 
 
-def _targets(obj) -> List[Tuple[str, torch.nn.Module]]:
+def install_targets(obj) -> List[Tuple[str, torch.nn.Module]]:
     if isinstance(obj, torch.nn.Module):
         return [("transformer", getattr(obj, "_orig_mod", obj))]
     found = [(n, getattr(obj, n)) for n in _TRANSFORMER_NAMES if isinstance(getattr(obj, n, None), torch.nn.Module)]
@@ -284,7 +284,7 @@ def _prepare(obj, config, scheduler):
         raise type_error("config", config, "a TimeRippleConfig, a bundled config name or a path to a YAML file",
                          "pass e.g. 'wan2.1' or timeripple.load_config('wan2.1')")
     config = load_config(config)
-    targets = _targets(obj)
+    targets = install_targets(obj)
     specs = []
     for name, transformer in targets:
         spec = get_family(transformer)
@@ -295,7 +295,7 @@ def _prepare(obj, config, scheduler):
                 type(transformer).__name__, f"is not a supported model; supported: {listed}",
                 "use a supported model, or register yours with `timeripple.diffusers.register_model(cls, family)`",
             )
-        if getattr(transformer, _HANDLE_ATTR, None) is not None:
+        if getattr(transformer, HANDLE_ATTR, None) is not None:
             raise value_error(
                 name, type(transformer).__name__, "already has TimeRipple applied",
                 "call `timeripple.remove_timeripple(...)` first, then apply again",
@@ -308,7 +308,7 @@ def _prepare(obj, config, scheduler):
             "may reuse too much or too little: consider `timeripple calibrate`.",
             config.name, config.model_family, spec.label,
         )
-    scheduler_fn = _scheduler_fn(obj, scheduler)
+    scheduler_fn = scheduler_fn_for(obj, scheduler)
     return config, targets, scheduler_fn, spec
 
 
@@ -332,7 +332,7 @@ class _PipelineScheduler:
         return self.pipe.scheduler
 
 
-def _scheduler_fn(obj, scheduler) -> Callable[[], object]:
+def scheduler_fn_for(obj, scheduler) -> Callable[[], object]:
     if scheduler is not None:
         if not hasattr(scheduler, "timesteps"):
             raise type_error("scheduler", scheduler, "a diffusers scheduler (with `timesteps`)",
@@ -346,11 +346,10 @@ def _scheduler_fn(obj, scheduler) -> Callable[[], object]:
     )
 
 
-def _select_layers(transformer: torch.nn.Module, spec: FamilySpec) -> Dict[str, torch.nn.Module]:
-    selected = {
-        name: module for name, module in transformer.named_modules()
-        if isinstance(module, spec.attention_types) and hasattr(module, "processor") and spec.select(name, module)
-    }
+def select_layers(transformer: torch.nn.Module, spec: FamilySpec) -> Dict[str, torch.nn.Module]:
+    """The video self-attention layers an installer may replace: ``spec.self_attention_layers`` (at least one),
+    each still carrying the family's stock processor (ValueError otherwise)."""
+    selected = spec.self_attention_layers(transformer)
     if not selected:
         raise value_error("transformer", type(transformer).__name__,
                           f"has no {spec.label} self-attention layer that TimeRipple understands",
@@ -376,7 +375,7 @@ def _register_hook(transformer, spec: FamilySpec, context: RippleContext, schedu
     make_forward_picklable(transformer, hook)
 
 
-def _set_processor(module: torch.nn.Module, processor) -> None:
+def set_processor(module: torch.nn.Module, processor) -> None:
     if hasattr(module, "set_processor"):
         module.set_processor(processor)
     else:  # MochiAttention: a plain attribute
@@ -411,7 +410,7 @@ def _uninstall(transformer: torch.nn.Module, originals: Dict[str, object], had_f
                 processor = parallel_processor_for(processor)
                 if hasattr(processor, "_parallel_config"):
                     processor._parallel_config = parallel
-            _set_processor(modules[layer], processor)
+            set_processor(modules[layer], processor)
     registry = getattr(transformer, "_diffusers_hook", None)
     if registry is not None and registry.get_hook(HOOK_NAME) is not None:
         registry.remove_hook(HOOK_NAME, recurse=False)

@@ -55,3 +55,11 @@ class FamilySpec:
                                                                         if isinstance(s, type)):
             return True  # the project's context-parallel version of the stock processor
         return any(cls is s if isinstance(s, type) else cls.__name__ == s for s in stock)
+
+    def self_attention_layers(self, transformer: torch.nn.Module) -> Dict[str, torch.nn.Module]:
+        """``{name: module}`` of the transformer's video self-attention layers of this family (what
+        ``select`` accepts), whatever processor they carry now."""
+        return {
+            name: module for name, module in transformer.named_modules()
+            if isinstance(module, self.attention_types) and hasattr(module, "processor") and self.select(name, module)
+        }

@@ -11,7 +11,7 @@ as eight ``(BLOCK_X, D)`` tiles, so the whole decision is elementwise on registe
   that offset set to 0) is already resolved; among passing axes the first in ``priority`` wins.
 
 Each program reads its tiles once and writes them once: memory-bound. Same decisions and values as
-``detect.detect_channel_sources`` + ``reuse.apply_sources`` (the tests check it bit for bit).
+``detect.detect_channel_sources`` + ``channel_mode.apply_sources`` (the tests check it bit for bit).
 """
 
 from __future__ import annotations

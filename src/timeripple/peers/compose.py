@@ -42,7 +42,7 @@ class ComposedHandle:
         """Counted share of the whole generation's self-attention q·kᵀ partial products not computed."""
         t = self.cache.counter.totals
         full = t.first_attn * t.forwards
-        tr = self.timeripple.ripple_stats
+        tr = self.timeripple.stats
         done = tr.qk_products - tr.skipped_products
         return 1.0 - done / full if full else 0.0
 
@@ -55,7 +55,7 @@ class ComposedHandle:
     def stats(self):
         """``GenerationStats`` of the combination: TimeRipple's per-step thresholds (None = its dense steps),
         per-step savings of cache and TimeRipple together, and the combined total."""
-        tr = self.timeripple.ripple_stats
+        tr = self.timeripple.stats
         cache = self.cache.stats
         steps = [1.0 - (1.0 - c) * (1.0 - r) for c, r in zip(cache.step_savings, tr.step_savings)]
         thresholds = [th if th is not None else self.cache.kind for th in tr.thresholds]

@@ -20,7 +20,6 @@ from typing import List
 
 import torch
 
-from ..diffusers import apply as tr_apply
 from ..diffusers.registry import get_family
 from ..diffusers.generation_stats import GenerationStats
 
@@ -61,7 +60,7 @@ class ComputeCounter:
         self._handles: List = []
         self._in_first = False
         spec = get_family(transformer)
-        layers = tr_apply._select_layers(transformer, spec) if spec is not None else {}
+        layers = spec.self_attention_layers(transformer) if spec is not None else {}
         for module in layers.values():
             proj = getattr(module, "to_q", None)
             if isinstance(proj, torch.nn.Linear):

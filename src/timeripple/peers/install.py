@@ -92,7 +92,7 @@ class PeerHandle:
             modules = dict(transformer.named_modules())
             for layer, processor in self.originals.get(name, {}).items():
                 if layer in modules:
-                    tr_apply._set_processor(modules[layer], processor)
+                    tr_apply.set_processor(modules[layer], processor)
             registry = getattr(transformer, "_diffusers_hook", None)
             if registry is not None and registry.get_hook(PEER_HOOK_NAME) is not None:
                 registry.remove_hook(PEER_HOOK_NAME, recurse=False)
@@ -153,13 +153,13 @@ def install_attention_peer(pipe_or_transformer, attention_fn: Callable, schedule
         raise type_error("attention_fn", attention_fn, "a callable", "pass e.g. timeripple.peers.svg_attention")
     if not isinstance(schedule, PeerSchedule):
         raise type_error("schedule", schedule, "a PeerSchedule", "pass PeerSchedule(kwargs={...})")
-    targets = tr_apply._targets(pipe_or_transformer)
-    scheduler_fn = tr_apply._scheduler_fn(pipe_or_transformer, scheduler)
+    targets = tr_apply.install_targets(pipe_or_transformer)
+    scheduler_fn = tr_apply.scheduler_fn_for(pipe_or_transformer, scheduler)
     for name, transformer in targets:
         if get_family(transformer) is None:
             raise value_error(name, type(transformer).__name__, "is not a model family TimeRipple supports",
                               "use one of timeripple.supported_models()")
-        for attr, what in ((tr_apply._HANDLE_ATTR, "TimeRipple"), (PEER_ATTR, "a peer method")):
+        for attr, what in ((tr_apply.HANDLE_ATTR, "TimeRipple"), (PEER_ATTR, "a peer method")):
             if getattr(transformer, attr, None) is not None:
                 raise value_error(name, type(transformer).__name__, f"already has {what} installed",
                                   "remove it first (`remove_timeripple(pipe)` / `handle.remove()`)")
@@ -171,7 +171,7 @@ def install_attention_peer(pipe_or_transformer, attention_fn: Callable, schedule
             handle.transformers[name] = transformer
             handle.had_forward[name] = "forward" in vars(transformer)
             context = RippleContext(schedule, recorder, name)
-            selected = tr_apply._select_layers(transformer, spec)
+            selected = tr_apply.select_layers(transformer, spec)
             handle.originals[name] = {layer: module.processor for layer, module in selected.items()}
             hook = TimeRippleHook(context, scheduler_fn, spec.grid, forward_signature(transformer))
             HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, PEER_HOOK_NAME)
@@ -181,7 +181,7 @@ def install_attention_peer(pipe_or_transformer, attention_fn: Callable, schedule
                 processor = cls(context, prefix + layer, original=module.processor)
                 processor._peer_fn = attention_fn
                 processor._peer_takes_threshold = takes_threshold
-                tr_apply._set_processor(module, processor)
+                tr_apply.set_processor(module, processor)
             setattr(transformer, PEER_ATTR, handle)
     except BaseException:
         handle.remove()

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 
 from ..attention import channel_reuse
-from ..options import check_mask, check_tensors, check_text
-from .. import detect, channel_mode
+from ..options import check_geometry, check_mask, check_tensors, check_text, normalize_thresholds
+from .. import sequence
 from .stats import PeerCallStats
 from .svg import svg_plan, svg_run
 
@@ -81,11 +81,11 @@ def ripple_svg_attention(
     check_tensors(q, k, v)
     B, H, N, D = q.shape
     grid = tuple(int(g) for g in grid)
-    detect.check_geometry(grid, window, axes, priority)
+    check_geometry(grid, window, axes, priority)
     check_text(text_len, text_position, grid, N)
     check_mask(attn_mask, q)
     scale = D ** -0.5 if scale is None else float(scale)
-    thresholds = detect.normalize_thresholds(threshold, axes)
+    thresholds = normalize_thresholds(threshold, axes)
     q_t, k_t, _, _, via_q, via_k = channel_reuse(
         q, k, grid=grid, thresholds=thresholds, text_len=text_len, text_position=text_position,
         window=window, priority=priority, channel_alpha=None,
@@ -95,7 +95,7 @@ def ripple_svg_attention(
     out, used = svg_run(q_t, k_t, v, plan, attn_mask=attn_mask, scale=scale, backend=backend)
     if not return_stats:
         return out
-    start = channel_mode.split_video(q, text_len, text_position)[1]
+    start = sequence.split_video(q, text_len, text_position)[1]
     a, b = _computed(via_q, N, start), _computed(via_k, N, start)  # (B, H, N, D)
     channels = a @ b.transpose(-1, -2)  # (B, H, N, N): computed channels of each pair
     computed = (channels * plan.head_masks()).sum(dim=(-1, -2)).double() + plan.rows.numel() * N * D
