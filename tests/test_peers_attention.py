@@ -154,7 +154,7 @@ def test_ripple_svg_composes_the_two_counts():
     # the count, recomputed element by element: (i, j, c) runs iff (i, j) is in the head's mask and
     # neither q[i, c] nor k[j, c] is reused; plus 4 sampled rows of 64 keys x 16 channels
     from timeripple.attention import channel_reuse
-    from timeripple.detect import normalize_thresholds
+    from timeripple.options import normalize_thresholds
 
     q_t, k_t, _, _, via_q, via_k = channel_reuse(q, k, grid=GRID, thresholds=normalize_thresholds(0.03, "tyx"),
                                                  text_len=0, text_position="after", window=2,
