@@ -84,7 +84,11 @@ def build_token_plan(
                 table = token_fidelity.delta_score_table(video, grid, tuple(thresholds), window, criterion, fraction)
             table = token_fidelity.pool_over_heads(table, side_budget)
             side_budget = 1.0
-        if table is not None:
+        if table is None and fused:
+            from .kernels.detect_fused import token_axis_scores
+
+            table = token_axis_scores(video, grid, window, criterion, axes=tuple(thresholds))  # (B,H,Nv,3)
+        if table is not None:  # selection from a score table (fidelity scores, pooled, or the fused kernel's)
             if pairs:
                 src, via = key_pairs.pair_sources_from_scores(table, grid, thresholds, priority=priority,
                                                               budget=side_budget)
@@ -93,18 +97,6 @@ def build_token_plan(
                     table, grid, thresholds, window=window, priority=priority, budget=side_budget,
                 )  # (B, H, Nv)
             del table
-        elif fused:
-            from .kernels.detect_fused import token_axis_scores
-
-            scores = token_axis_scores(video, grid, window, criterion, axes=tuple(thresholds))  # (B,H,Nv,3)
-            if pairs:
-                src, via = key_pairs.pair_sources_from_scores(scores, grid, thresholds, priority=priority,
-                                                           budget=side_budget)
-            else:
-                src, via = detect.token_sources_from_scores(
-                    scores, grid, thresholds, window=window, priority=priority, budget=side_budget,
-                )  # (B, H, Nv)
-            del scores
         elif pairs:
             src, via = key_pairs.detect_pair_sources(video, grid, thresholds, priority=priority, criterion=criterion,
                                                      fraction=fraction, budget=side_budget)  # (B, H, Nv)
