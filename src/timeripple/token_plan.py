@@ -73,6 +73,11 @@ def build_token_plan(
         video, start = sequence.split_video(x, text_len, text_position)  # (B, H, Nv, D)
         pairs = side == 1 and token_keys == "pairs"
         side_budget = budget if side == 0 or key_budget is None or budget is None else key_budget
+        B, H, N = x.shape[:3]
+        if side_budget is not None and side_budget == 0:  # nothing to reuse on this side: no scores, no sort
+            identity = torch.arange(N, device=x.device, dtype=torch.int32).expand(B, H, N).contiguous()
+            out.append((identity, torch.full(video.shape[:3], -1, dtype=torch.int8, device=x.device)))
+            continue
         table = None
         if side == 0 and query_score == "interp":
             table = token_fidelity.interp_score_table(video, grid, tuple(thresholds), window)  # (B, H, Nv, 3)
@@ -105,7 +110,6 @@ def build_token_plan(
                 video, grid, thresholds, window=window, priority=priority, criterion=criterion,
                 fraction=fraction, budget=side_budget,
             )  # (B, H, Nv)
-        B, H, N = x.shape[:3]
         full = torch.arange(N, device=x.device, dtype=torch.int32).expand(B, H, N).clone()  # (B, H, N)
         full[:, :, start : start + src.shape[2]] = (src + start).to(torch.int32)
         out.append((full, via))
@@ -235,7 +239,7 @@ def token_mode_attention(
     else:
         out = token_attention(q_in, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr,
                               expected=expected)  # (B, H, N, D)
-    if query_repr == "interp":  # reused rows: interpolated between the kept rows around them on their axis
+    if query_repr == "interp" and budget != 0:  # reused rows: interpolated between the kept rows around them
         start = text_len if text_position == "before" else 0
         out = token_fidelity.interpolate_reused_rows(out, via_q, grid, window, start, len(thresholds))
     if not return_stats:
