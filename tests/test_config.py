@@ -163,7 +163,7 @@ def test_attention_kwargs():
         "priority": ("t", "y", "x"), "channel_alpha": None, "token_criterion": "strict",
         "token_fraction": 0.9, "budget": None, "token_keys": "chain", "key_budget": None, "key_repr": "source",
         "query_repr": "copy", "key_score": "delta", "pair_savings": None, "key_share": 0.7,
-        "budget_scope": "head",
+        "budget_scope": "head", "cuda_graph": False,
     }
     scaled = cfg.replace(axes=("t", "x"), axis_threshold_scale={"t": 2.0}).attention_kwargs(20, 50)
     assert scaled["threshold"] == {"t": 1.0, "x": 0.5}

@@ -34,7 +34,7 @@ NEWLINE_END_OF_DOCUMENT = "\n...\n"  # what yaml.safe_dump puts after a plain sc
 # config fields passed to ripple_attention unchanged (besides the scheduled threshold)
 _ATTENTION_FIELDS = ("mode", "window", "axes", "priority", "channel_alpha", "token_criterion", "token_fraction", "budget",
                      "token_keys", "key_budget", "key_repr", "query_repr", "key_score", "pair_savings", "key_share",
-                     "budget_scope")
+                     "budget_scope", "cuda_graph")
 
 # field -> comment written above it in YAML (meaning and unit)
 _FIELD_DOCS = {
@@ -88,6 +88,8 @@ _FIELD_DOCS = {
     "kept_q/N = (1-pair_savings)^(1-key_share) (0..1; keys are cheaper to merge than queries to reuse).",
     "budget_scope": "Token mode with budget or pair_savings: head = the same budget in every head (static "
     "shapes, fastest); call = pooled over the heads of a call (more alike heads reuse more; token_keys chain).",
+    "cuda_graph": "Token mode in budget mode on CUDA: true = replay the whole token path as a CUDA graph "
+    "(captured once per call signature; the same result, no per-kernel launch cost); other calls run eagerly.",
 }
 
 
@@ -138,6 +140,8 @@ class TimeRippleConfig:
         key_share (`float`, defaults to 0.7): the key side's share of ``pair_savings``.
         budget_scope (`str`, defaults to ``"head"``): token mode: the budget per head (static shapes) or
             pooled over the heads of a call (``"call"``).
+        cuda_graph (`bool`, defaults to `False`): token mode in budget mode on CUDA: replay the token path
+            as a CUDA graph (``timeripple.token_graph``).
 
     Example:
 
@@ -177,6 +181,7 @@ class TimeRippleConfig:
     pair_savings: Optional[float] = None
     key_share: float = 0.7
     budget_scope: str = "head"
+    cuda_graph: bool = False
 
     def __post_init__(self):
         def put(field, value):  # frozen: normalised values are stored with object.__setattr__
@@ -228,6 +233,11 @@ class TimeRippleConfig:
             token_keys=self.token_keys)
         put("pair_savings", pair_savings)
         put("key_share", key_share)
+        if not isinstance(self.cuda_graph, bool):
+            raise type_error("cuda_graph", self.cuda_graph, "a bool", "write true or false")
+        if self.cuda_graph and self.mode != "token":
+            raise value_error("cuda_graph", self.cuda_graph, "applies to mode='token' only",
+                              "set mode: token, or cuda_graph: false")
 
     def _checked_scale(self) -> Optional[Dict[str, float]]:
         scale = self.axis_threshold_scale
