@@ -8,17 +8,17 @@ included) and replayed: each call copies ``q``, ``k``, ``v`` into the graph's in
 returns a copy of the output. This removes the ~90 kernel launches' CPU cost per call (Wan2.1 is
 launch-bound: docs/kernels.md).
 
-Capture keeps one graph per signature (at most ``MAX_GRAPHS``, least recently used dropped; the memory of
-their intermediates is one shared pool). A per-step schedule of ``pair_savings`` values captures one graph
-per distinct value. Where a call cannot be captured (a CPU tensor, threshold mode, ``budget_scope="call"``,
+Capture keeps one graph per signature, at most ``MAX_GRAPHS`` (further signatures run eagerly, with one
+warning: no eviction, so a long schedule never recaptures every step); the memory of their intermediates
+is one shared pool. A per-step schedule of ``pair_savings`` values captures one graph per distinct value. Where a call cannot be captured (a CPU tensor, threshold mode, ``budget_scope="call"``,
 an attention mask, ``return_stats=True``, or a capture error) it runs eagerly, with one warning per
-reason; the result is the same either way.
+reason; the result is the same either way. The graphs and their input buffers stay allocated until
+:func:`clear_graphs` (about three inputs' bytes per shape plus the pool of the largest graph).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 
 import torch
 
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["MAX_GRAPHS", "graph_unsupported_reason", "run_graphed", "clear_graphs"]
 
 MAX_GRAPHS = 8
-_graphs: OrderedDict = OrderedDict()
+_graphs: dict = {}
 _failed: dict = {}
 _buffers: dict = {}
 _pool = None
@@ -101,19 +101,23 @@ def run_graphed(fn, q, k, v, signature):
         warn_once(_failed[key])
         return None
     entry = _graphs.get(key)
+    if entry is None and len(_graphs) >= MAX_GRAPHS:  # no eviction: a long schedule would recapture every step
+        warn_once(f"{MAX_GRAPHS} graphs are captured already (token_graph.MAX_GRAPHS); further call signatures, "
+                  "e.g. more distinct pair_savings values, run eagerly")
+        return None
     if entry is None:
         try:
             entry = _capture(fn, q, k, v)
         except Exception as exc:  # an op that cannot be captured on this build: eager from now on
-            torch.cuda.synchronize(q.device)
+            try:
+                torch.cuda.synchronize(q.device)
+            except RuntimeError:  # the aborted capture's error, already reported below
+                pass
             _failed[key] = f"capture failed ({exc!r:.200})"
             warn_once(_failed[key])
             return None
         _graphs[key] = entry
-        while len(_graphs) > MAX_GRAPHS:
-            _graphs.popitem(last=False)
     else:
-        _graphs.move_to_end(key)
         for dst, src in zip(entry[1], (q, k, v)):
             dst.copy_(src)
     entry[0].replay()
