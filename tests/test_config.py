@@ -191,7 +191,7 @@ def test_attention_kwargs():
         "priority": ("t", "y", "x"), "channel_alpha": None, "token_criterion": "strict",
         "token_fraction": 0.9, "budget": None, "token_keys": "chain", "key_budget": None, "key_repr": "source",
         "query_repr": "copy", "key_score": "delta", "pair_savings": None, "key_share": 0.7,
-        "budget_scope": "head",
+        "budget_scope": "head", "cuda_graph": False,
     }
     fast = load_config("hunyuan_video").attention_kwargs(15, 50)
     assert {k: fast[k] for k in ("mode", "pair_savings", "key_share", "budget_scope")} == {

@@ -33,7 +33,7 @@ NEWLINE_END_OF_DOCUMENT = "\n...\n"  # what yaml.safe_dump puts after a plain sc
 # config fields passed to ripple_attention unchanged (besides the scheduled threshold)
 _ATTENTION_FIELDS = ("mode", "window", "axes", "priority", "channel_alpha", "token_criterion", "token_fraction", "budget",
                      "token_keys", "key_budget", "key_repr", "query_repr", "key_score", "pair_savings", "key_share",
-                     "budget_scope")
+                     "budget_scope", "cuda_graph")
 
 # options that only one mode reads (``with_mode`` resets the other mode's to their defaults)
 _TOKEN_ONLY_FIELDS = ("token_criterion", "token_fraction", "budget", "token_keys", "key_budget", "key_repr",
@@ -94,6 +94,8 @@ _FIELD_DOCS = {
     "split measured best for the target (keys only up to 50%, 0.7 at 75%, 0.6 at 87.5%).",
     "budget_scope": "Token mode with budget or pair_savings: head = the same budget in every head (static "
     "shapes, fastest); call = pooled over the heads of a call (more alike heads reuse more; token_keys chain).",
+    "cuda_graph": "Token mode in budget mode on CUDA: true = replay the whole token path as a CUDA graph "
+    "(captured once per call signature; the same result, no per-kernel launch cost); other calls run eagerly.",
 }
 
 
@@ -146,6 +148,8 @@ class TimeRippleConfig:
             (``token_fidelity.auto_key_share``: keys only up to 50%).
         budget_scope (`str`, defaults to ``"head"``): token mode: the budget per head (static shapes) or
             pooled over the heads of a call (``"call"``).
+        cuda_graph (`bool`, defaults to `False`): token mode in budget mode on CUDA: replay the token path
+            as a CUDA graph (``timeripple.token_graph``).
 
     Example:
 
@@ -185,6 +189,7 @@ class TimeRippleConfig:
     pair_savings: Optional[float] = None
     key_share: float = 0.7
     budget_scope: str = "head"
+    cuda_graph: bool = False
 
     def __post_init__(self):
         def put(field, value):  # frozen: normalised values are stored with object.__setattr__
@@ -236,6 +241,11 @@ class TimeRippleConfig:
             token_keys=self.token_keys)
         put("pair_savings", pair_savings)
         put("key_share", key_share)
+        if not isinstance(self.cuda_graph, bool):
+            raise type_error("cuda_graph", self.cuda_graph, "a bool", "write true or false")
+        if self.cuda_graph and self.mode != "token":
+            raise value_error("cuda_graph", self.cuda_graph, "applies to mode='token' only",
+                              "set mode: token, or cuda_graph: false")
 
     def _checked_scale(self) -> Optional[Dict[str, float]]:
         scale = self.axis_threshold_scale
