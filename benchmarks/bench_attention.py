@@ -241,6 +241,12 @@ def fidelity_methods(name):
             return lambda: timeripple.ripple_attention(q, k, v, threshold=0.5, mode="token", pair_savings=target,
                                                        cuda_graph=True, **FIDELITY, **base)
 
+        def pooled(q, k, v, target=target):  # the bundled configs' plan: key_share auto, pooled over the heads
+            return lambda: timeripple.ripple_attention(q, k, v, threshold=0.5, mode="token", pair_savings=target,
+                                                       key_share="auto", budget_scope="call", **FIDELITY, **base)
+
+        yield (f"bundled {target:.1%} (all)", pooled, target,
+               "bundled default's plan: key_share auto (keys only <= 50%), pooled over the heads")
         yield f"fidelity {target:.1%} (all)", full, target, "README setting: mean k, kv score, interp q"
         yield f"fidelity {target:.1%} cuda_graph=True (all)", graph, target, "replayed CUDA graph, inputs copied in"
         if target != 0.75:

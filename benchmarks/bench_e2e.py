@@ -151,7 +151,7 @@ def timed(model, fw, sched, step, repeats):
 
 # the README's quality setting (issue 9): load_config(...).replace(mode="token", pair_savings=p, **FIDELITY)
 FIDELITY = dict(key_repr="mean", key_score="kv", query_repr="interp")
-SETTINGS = ("budget", "fidelity", "all")
+SETTINGS = ("budget", "bundled", "fidelity", "all")
 
 
 @contextlib.contextmanager
@@ -176,7 +176,7 @@ def variants(cfg_name, grid, text_len, setting="budget", targets=TARGETS, graphs
     import timeripple
     from timeripple import detect, pairs
 
-    base = timeripple.load_config(cfg_name)
+    base = timeripple.load_config(cfg_name, mode="channel")  # each variant sets its own options
     yield "stock", None, "stock", None
     yield "dense (processors)", base.replace(mode="token"), "dense", None
     for target in targets:
@@ -190,6 +190,9 @@ def variants(cfg_name, grid, text_len, setting="budget", targets=TARGETS, graphs
         if setting in ("budget", "all"):
             yield f"token {target:.1%} chain", base.replace(mode="token", budget=b), "reuse", None
             yield f"token {target:.1%} pairs", pairs_cfg, "reuse", None
+        if setting in ("bundled", "fidelity", "all"):  # the bundled configs' plan at this target
+            bundled = timeripple.load_config(cfg_name).replace(pair_savings=target)
+            yield f"bundled {target:.1%} (pooled, key_share auto)", bundled, "reuse", None
         if setting in ("fidelity", "all"):
             fid = base.replace(mode="token", pair_savings=target, **FIDELITY)
             yield f"fidelity {target:.1%}", fid, "reuse", None
@@ -266,11 +269,14 @@ def real_loop(model, fw, sched, cfg_name, grid, text_len, target=0.75, setting="
     from timeripple import detect, pairs
 
     bq, bk = pairs.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
-    cfg = timeripple.load_config(cfg_name).replace(mode="token", budget=bq, key_budget=bk, token_keys="pairs")
+    cfg = timeripple.load_config(cfg_name, mode="channel").replace(mode="token", budget=bq, key_budget=bk, token_keys="pairs")
     label = f"token {target:.0%} pairs"
     if setting == "fidelity":
-        cfg, label = timeripple.load_config(cfg_name).replace(mode="token", pair_savings=target, **FIDELITY), \
+        cfg, label = timeripple.load_config(cfg_name, mode="channel").replace(mode="token", pair_savings=target, **FIDELITY), \
             f"fidelity {target:.0%}"
+    if setting == "bundled":
+        cfg = timeripple.load_config(cfg_name)  # as a user gets it: its own pair_savings
+        label = f"bundled default {cfg.pair_savings:.0%}"
     if graphs:
         cfg, label = cfg.replace(cuda_graph=True), label + ", cuda_graph"
     out = {}

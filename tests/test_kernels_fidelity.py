@@ -126,7 +126,7 @@ def test_cuda_graph_argument_checks():
     with pytest.raises(ValueError, match="cuda_graph.*mode='token'"):
         timeripple.ripple_attention(q, q, q, grid=GRID, threshold=0.5, cuda_graph=True)
     with pytest.raises(ValueError, match="cuda_graph"):
-        timeripple.load_config("wan2.1").replace(cuda_graph=True)  # channel mode
+        timeripple.load_config("wan2.1", mode="channel").replace(cuda_graph=True)
 
 
 @requires_cuda
