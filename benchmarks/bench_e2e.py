@@ -193,6 +193,7 @@ def variants(cfg_name, grid, text_len, setting="budget", targets=TARGETS, graphs
         if setting in ("bundled", "fidelity", "all"):  # the bundled configs' plan at this target
             bundled = timeripple.load_config(cfg_name).replace(pair_savings=target)
             yield f"bundled {target:.1%} (pooled, key_share auto)", bundled, "reuse", None
+            yield f"bundled {target:.1%}, per head", bundled.replace(budget_scope="head"), "reuse", None
         if setting in ("fidelity", "all"):
             fid = base.replace(mode="token", pair_savings=target, **FIDELITY)
             yield f"fidelity {target:.1%}", fid, "reuse", None

@@ -25,6 +25,8 @@ VARIANTS = {
     "token-fidelity-auto": ("token-fidelity pooled over the heads of each call with the measured split "
                             "(key_share='auto': keys only up to 50%; the bundled default)",
                             {"budget_scope": "call", "key_share": "auto"}),
+    "token-fidelity-auto-head": ("token-fidelity with the measured split (key_share='auto') and the same "
+                                 "budget in every head (static shapes)", {"key_share": "auto"}),
     "token-meanq-pooled": ("token-fidelity-pooled with the output computed at the group's mean query",
                            {"budget_scope": "call", "query_repr": "mean"}),
 }
