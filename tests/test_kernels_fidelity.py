@@ -20,7 +20,11 @@ N = math.prod(GRID)
 README = dict(mode="token", pair_savings=0.75, key_repr="mean", key_score="kv", query_repr="interp")
 
 
-def _smooth(seed, B=1, H=2, D=16, n=N, device="cpu"):
+# the kernels run on the GPU where there is one, else under the Triton interpreter (tests/conftest.py)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _smooth(seed, B=1, H=2, D=16, n=N, device=DEVICE):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(B, H, n, D, generator=g).cumsum(2) * 0.05 + 0.1 * torch.randn(B, H, n, D, generator=g)).to(device)
 
@@ -97,7 +101,7 @@ def test_compaction_with_static_kept_sizes_equals_reference_and_poisons_a_wrong_
 
 
 def test_kept_sizes_of_budget_mode_match_the_plan():
-    q, k, v = _smooth(12), _smooth(13), _smooth(14)
+    q, k, v = _smooth(12, device="cpu"), _smooth(13, device="cpu"), _smooth(14, device="cpu")
     budget, key_budget = token_fidelity.budgets_for_pair_savings(0.75, 0.7, GRID, "tyx", 2, 0, "chain")
     q_src, k_src, _, _ = build_token_plan(q, k, v=v, grid=GRID, thresholds={"t": 1, "y": 1, "x": 1}, budget=budget,
                                           key_budget=key_budget, query_score="interp", key_score="kv", fused=False)
@@ -108,7 +112,7 @@ def test_kept_sizes_of_budget_mode_match_the_plan():
 
 
 def test_cuda_graph_on_cpu_runs_eagerly_with_one_warning(caplog):
-    q, k, v = _smooth(15), _smooth(16), _smooth(17)
+    q, k, v = _smooth(15, device="cpu"), _smooth(16, device="cpu"), _smooth(17, device="cpu")
     want = timeripple.ripple_attention(q, k, v, grid=GRID, threshold=0.5, **README)
     token_graph._warned.clear()
     with caplog.at_level(logging.WARNING, logger="timeripple.token_graph"):
@@ -120,7 +124,7 @@ def test_cuda_graph_on_cpu_runs_eagerly_with_one_warning(caplog):
 
 
 def test_cuda_graph_argument_checks():
-    q = _smooth(18)
+    q = _smooth(18, device="cpu")
     with pytest.raises(TypeError, match="cuda_graph"):
         timeripple.ripple_attention(q, q, q, grid=GRID, threshold=0.5, mode="token", budget=0.5, cuda_graph=1)
     with pytest.raises(ValueError, match="cuda_graph.*mode='token'"):

@@ -246,7 +246,7 @@ def token_mode_attention(
             device_stats = return_stats == "device"
 
             def captured(q_, k_, v_):
-                res = _token_path(q_, k_, v_, return_stats=device_stats and "device", **opts)
+                res = _token_path(q_, k_, v_, return_stats=device_stats and "device", static_sizes=True, **opts)
                 return (res[0], res[1].qk_savings) if device_stats else res
 
             # budget mode reads only the axes of the thresholds, not their (scheduled) values
@@ -275,8 +275,13 @@ def _hashable(val):
 
 def _token_path(q, k, v, *, grid, thresholds, threshold, text_len, text_position, key_bias, window, axes, priority,
                 criterion, fraction, budget, scale, return_stats, token_keys, key_budget, key_repr, query_repr,
-                key_score, budget_scope):
-    """The token path once the budgets are known (eager; :mod:`timeripple.token_graph` captures it)."""
+                key_score, budget_scope, static_sizes=False):
+    """The token path once the budgets are known (eager; :mod:`timeripple.token_graph` captures it).
+
+    ``static_sizes`` (the CUDA-graph capture only): pass the kept counts that budget mode implies to the
+    kernels instead of reading them from the plan (no host sync; a plan that differs poisons the output with
+    NaN). Eager calls read the counts from the plan: a selection that keeps fewer tokens than the budget
+    implies (non-finite scores, say) stays correct."""
     from .kernels import token_attention
 
     B, H, N, D = q.shape
@@ -289,7 +294,7 @@ def _token_path(q, k, v, *, grid, thresholds, threshold, text_len, text_position
     )
     q_in = token_fidelity.group_mean_queries(q, q_src) if query_repr == "mean" else q
     expected = kept = None
-    if budget is not None and budget_scope == "head" and token_keys == "chain" and key_bias is None:
+    if static_sizes and budget is not None and budget_scope == "head" and token_keys == "chain" and key_bias is None:
         # budget mode: every head keeps the same, known number of queries and keys (static shapes)
         eligible = detect.eligible_count(grid, window, detect.checked_axes(thresholds, priority))
         kb = budget if key_budget is None else key_budget
