@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The device call behind docs/results.md and docs/eval_results.md (one GPU, one call, under a time budget).
+#
+#   OUT=/some/folder bash tools/results_device_run.sh          # on the GPU machine, from the repository root
+#   DEVICE=cpu PROMPTS=1 SEEDS=0 STEPS=6 LEVELS=0.75 METHODS="channel fbc" WORKERS=1 SMOKE=1 \
+#       OUT=/tmp/dry bash tools/results_device_run.sh          # the same chain on a CPU, tiny settings
+#
+# 1. WORKERS processes of `tools/peers_tables.py run` share the job list (every registered method and the
+#    ablation group); none starts a job after T0 + TINY_DEADLINE s, and all are stopped at T0 + TINY_KILL s.
+# 2. `merge` joins their results; then `benchmarks/bench_peers_e2e.py` times the full-size transformers
+#    alone on the GPU (Wan2.1-1.3B, then HunyuanVideo), each variant only if started before its deadline.
+# 3. Everything lands in $OUT/run (logs, JSON) and one archive $OUT/results.tar.gz.
+set -u
+DEVICE=${DEVICE:-cuda}; WORKERS=${WORKERS:-5}; PROMPTS=${PROMPTS:-8}; SEEDS=${SEEDS:-"0 1"}; STEPS=${STEPS:-20}
+LEVELS=${LEVELS:-"0.5 0.75 0.875"}; METHODS=${METHODS:-}; SMOKE=${SMOKE:-}
+TINY_DEADLINE=${TINY_DEADLINE:-160}; TINY_KILL=${TINY_KILL:-220}
+WAN_KILL=${WAN_KILL:-300}; HY_DEADLINE=${HY_DEADLINE:-380}; HY_KILL=${HY_KILL:-410}
+T0=$(date +%s)
+R=$OUT/run
+mkdir -p "$R"
+{ date -u; python3 -c "import torch, diffusers; print(torch.__version__, diffusers.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"; nvidia-smi -L 2>/dev/null; git log -1 --format=%H 2>/dev/null; } > "$R/env.txt" 2>&1
+python3 - > "$R/jobs_preview.txt" 2>&1 <<'EOF'
+import sys; sys.path.insert(0, "tools")
+from peers_tables import jobs
+print(jobs())
+EOF
+pids=()
+for k in $(seq 1 "$WORKERS"); do
+  timeout $((TINY_KILL - ($(date +%s) - T0))) python3 tools/peers_tables.py run --out "$R" --device "$DEVICE" \
+    --prompts "$PROMPTS" --seeds $SEEDS --steps "$STEPS" --levels $LEVELS ${METHODS:+--methods $METHODS} \
+    --deadline $((T0 + TINY_DEADLINE)) > "$R/worker$k.log" 2>&1 &
+  pids+=($!)
+  sleep 1
+done
+for p in "${pids[@]}"; do wait "$p"; done
+echo "tiny done at +$(( $(date +%s) - T0 )) s" | tee -a "$R/times.txt"
+python3 tools/peers_tables.py merge "$R" > "$R/merge.log" 2>&1
+echo "merged at +$(( $(date +%s) - T0 )) s" | tee -a "$R/times.txt"
+cd benchmarks || exit 1
+timeout $((WAN_KILL - ($(date +%s) - T0))) python3 bench_peers_e2e.py --models wan1.3b --repeats 2 \
+  --json "$R/e2e_wan.json" --deadline $((T0 + WAN_KILL - 25)) ${SMOKE:+--smoke} > "$R/e2e_wan.log" 2>&1
+echo "wan done at +$(( $(date +%s) - T0 )) s" | tee -a "$R/times.txt"
+timeout $((HY_KILL - ($(date +%s) - T0))) python3 bench_peers_e2e.py --models hunyuan --repeats 1 \
+  --json "$R/e2e_hunyuan.json" --deadline $((T0 + HY_DEADLINE)) ${SMOKE:+--smoke} > "$R/e2e_hunyuan.log" 2>&1
+echo "hunyuan done at +$(( $(date +%s) - T0 )) s" | tee -a "$R/times.txt"
+cd "$OUT" && tar czf results.tar.gz run && ls -la "$OUT"
