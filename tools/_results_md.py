@@ -197,10 +197,40 @@ def plots(main, e2e, figs: Path, run: Path):
         fig.savefig(figs / "e2e_speedup.png", dpi=110)
         plt.close(fig)
         made["e2e"] = "e2e_speedup.png"
+        pts = quality_vs_speed(main, e2e) if main else []
+        if pts:
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            for model in dict.fromkeys(p[0] for p in pts):
+                mine = [p for p in pts if p[0] == model]
+                ax.scatter([p[3] for p in mine], [p[2] for p in mine], label=model)
+                for p in mine:
+                    ax.annotate(p[1], (p[3], p[2]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.set_xlabel("timed speedup, 50 steps composed (full-size random-weight transformer)")
+            ax.set_ylabel("mean PSNR vs dense at 75%, tiny model (dB)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(figs / "quality_vs_speed.png", dpi=110)
+            plt.close(fig)
+            made["qs"] = "quality_vs_speed.png"
     return made
 
 
 CACHES = ("pab skip", "fbc skip", "taylorseer skip")
+# full-size row -> the tiny-model method of the same setting (quality at 75%)
+SAME_SETTING = {"channel (bundled θ)": "channel", "token 75% budget (chain)": "token-budget",
+                "token 75% fidelity (README)": "token-fidelity", "svg 70% flex": "svg"}
+
+
+def quality_vs_speed(main, e2e, level=0.75):
+    """(model, method, tiny-model PSNR at ``level``, full-size composed speedup) for the settings run in both."""
+    out = []
+    for res in e2e:
+        for c in compose(res):
+            r = row_at(main, SAME_SETTING.get(c["label"], ""), level)
+            if r is not None and c["composed"] and isinstance(r["psnr_mean"], (int, float)):
+                out.append((res["label"], SAME_SETTING[c["label"]], r["psnr_mean"], c["composed"]))
+    return out
 
 
 def compose(res):
@@ -307,6 +337,10 @@ def render(run, out_path, eval_out, e2e_paths=(), command=""):
                   "on the cache's schedule, so no 50-step figure.", ""] + e2e_table(e2e) + [""]
         if "e2e" in made:
             lines += [f"![50-step speedups](results/{made['e2e']})", ""]
+        if "qs" in made:
+            lines += ["Quality against speed for the settings run on both (quality: the tiny model at 75%; speed: "
+                      "the full-size transformers, 50 steps composed; `svg` at 70% sparsity there):", "",
+                      f"![quality vs speed](results/{made['qs']})", ""]
     verdicts = claims(main, abl, e2e, compose)
     lines += ["## The paper's claims against these measurements", "",
               "| claim (paper) | verdict | what we measured |", "| --- | --- | --- |"]

@@ -9,7 +9,7 @@
 #    ablation group); none starts a job after T0 + TINY_DEADLINE s, and all are stopped at T0 + TINY_KILL s.
 # 2. `merge` joins their results; then `benchmarks/bench_peers_e2e.py` times the full-size transformers
 #    alone on the GPU (Wan2.1-1.3B, then HunyuanVideo), each variant only if started before its deadline.
-# 3. Everything lands in $OUT/run (logs, JSON) and one archive $OUT/results.tar.gz.
+# 3. Everything (logs, JSON) is packed into $OUT/results.tar.gz (the folder run/ inside).
 set -u
 DEVICE=${DEVICE:-cuda}; WORKERS=${WORKERS:-5}; PROMPTS=${PROMPTS:-8}; SEEDS=${SEEDS:-"0 1"}; STEPS=${STEPS:-20}
 LEVELS=${LEVELS:-"0.5 0.75 0.875"}; METHODS=${METHODS:-}; SMOKE=${SMOKE:-}
@@ -43,4 +43,6 @@ echo "wan done at +$(( $(date +%s) - T0 )) s" | tee -a "$R/times.txt"
 timeout $((HY_KILL - ($(date +%s) - T0))) python3 bench_peers_e2e.py --models hunyuan --repeats 1 \
   --json "$R/e2e_hunyuan.json" --deadline $((T0 + HY_DEADLINE)) ${SMOKE:+--smoke} > "$R/e2e_hunyuan.log" 2>&1
 echo "hunyuan done at +$(( $(date +%s) - T0 )) s" | tee -a "$R/times.txt"
-cd "$OUT" && tar czf results.tar.gz run && ls -la "$OUT"
+# at most 8 files come back from the device: one archive, the timings and the logs' tails
+cd "$OUT" && tar czf results.tar.gz run && cp run/times.txt run/merge.log . && tail -n 25 run/e2e_*.log > e2e_tail.txt
+rm -rf run && ls -la "$OUT"
