@@ -77,7 +77,7 @@ def _timed_cache(e2e, model, fw, sched, kind, step, repeats, gib=lambda peak: No
     cuda = torch.cuda.is_available() and not e2e.SMOKE
     peak = 0
     try:
-        for _ in range(repeats + 1):
+        for _ in range(repeats + 1 if repeats > 1 else 1):  # repeats 1: the reusing step timed once, no warm-up
             model._reset_stateful_cache()
             counter.reset()
             if cuda:
@@ -98,7 +98,7 @@ def _timed_cache(e2e, model, fw, sched, kind, step, repeats, gib=lambda peak: No
     finally:
         counter.remove()
         model.disable_cache()
-    return statistics.median(times[1:]) * 1e3, savings[-1], gib(peak), ""
+    return statistics.median(times[1:] or times) * 1e3, savings[-1], gib(peak), "" if len(times) > 1 else "timed once, no warm-up"
 
 
 def run_model(e2e, name, repeats, deadline=0.0, variants=None, on_row=None):
