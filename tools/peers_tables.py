@@ -100,7 +100,7 @@ class Worker:
         from timeripple.eval import EVAL_PROMPTS
         from timeripple.eval.capture import reusing_steps
 
-        torch.set_num_threads(4 if args.device == "cuda" else 1)
+        torch.set_num_threads(2 if args.device == "cuda" else 1)  # several workers share the CPU
         self.args, self.out = args, Path(args.out)
         self.me = self.out / f"w{os.getpid()}"
         self.me.mkdir(parents=True, exist_ok=True)
