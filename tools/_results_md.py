@@ -299,6 +299,10 @@ def render(run, out_path, eval_out, e2e_paths=(), command=""):
     made = plots(main, e2e, figs, run) if main else {}
     levels = main["settings"]["levels"] if main else []
     lines = intro(main, e2e)
+    verdicts = claims(main, abl, e2e, compose)
+    counts = {v: sum(1 for _, x, _ in verdicts if x == v) for v in ("supported", "not supported", "not measurable here")}
+    lines += [f"**Verdicts on the paper's claims** (table at the end): {counts['supported']} supported, "
+              f"{counts['not supported']} not supported, {counts['not measurable here']} not measurable here.", ""]
     if main:
         lines += ["## Tbl. 2 on the tiny model: every method at matched savings", "", settings_line(main), "",
                   "PSNR / SSIM at each level (achieved savings in brackets; caches at the whole-run savings "
@@ -341,7 +345,6 @@ def render(run, out_path, eval_out, e2e_paths=(), command=""):
             lines += ["Quality against speed for the settings run on both (quality: the tiny model at 75%; speed: "
                       "the full-size transformers, 50 steps composed; `svg` at 70% sparsity there):", "",
                       f"![quality vs speed](results/{made['qs']})", ""]
-    verdicts = claims(main, abl, e2e, compose)
     lines += ["## The paper's claims against these measurements", "",
               "| claim (paper) | verdict | what we measured |", "| --- | --- | --- |"]
     lines += [f"| {c} | **{v}** | {e} |" for c, v, e in verdicts] + [""]
