@@ -5,7 +5,8 @@ weights), the forward call and the timer. Per model, one transformer forward is 
 
 * ``stock``; ``attention free`` (every self-attention core returns ``v``: the ceiling of any attention
   method); TimeRipple: ``channel (bundled θ)``, token mode at 75% pair savings with the ``budget (chain)``
-  plan, the bias-free ``pairs`` plan, and the README's ``fidelity`` setting;
+  plan, the bias-free ``pairs`` plan, the README's ``fidelity`` setting, and the same pooled over the heads of
+  each call (``budget_scope="call"``, the bundled default's plan) at 50% (keys only) and 75%;
 * ``svg 70% flex``: the SVG-style attention of ``timeripple.peers`` with FlexAttention block masks
   (compiled; the first, untimed forward compiles);
 * ``pab skip`` / ``fbc skip`` / ``taylorseer skip``: a forward in which diffusers' cache reuses (the second
@@ -175,6 +176,9 @@ def run_model(e2e, name, repeats, deadline=0.0, variants=None, on_row=None):
     record("token 75% pairs", ripple(cfg.replace(mode="token", budget=max(bq, 1e-6), key_budget=bk,
                                                  token_keys="pairs")))
     record("token 75% fidelity (README)", ripple(fidelity))
+    for target, share in ((0.5, 1.0), (0.75, 0.7)):  # the bundled default's plan: pooled over the heads of a call
+        record(f"token {target:.0%} fidelity pooled (key share {share:g})",
+               ripple(fidelity.replace(pair_savings=target, key_share=share, budget_scope="call")))
     record("svg 70% flex", peer(svg_attention, {"sparsity": 0.7, "backend": "flex"}))
     for kind in ("pab", "fbc", "taylorseer"):
         record(f"{kind} skip", lambda kind=kind: _timed_cache(e2e, model, fw, sched, kind, step, repeats, gib))

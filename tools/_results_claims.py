@@ -11,7 +11,8 @@ import math
 
 SUP, NOT, NA = "supported", "not supported", "not measurable here"
 PEERS = ("svg", "minference", "pab", "fbc", "magcache", "taylorseer", "delta-dit")
-TR_TIMED = ("channel (bundled θ)", "token 75% budget (chain)", "token 75% pairs", "token 75% fidelity (README)")
+TR_TIMED = ("channel (bundled θ)", "token 75% budget (chain)", "token 75% pairs", "token 75% fidelity (README)",
+            "token 75% fidelity pooled (key share 0.7)")
 
 
 def _row(res, method, level):

@@ -219,7 +219,8 @@ def plots(main, e2e, figs: Path, run: Path):
 CACHES = ("pab skip", "fbc skip", "taylorseer skip")
 # full-size row -> the tiny-model method of the same setting (quality at 75%)
 SAME_SETTING = {"channel (bundled θ)": "channel", "token 75% budget (chain)": "token-budget",
-                "token 75% fidelity (README)": "token-fidelity", "svg 70% flex": "svg"}
+                "token 75% fidelity (README)": "token-fidelity", "svg 70% flex": "svg",
+                "token 75% fidelity pooled (key share 0.7)": "token-fidelity-auto"}
 
 
 def quality_vs_speed(main, e2e, level=0.75):
