@@ -52,8 +52,10 @@ def jobs(methods=None):
     from timeripple.eval import list_methods
     from timeripple.eval.ablation_methods import ABLATION_METHODS
 
-    names = list(methods) if methods else [m for m in list_methods() if m not in ABLATION_METHODS]
-    out = [j for j in FIRST if j in names or (j == ABLATION_JOB and not methods)]
+    if methods:  # as given (a job list of its own, e.g. what an earlier call did not reach)
+        return list(dict.fromkeys(methods))
+    names = [m for m in list_methods() if m not in ABLATION_METHODS]
+    out = [j for j in FIRST if j in names or j == ABLATION_JOB]
     return out + [m for m in names if m not in out]
 
 
@@ -102,7 +104,7 @@ class Worker:
 
         torch.set_num_threads(2 if args.device == "cuda" else 1)  # several workers share the CPU
         self.args, self.out = args, Path(args.out)
-        self.me = self.out / f"w{os.getpid()}"
+        self.me = self.out / f"w{int(time.time())}-{os.getpid()}"
         self.me.mkdir(parents=True, exist_ok=True)
         self.logfile = open(self.me / "log.txt", "a")
         self.pipe = load_tiny_pipeline(device=args.device)
@@ -142,7 +144,8 @@ class Worker:
 
         level = self.args.ablation_level
         common = dict(self.common, tensor_level=False)
-        for name in ("channel",) + ABLATION_METHODS:
+        for name in ("channel",) + tuple(m for m in ABLATION_METHODS if not self.args.ablation_methods
+                                         or m in self.args.ablation_methods):
             self.one(name, [level], self.abl, self.abl_skipped, "ablation", common)
         channel = next((r for r in self.abl if r.rows and r.rows[0]["method"] == "channel"), None)
         if channel is None:
@@ -194,13 +197,33 @@ def merge(folder) -> None:
         if not loaded:
             continue
         first = loaded[0]
+        seen = set()  # a (method, target) measured by two calls is kept once (the first worker's, by name)
+        for d in loaded:
+            d["rows"] = [r for r in d["rows"] if (r["method"], r["target"]) not in seen
+                         and not seen.add((r["method"], r["target"]))]
+        tseen = set()
+        for d in loaded:
+            d["tensor"] = [e for e in d["tensor"] if (e["method"], e["target"]) not in tseen
+                           and not tseen.add((e["method"], e["target"]))]
+        methods = {m["name"]: m for d in loaded for m in d["methods"] if any(r["method"] == m["name"] for r in d["rows"])}
         ran = {r["method"] for d in loaded for r in d["rows"]} | set(skipped)
         settings = dict(first["settings"], skipped=skipped, workers=len(list(folder.glob("w*"))))
         if part == "main":
             settings["not_run"] = {j: ("started but not finished before the call's time limit" if j in claimed
                                        else "not started before the call's time limit")
                                    for j in planned if j != ABLATION_JOB and j not in ran}
-        res = EvalResult(settings=settings, methods=[m for d in loaded for m in d["methods"]], dense=first["dense"],
+        elif ABLATION_JOB in planned:
+            from timeripple.eval.ablation_methods import ABLATION_METHODS
+
+            why = ("the ablation job was started but not finished before the call's time limit" if ABLATION_JOB
+                   in claimed else "not started before the call's time limit")
+            settings["not_run"] = {m: why for m in ("channel",) + ABLATION_METHODS
+                                   + tuple(f"channel-w{w}-same" for w in WINDOWS) if m not in ran}
+        channel = {e["target"]: e["mse"] for d in loaded for e in d["tensor"] if e["method"] == "channel"}
+        for d in loaded:  # x channel across workers (the harness computes it within one call only)
+            for e in d["tensor"]:
+                e["mse_vs_channel"] = e["mse"] / channel[e["target"]] if channel.get(e["target"]) else None
+        res = EvalResult(settings=settings, methods=list(methods.values()), dense=first["dense"],
                          rows=[r for d in loaded for r in d["rows"]], tensor=[e for d in loaded for e in d["tensor"]],
                          environment=first["environment"])
         (folder / part).mkdir(exist_ok=True)  # JSON and the harness's plots (tables: `render`)
@@ -225,6 +248,7 @@ def main(argv=None):
     r.add_argument("--steps", type=int, default=20)
     r.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.75, 0.875])
     r.add_argument("--ablation-level", type=float, default=0.75)
+    r.add_argument("--ablation-methods", nargs="*", default=None, help="ablations to run (default: all)")
     r.add_argument("--capture-steps", type=int, default=3)
     r.add_argument("--capture-layers", type=int, default=None)
     r.add_argument("--no-tensor", action="store_true")
