@@ -13,8 +13,11 @@ Counted figures: pair savings of the plan (``1 - kept_q·kept_k / N²``). Peak m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import math
+import re
+import traceback
 import platform
 import sys
 
@@ -30,6 +33,45 @@ SHAPES = {
     "cogvideox1.5": (48, (11, 48, 85), 226, "before", 64, "CogVideoX1.5 768x1360 81f"),
 }
 TARGETS = (0.5, 0.75, 0.875)
+# the README's quality setting (issue 9): load_config(...).replace(mode="token", pair_savings=p, **FIDELITY)
+FIDELITY = dict(key_repr="mean", key_score="kv", query_repr="interp")
+
+
+@contextlib.contextmanager
+def torch_fidelity():
+    """The fidelity scores and epilogue in plain torch (the path before the fused kernels)."""
+    from timeripple import token_plan
+
+    saved = token_plan._fidelity_kernels
+    token_plan._fidelity_kernels = lambda x, fused: None
+    try:
+        yield
+    finally:
+        token_plan._fidelity_kernels = saved
+
+
+@contextlib.contextmanager
+def chunk_share(value):
+    from timeripple.kernels import token_attention_compact as ca
+
+    saved = ca.CHUNK_SHARE
+    ca.CHUNK_SHARE = value
+    try:
+        yield
+    finally:
+        ca.CHUNK_SHARE = saved
+
+
+def within(ctx_factory, make_fn):
+    """``make_fn`` whose calls run inside ``ctx_factory()``."""
+    def make(q, k, v):
+        call = make_fn(q, k, v)
+
+        def run():
+            with ctx_factory():
+                return call()
+        return run
+    return make
 
 
 def structured(B, H, grid, text_len, text_position, D, device, dtype, noise=0.05, seed=0):
@@ -152,6 +194,20 @@ def methods_for(name, args):
                    target, "merged key = pair mean")
             yield "token plan, pairs (detection + selection)", plan_pairs, None, "q and k, 75%"
 
+    yield from fidelity_methods(name)
+    for target in (0.75,):
+        bq, bk = pairs.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
+
+        def full_pairs(q, k, v, bq=bq, bk=bk):
+            return lambda: timeripple.ripple_attention(q, k, v, threshold=theta, mode="token", budget=max(bq, 1e-6),
+                                                       key_budget=bk, token_keys="pairs", **base)
+
+        def graph_pairs(q, k, v, bq=bq, bk=bk):
+            return lambda: timeripple.ripple_attention(q, k, v, threshold=theta, mode="token", budget=max(bq, 1e-6),
+                                                       key_budget=bk, token_keys="pairs", cuda_graph=True, **base)
+
+        yield f"token {target:.1%} pairs, cuda_graph=True (all)", graph_pairs, target, "replayed CUDA graph"
+
     def fused_detection(q, k, v):
         from timeripple.kernels.detect_fused import token_axis_scores
 
@@ -165,6 +221,67 @@ def methods_for(name, args):
         return lambda: timeripple.ripple_attention(q, k, v, threshold=theta, mode="token", **base)
 
     yield f"token θ={theta} (all)", at_threshold, "measured", "structured input"
+
+
+def fidelity_methods(name):
+    """Rows of the README's quality setting (``pair_savings`` + ``FIDELITY``), fused and in torch."""
+    import timeripple
+    from timeripple import token_fidelity
+    from timeripple.token_plan import build_token_plan
+
+    H, grid, text_len, text_pos, D, _ = SHAPES[name]
+    base = dict(grid=grid, text_len=text_len, text_position=text_pos)
+    thresholds = {"t": 0.5, "y": 0.5, "x": 0.5}
+    for target in TARGETS:
+        def full(q, k, v, target=target):
+            return lambda: timeripple.ripple_attention(q, k, v, threshold=0.5, mode="token", pair_savings=target,
+                                                       **FIDELITY, **base)
+
+        def graph(q, k, v, target=target):
+            return lambda: timeripple.ripple_attention(q, k, v, threshold=0.5, mode="token", pair_savings=target,
+                                                       cuda_graph=True, **FIDELITY, **base)
+
+        def pooled(q, k, v, target=target):  # the bundled configs' plan: key_share auto, pooled over the heads
+            return lambda: timeripple.ripple_attention(q, k, v, threshold=0.5, mode="token", pair_savings=target,
+                                                       key_share="auto", budget_scope="call", **FIDELITY, **base)
+
+        yield (f"bundled {target:.1%} (all)", pooled, target,
+               "bundled default's plan: key_share auto (keys only <= 50%), pooled over the heads")
+        yield f"fidelity {target:.1%} (all)", full, target, "README setting: mean k, kv score, interp q"
+        yield f"fidelity {target:.1%} cuda_graph=True (all)", graph, target, "replayed CUDA graph, inputs copied in"
+        if target != 0.75:
+            continue
+        yield (f"fidelity {target:.1%} torch scores + epilogue (all)", within(torch_fidelity, full), target,
+               "before the fused kernels")
+        yield (f"fidelity {target:.1%} chunk share 0.18 (all)", within(lambda: chunk_share(0.18), full), target,
+               "compaction chunks 0.18 x q (the previous default)")
+        budget, key_budget = token_fidelity.budgets_for_pair_savings(target, 0.7, grid, tuple(thresholds), 2,
+                                                                     text_len, "chain")
+
+        def plan(q, k, v):
+            return lambda: build_token_plan(q, k, v=v, thresholds=thresholds, budget=budget, key_budget=key_budget,
+                                            query_score="interp", key_score="kv", **base)
+
+        yield "fidelity plan (scores + selection)", plan, None, "q and k, 75%"
+        yield "fidelity plan, torch scores", within(torch_fidelity, plan), None, "q and k, 75%"
+
+        def epilogue(q, k, v):
+            from timeripple.kernels import fidelity_fused
+
+            _, _, via_q, _ = build_token_plan(q, k, v=v, thresholds=thresholds, budget=budget, key_budget=key_budget,
+                                              query_score="interp", key_score="kv", **base)
+            start = text_len if text_pos == "before" else 0
+            out = q.clone()
+            return lambda: fidelity_fused.interpolate_reused_rows_fused(out, via_q, grid, 2, start, 3)
+
+        def epilogue_torch(q, k, v):
+            _, _, via_q, _ = build_token_plan(q, k, v=v, thresholds=thresholds, budget=budget, key_budget=key_budget,
+                                              query_score="interp", key_score="kv", **base)
+            start = text_len if text_pos == "before" else 0
+            return lambda: token_fidelity.interpolate_reused_rows(q, via_q, grid, 2, start, 3)
+
+        yield "interp epilogue (fused, in place)", epilogue, None, "75%"
+        yield "interp epilogue (torch)", epilogue_torch, None, "75%"
 
 
 def kernel_variants(H, grid, text_len, text_pos):
@@ -211,12 +328,15 @@ def run_shape(name, args, device, dtype):
                     for i in range(3)) for s in range(2)]
     rows, dense_ms, dense_mem = [], None, None
     for label, make_fn, pairs, mnote in methods_for(name, args):
+        if args.select and not re.search(args.select, label) and label != "SDPA default":
+            continue
         try:
             fn = rotating(make_fn, inputs)
             fn()  # compile / autotune
             ms = bench(fn, args.quick)
             mem = peak_mib(fn, sum(x.numel() * x.element_size() for x in inputs[0]))
         except Exception as exc:  # a missing method must not stop the table
+            print(f"{label}: FAILED\n{traceback.format_exc()}", flush=True)
             rows.append((label, float("nan"), float("nan"), float("nan"), pairs, f"failed: {exc!r:.80}"))
             continue
         if pairs == "measured":
@@ -269,6 +389,7 @@ def main(argv=None):
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--quick", action="store_true", help="fewer timing repetitions")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compiles for ~1 min)")
+    parser.add_argument("--select", default="", help="regex: only the rows whose label matches (+ SDPA default)")
     parser.add_argument("--out", default="BENCHMARKS.md", help="markdown report path ('' = do not write)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

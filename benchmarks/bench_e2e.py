@@ -9,6 +9,10 @@ public API ``apply_timeripple(transformer, cfg, scheduler=...)`` and times one f
 * ``token <p>% <plan>``: a reuse step in token mode at ``p`` pair savings (budget), for the plans
   ``chain`` (keys merge like queries, the per-key bias path) and ``pairs`` (keys merged in disjoint
   pairs, bias-free count classes), key-heavy split (every pair merged, queries take the rest);
+* ``fidelity <p>%`` (``--setting fidelity``): the README's quality setting
+  ``replace(mode="token", pair_savings=p, key_repr="mean", key_score="kv", query_repr="interp")``
+  (fused score and epilogue kernels; ``, torch scores``: the same in plain torch; ``, cuda_graph``
+  with ``--graphs``: the same with ``cuda_graph=True``, the token path replayed as a CUDA graph);
 * ``channel``: a reuse step in channel mode at the bundled threshold;
 * ``attention free``: every self-attention core replaced by a free stand-in (returns ``v``): the
   ceiling of any attention speedup.
@@ -27,6 +31,7 @@ one forward, relative to stock. Counted: the pair savings that TimeRipple record
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -144,26 +149,65 @@ def timed(model, fw, sched, step, repeats):
     return statistics.median(times), peak, finite
 
 
-def variants(cfg_name, grid, text_len):
-    """(label, config or None for stock, kind) in the order of the table."""
+# the README's quality setting (issue 9): load_config(...).replace(mode="token", pair_savings=p, **FIDELITY)
+FIDELITY = dict(key_repr="mean", key_score="kv", query_repr="interp")
+SETTINGS = ("budget", "bundled", "fidelity", "all")
+
+
+@contextlib.contextmanager
+def torch_fidelity():
+    """The fidelity scores and the interp epilogue in plain torch (the path before the fused kernels)."""
+    from timeripple import token_plan
+
+    saved = token_plan._fidelity_kernels
+    token_plan._fidelity_kernels = lambda x, fused: None
+    try:
+        yield
+    finally:
+        token_plan._fidelity_kernels = saved
+
+
+def variants(cfg_name, grid, text_len, setting="budget", targets=TARGETS, graphs=False, torch_rows=True):
+    """(label, config or None for stock, kind, context factory or None) in the order of the table.
+
+    ``setting``: ``"budget"`` (today's budget plans: chain and pairs, key-heavy), ``"fidelity"`` (the
+    README's setting at each target, fused and, at 75%, the plain-torch scores; the pairs plan at 75% for
+    comparison) or ``"all"``. ``graphs``: also the rows with ``cuda_graph=True``."""
     import timeripple
     from timeripple import detect, pairs
 
-    base = timeripple.load_config(cfg_name)
-    yield "stock", None, "stock"
-    yield "dense (processors)", base.replace(mode="token"), "dense"
-    for target in TARGETS:
+    base = timeripple.load_config(cfg_name, mode="channel")  # each variant sets its own options
+    yield "stock", None, "stock", None
+    yield "dense (processors)", base.replace(mode="token"), "dense", None
+    for target in targets:
         try:
             b = detect.budget_for_pair_savings(target, grid, text_len=text_len)
             bq, bk = pairs.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
         except ValueError as exc:  # the grid cannot reach this target (only tiny --smoke grids)
             print(f"  token {target:.1%}: skipped ({exc})")
             continue
-        yield f"token {target:.1%} chain", base.replace(mode="token", budget=b), "reuse"
-        yield (f"token {target:.1%} pairs", base.replace(mode="token", budget=max(bq, 1e-6), key_budget=bk,
-                                                         token_keys="pairs"), "reuse")
-    yield "channel", base, "reuse"
-    yield "attention free", base.replace(mode="token"), "free"
+        pairs_cfg = base.replace(mode="token", budget=max(bq, 1e-6), key_budget=bk, token_keys="pairs")
+        if setting in ("budget", "all"):
+            yield f"token {target:.1%} chain", base.replace(mode="token", budget=b), "reuse", None
+            yield f"token {target:.1%} pairs", pairs_cfg, "reuse", None
+        if setting in ("bundled", "fidelity", "all"):  # the bundled configs' plan at this target
+            bundled = timeripple.load_config(cfg_name).replace(pair_savings=target)
+            yield f"bundled {target:.1%} (pooled, key_share auto)", bundled, "reuse", None
+            yield f"bundled {target:.1%}, per head", bundled.replace(budget_scope="head"), "reuse", None
+        if setting in ("fidelity", "all"):
+            fid = base.replace(mode="token", pair_savings=target, **FIDELITY)
+            yield f"fidelity {target:.1%}", fid, "reuse", None
+            if graphs:
+                yield f"fidelity {target:.1%}, cuda_graph", fid.replace(cuda_graph=True), "reuse", None
+            if target == 0.75 and torch_rows:
+                yield f"fidelity {target:.1%}, torch scores", fid, "reuse", torch_fidelity
+            if target == 0.75 and setting == "fidelity":
+                yield f"token {target:.1%} pairs", pairs_cfg, "reuse", None
+                if graphs:
+                    yield f"token {target:.1%} pairs, cuda_graph", pairs_cfg.replace(cuda_graph=True), "reuse", None
+    if setting in ("budget", "all"):
+        yield "channel", base, "reuse", None
+    yield "attention free", base.replace(mode="token"), "free", None
 
 
 def free_stand_in(q, k, v, **_):
@@ -182,7 +226,8 @@ def run_model(name, args):
     dense_steps = [i for i in range(50) if cfg0.attention_kwargs(i, 50) is None]
     reuse_step = next(i for i in range(50) if cfg0.attention_kwargs(i, 50) is not None) + 15
     rows = []
-    for vlabel, cfg, kind in variants(cfg_name, grid, text_len):
+    for vlabel, cfg, kind, ctx in variants(cfg_name, grid, text_len, args.setting, args.targets,
+                                                 args.graphs, not args.no_torch_rows):
         if cfg is not None:
             timeripple.apply_timeripple(model, cfg, scheduler=sched)
             if kind == "free":
@@ -190,8 +235,9 @@ def run_model(name, args):
                     if isinstance(proc, timeripple.TimeRippleAttnProcessor):
                         proc._attend = free_stand_in
         try:
-            sec, peak, finite = timed(model, fw, sched, dense_steps[0] if kind == "dense" else reuse_step,
-                                      args.repeats)
+            with ctx() if ctx is not None else contextlib.nullcontext():
+                sec, peak, finite = timed(model, fw, sched, dense_steps[0] if kind == "dense" else reuse_step,
+                                          args.repeats)
             savings = timeripple.get_stats(model).total_savings if kind == "reuse" else 0.0
         except Exception as exc:  # one failing variant must not lose the others
             sec, peak, finite, savings = float("nan"), float("nan"), False, float("nan")
@@ -209,22 +255,33 @@ def run_model(name, args):
                   torch=torch.__version__, date=str(datetime.date.today()), command=" ".join(sys.argv),
                   repeats=args.repeats)
     if args.loop:
-        result["loop"] = real_loop(model, fw, sched, cfg_name, grid, text_len)
+        result["loop"] = real_loop(model, fw, sched, cfg_name, grid, text_len, setting=args.setting,
+                                   graphs=args.graphs)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return result
 
 
-def real_loop(model, fw, sched, cfg_name, grid, text_len, target=0.75):
-    """A real 50-step loop (one call per step, scheduler.step on the latents): stock vs token pairs."""
+def real_loop(model, fw, sched, cfg_name, grid, text_len, target=0.75, setting="budget", graphs=False):
+    """A real 50-step loop (one call per step, scheduler.step on the latents): stock vs token pairs
+    (``setting="fidelity"``: vs the README's setting)."""
     import timeripple
     from timeripple import detect, pairs
 
     bq, bk = pairs.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
-    cfg = timeripple.load_config(cfg_name).replace(mode="token", budget=bq, key_budget=bk, token_keys="pairs")
+    cfg = timeripple.load_config(cfg_name, mode="channel").replace(mode="token", budget=bq, key_budget=bk, token_keys="pairs")
+    label = f"token {target:.0%} pairs"
+    if setting == "fidelity":
+        cfg, label = timeripple.load_config(cfg_name, mode="channel").replace(mode="token", pair_savings=target, **FIDELITY), \
+            f"fidelity {target:.0%}"
+    if setting == "bundled":
+        cfg = timeripple.load_config(cfg_name)  # as a user gets it: its own pair_savings
+        label = f"bundled default {cfg.pair_savings:.0%}"
+    if graphs:
+        cfg, label = cfg.replace(cuda_graph=True), label + ", cuda_graph"
     out = {}
-    for label, c in (("stock", None), (f"token {target:.0%} pairs", cfg)):
+    for label, c in (("stock", None), (label, cfg)):
         if c is not None:
             timeripple.apply_timeripple(model, c, scheduler=sched)
         latents = fw["hidden_states"].clone()
@@ -294,7 +351,7 @@ def render(results):
         for r, step, total, ceiling in compose(res):
             tot = "" if math.isnan(total) else f"{total:.2f}x"
             ceil = f"{ceiling:.2f}x" if r["kind"] in ("reuse", "free") else ""
-            sav = f"{r['pair_savings']:.1%}" if r["kind"] == "reuse" and "token" in r["label"] else ""
+            sav = f"{r['pair_savings']:.1%}" if r["kind"] == "reuse" and r["label"].startswith(("token", "fidelity")) else ""
             peak = r["peak_gib"] / stock_peak if stock_peak else float("nan")
             lines.append(f"| {r['label']} | {r['ms']:.0f} | {step:.2f}x | {tot} | {ceil} | {peak:.2f}x | {sav} | "
                          f"{'yes' if r['finite'] else 'NO'} |")
@@ -328,6 +385,11 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=[], choices=list(MODELS))
     parser.add_argument("--repeats", type=int, default=2, help="timed forwards per variant (after a warm-up)")
     parser.add_argument("--loop", action="store_true", help="also a real 50-step loop (Wan2.1-1.3B only)")
+    parser.add_argument("--targets", nargs="+", type=float, default=list(TARGETS), help="pair-savings targets")
+    parser.add_argument("--graphs", action="store_true", help="also the token rows with cuda_graph=True")
+    parser.add_argument("--no-torch-rows", action="store_true", help="skip the plain-torch fidelity row")
+    parser.add_argument("--setting", default="budget", choices=SETTINGS,
+                        help="budget: today's budget plans; fidelity: the README's quality setting; all: both")
     parser.add_argument("--json", default="", help="write the raw results here")
     parser.add_argument("--render", nargs="*", default=None, help="JSON files to render (no GPU needed)")
     parser.add_argument("--out", default="", help="markdown file whose end-to-end section is (re)written")

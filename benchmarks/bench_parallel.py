@@ -129,7 +129,7 @@ def run_model(name, spec, args, device, dtype, world):
 
     rows = [dict(model=name, note=note, world=world, method="dense", ms=timed(forward, device, args.warmup,
                                                                               args.reps), savings=0.0)]
-    base = timeripple.load_config("wan2.1" if family == "wan" else "hunyuan_video")
+    base = timeripple.load_config("wan2.1" if family == "wan" else "hunyuan_video", mode="channel")
     for target in TARGETS:
         budget = budget_for_pair_savings(target, grid, text_len=joint_text)
         config = base.replace(mode="token", budget=min(budget, 1.0), threshold_start=1e6, threshold_end=1e6,

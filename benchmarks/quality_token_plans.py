@@ -39,7 +39,7 @@ def main():
     torch.set_num_threads(1)
     pipe = load_tiny_pipeline()
     grid = (9, 16, 16)
-    base = timeripple.load_config("wan2.1").replace(mode="token")
+    base = timeripple.load_config("wan2.1", mode="channel").replace(mode="token")
     b = detect.budget_for_pair_savings(args.target, grid)
     bq, bk = pairs.pair_budgets_for_pair_savings(args.target, grid)
     methods = {

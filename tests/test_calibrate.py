@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(
     not (shipped_weights_dir() / WEIGHTS_FILE).is_file(), reason="the shipped tiny-model weights are absent"
 )
 
+WAN = timeripple.load_config("wan2.1", mode="channel")  # calibration scales the paper's thresholds
 PROMPT = "a red circle moving right quickly on a gray background"
 STEPS = 4  # wan2.1 scaled to 4 steps: steps 1-2 reuse, 0 and 3 are dense
 FAST = {"guidance_scale": 1.0}  # one transformer call per step
@@ -53,7 +54,7 @@ def run(pipe):
     """One calibration (scales given unsorted) with the processors seen before it."""
     pipe.set_progress_bar_config(desc="mine")
     before = processors(pipe)
-    result = calibrate(pipe, "wan2.1", [PROMPT], scales=(1.0, 0.0, 0.25), num_inference_steps=STEPS,
+    result = calibrate(pipe, WAN, [PROMPT], scales=(1.0, 0.0, 0.25), num_inference_steps=STEPS,
                        pipe_kwargs=FAST, progress=False)
     return result, before
 
@@ -63,7 +64,7 @@ def run(pipe):
 
 def test_table_shape_and_thresholds(run):
     result, _ = run
-    wan = timeripple.load_config("wan2.1")
+    wan = timeripple.load_config("wan2.1", mode="channel")
     assert result.scales == [0.0, 0.25, 1.0]
     assert result.runs == [(PROMPT, 0)] and result.num_inference_steps == STEPS
     for row in result.rows:
@@ -102,7 +103,7 @@ def test_to_dict_summary_config_and_plot(run, tmp_path):
     assert "0.1 → 0.15" in text and "inf" in text and f"{result.row(1.0).mean_savings:.1%}" in text
     config = result.config_for(0.25)
     assert (config.name, config.threshold_start, config.threshold_end) == ("wan2.1-x0.25", 0.1, 0.15)
-    assert config.replace(name="wan2.1", threshold_start=0.4, threshold_end=0.6) == timeripple.load_config("wan2.1")
+    assert config.replace(name="wan2.1", threshold_start=0.4, threshold_end=0.6) == timeripple.load_config("wan2.1", mode="channel")
     with pytest.raises(ValueError, match="was not calibrated"):
         result.config_for(0.3)
     pytest.importorskip("matplotlib")
@@ -119,7 +120,7 @@ def test_model_restored_when_a_run_raises(pipe):
         return tensors
 
     with pytest.raises(RuntimeError, match="boom"):
-        calibrate(pipe, "wan2.1", [PROMPT], scales=(0.5,), num_inference_steps=2,
+        calibrate(pipe, WAN, [PROMPT], scales=(0.5,), num_inference_steps=2,
                   pipe_kwargs={**FAST, "callback_on_step_end": fail_under_timeripple}, progress=False)
     assert_untouched(pipe, before)
 
@@ -138,21 +139,22 @@ def test_model_restored_when_a_run_raises(pipe):
     ({"num_inference_steps": 1}, "int >= 2"),
     ({"target_psnr": 30.0, "target_savings": 0.5}, "at most one target"),
     ({"target_savings": 60}, "fraction <= 1"),
-    ({"config": timeripple.load_config("wan2.1").replace(mode="token", budget=0.5)}, "budget mode"),
+    ({"config": timeripple.load_config("wan2.1", mode="channel").replace(mode="token", budget=0.5)}, "budget mode"),
+    ({"config": "wan2.1"}, "pair-savings target sets the savings directly.*with_mode\\('channel'\\)"),
 ])
 def test_bad_input(pipe, kwargs, match):
-    args = {"config": "wan2.1", "prompts": [PROMPT], **kwargs}
+    args = {"config": WAN, "prompts": [PROMPT], **kwargs}
     with pytest.raises(ValueError, match=match):
         calibrate(pipe, args.pop("config"), args.pop("prompts"), progress=False, **args)
 
 
 def test_pipe_without_transformer_or_already_patched(pipe):
     with pytest.raises(TypeError, match="with a `transformer`"):
-        calibrate(object(), "wan2.1", [PROMPT])
+        calibrate(object(), WAN, [PROMPT])
     handle = timeripple.apply_timeripple(pipe, "wan2.1")
     try:
         with pytest.raises(ValueError, match="already has TimeRipple applied"):
-            calibrate(pipe, "wan2.1", [PROMPT])
+            calibrate(pipe, WAN, [PROMPT])
     finally:
         handle.remove()
 
@@ -161,7 +163,7 @@ def test_pipe_without_transformer_or_already_patched(pipe):
 
 
 def hand_made() -> CalibrationResult:
-    base = timeripple.load_config("wan2.1")
+    base = timeripple.load_config("wan2.1", mode="channel")
     table = [(0.1, [0.40, 0.42], [41.0, 39.0]), (0.25, [0.60, 0.62], [32.0, 30.0]),
              (0.5, [0.70, 0.70], [27.0, 25.0]), (1.0, [0.75, 0.75], [23.0, 21.0])]
     rows = []
@@ -231,7 +233,7 @@ def test_cli_tiny_run_writes_the_files(tmp_path):
     assert data["settings"] == {"output_type": "pt", "guidance_scale": 1.0, "num_inference_steps": 3}
     assert data["rows"][0]["identical"] == [True] and data["rows"][1]["mean_savings"] >= 0.01
     config = timeripple.TimeRippleConfig.from_yaml(out_dir / "calibrated_config.yaml")
-    assert config == timeripple.load_config("wan2.1").replace(name="wan2.1-x1")
+    assert config == timeripple.load_config("wan2.1", mode="channel").replace(name="wan2.1-x1")
     assert "Chosen for mean savings >= 1.0%: scale 1" in out and "θ (start → end)" in out
     if (out_dir / "calibration.png").exists():
         assert (out_dir / "calibration.png").stat().st_size > 0

@@ -37,9 +37,37 @@ def test_bundled_values(name):
     assert (cfg.name, cfg.model_family) == (name, family)
     assert (cfg.threshold_start, cfg.threshold_end) == (start, end)
     assert (cfg.ramp_start_step, cfg.ramp_end_step) == (ramp_start, ramp_end)
-    assert cfg.reference_num_steps == 50 and cfg.window == 2 and cfg.mode == "channel"
+    assert cfg.reference_num_steps == 50 and cfg.window == 2
     assert cfg.axes == ("t", "y", "x") and cfg.priority == ("t", "y", "x")
     assert cfg.dense_last_step is True and cfg.version == 1 and cfg.fixed_threshold is None
+    # the bundled default is the fast setting: token mode, the fidelity plan at 50% pair savings
+    fast = dict(mode="token", pair_savings=0.5, key_share="auto", budget_scope="call", key_repr="mean",
+                key_score="kv", query_repr="interp", token_keys="chain", budget=None, key_budget=None)
+    assert {field: getattr(cfg, field) for field in fast} == fast
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_channel_mode_is_one_option_away(name):
+    paper = load_config(name, mode="channel")
+    fast = load_config(name)
+    assert paper.mode == "channel" and paper.name == fast.name
+    # the other mode's options are back at their defaults; the schedule is kept
+    assert (paper.pair_savings, paper.key_share, paper.budget_scope, paper.key_repr, paper.query_repr,
+            paper.key_score) == (None, 0.7, "head", "source", "copy", "delta")
+    for field in ("threshold_start", "threshold_end", "ramp_start_step", "ramp_end_step", "window", "axes"):
+        assert getattr(paper, field) == getattr(fast, field)
+    assert paper.with_mode("token") == TimeRippleConfig(**{**paper.to_dict(), "mode": "token"})
+    assert fast.with_mode("token") is fast
+    assert load_config(fast, mode="channel") == paper
+    assert fast.replace(mode="channel") == paper  # a new mode starts from with_mode
+    assert fast.replace(budget=0.4).pair_savings is None  # alternatives replace each other
+    assert fast.replace(budget=0.4).replace(pair_savings=0.6).budget is None
+    with pytest.raises(ValueError, match="replaces budget and key_budget"):
+        fast.replace(budget=0.4, pair_savings=0.6)
+    with pytest.raises(ValueError, match="`mode` = 'paper'.*channel"):
+        load_config(name, mode="paper")
+    with pytest.raises(ValueError, match="`mode` = 'fast'"):
+        fast.with_mode("fast")
 
 
 def test_bundled_files_mirrored_identically():
@@ -140,7 +168,7 @@ def test_inputs_are_not_mutated_and_sequences_become_tuples():
 
 
 def test_replace_validates():
-    cfg = load_config("wan2.1")
+    cfg = load_config("wan2.1", mode="channel")
     token = cfg.replace(mode="token", budget=0.5)
     assert (token.mode, token.budget, cfg.mode, cfg.budget) == ("token", 0.5, "channel", None)
     with pytest.raises(ValueError, match="`window` = 1"):
@@ -154,7 +182,7 @@ def test_default_repr_is_dataclass_repr():
 
 
 def test_attention_kwargs():
-    cfg = load_config("hunyuan_video")
+    cfg = load_config("hunyuan_video", mode="channel")
     assert cfg.attention_kwargs(5, 50) is None
     assert cfg.attention_kwargs(49, 50) is None
     kwargs = cfg.attention_kwargs(15, 50)
@@ -163,8 +191,11 @@ def test_attention_kwargs():
         "priority": ("t", "y", "x"), "channel_alpha": None, "token_criterion": "strict",
         "token_fraction": 0.9, "budget": None, "token_keys": "chain", "key_budget": None, "key_repr": "source",
         "query_repr": "copy", "key_score": "delta", "pair_savings": None, "key_share": 0.7,
-        "budget_scope": "head",
+        "budget_scope": "head", "cuda_graph": False,
     }
+    fast = load_config("hunyuan_video").attention_kwargs(15, 50)
+    assert {k: fast[k] for k in ("mode", "pair_savings", "key_share", "budget_scope")} == {
+        "mode": "token", "pair_savings": 0.5, "key_share": "auto", "budget_scope": "call"}
     scaled = cfg.replace(axes=("t", "x"), axis_threshold_scale={"t": 2.0}).attention_kwargs(20, 50)
     assert scaled["threshold"] == {"t": 1.0, "x": 0.5}
 

@@ -123,9 +123,9 @@ register_model(TinyOpenSora, "open_sora_plan")
 
 NUM_STEPS = 4
 CONFIGS = {
-    "channel": timeripple.load_config("open_sora_plan").replace(
+    "channel": timeripple.load_config("open_sora_plan", mode="channel").replace(
         threshold_start=1.0, threshold_end=2.0, ramp_start_step=1, ramp_end_step=2, reference_num_steps=NUM_STEPS),
-    "token": timeripple.load_config("open_sora_plan").replace(
+    "token": timeripple.load_config("open_sora_plan", mode="channel").replace(
         mode="token", budget=0.5, threshold_start=1.0, threshold_end=1.0, ramp_start_step=1, ramp_end_step=2,
         reference_num_steps=NUM_STEPS),
 }

@@ -19,7 +19,7 @@ from timeripple.ripple_stats import RippleStats
 PROMPT = "a green circle moving right slowly on a black background"
 STEPS = 2
 GUIDANCE = 1.0  # one transformer call per step: fast
-CONFIG = load_config("wan2.1")
+CONFIG = load_config("wan2.1", mode="channel")
 # threshold scale 0: nothing is reused, bit-identical to stock (the processors' own guarantee)
 SAME_AS_DENSE = Method("same-as-dense", "channel mode at threshold 0", knob=None, savings="none",
                        build=lambda knob, config: MethodSetup(scaled(config, 0.0)))

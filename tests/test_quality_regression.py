@@ -50,6 +50,7 @@ import math
 import pytest
 import torch
 
+import timeripple
 from timeripple.demo import shipped_weights_dir
 from timeripple.demo.loading import WEIGHTS_FILE
 
@@ -59,7 +60,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     "reinstall the package or export them with tools/train_tiny_t2v.py",
 )]
 
-CONFIG = "wan2.1"
+CONFIG = timeripple.load_config("wan2.1", mode="channel")  # the paper's channel mode
 STEPS = 10
 GUIDANCE = 5.0
 PROMPTS = (  # (prompt, seed) pairs of timeripple.eval.ADHERENCE_PROMPTS: three colours, shapes, directions

@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     scheduler = FlowMatchEulerDiscreteScheduler()
     stock = run_loop(model, scheduler)
     originals = {n: m.processor for n, m in model.named_modules() if isinstance(m, Attention)}
-    base = timeripple.load_config("open_sora_plan").replace(
+    base = timeripple.load_config("open_sora_plan", mode="channel").replace(
         ramp_start_step=1, ramp_end_step=3, reference_num_steps=NUM_STEPS)
     configs = {
         "channel": base.replace(threshold_start=0.5, threshold_end=1.0),

@@ -33,7 +33,7 @@ def main():
     torch.set_num_threads(1)
     pipe = load_tiny_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    base = timeripple.load_config("wan2.1")
+    base = timeripple.load_config("wan2.1", mode="channel")
     grid = (9, 16, 16)
     for prompt in EVAL_PROMPTS[: args.runs]:
         def generate():

@@ -44,6 +44,7 @@ def ripple_attention(
     pair_savings: float | None = None,
     key_share: float = 0.7,
     budget_scope: str = "head",
+    cuda_graph: bool = False,
 ):
     r"""Self-attention that reuses ``q``/``k`` values between neighbouring video tokens (TimeRipple).
 
@@ -113,6 +114,10 @@ def ripple_attention(
         budget_scope (`str`, defaults to `"head"`): token mode with a budget: ``"head"`` reuses the budget in
             every head (equal kept counts: static shapes); ``"call"`` pools it over the heads of the call
             (heads whose tokens are more alike reuse more; same total; ``token_keys="chain"`` only).
+        cuda_graph (`bool`, defaults to `False`): token mode in budget mode (``budget`` or ``pair_savings``,
+            ``budget_scope="head"``, no mask, ``return_stats`` False or ``"device"``) on CUDA: capture the
+            whole token path once per call signature and replay it as a CUDA graph (no per-kernel launch
+            cost; the same result). Other calls run eagerly with one warning (``timeripple.token_graph``).
 
     Returns:
         `torch.Tensor` ``(B, H, N, Dv)`` in ``q``'s dtype, or ``(out, stats)`` with ``return_stats``.
@@ -137,6 +142,11 @@ def ripple_attention(
     options.check_fidelity_options(mode, query_repr=query_repr, key_score=key_score, pair_savings=pair_savings,
                                    key_share=key_share, budget_scope=budget_scope, budget=budget,
                                    key_budget=key_budget, token_keys=token_keys)
+    if not isinstance(cuda_graph, bool):
+        raise type_error("cuda_graph", cuda_graph, "a bool", "pass cuda_graph=True or False")
+    if cuda_graph and mode != "token":
+        raise value_error("cuda_graph", cuda_graph, "applies to mode='token' only (channel mode is one fused "
+                          "kernel and one SDPA call)", "set mode='token', or cuda_graph=False")
     if not (isinstance(return_stats, bool) or return_stats == "device"):
         raise type_error("return_stats", return_stats, "a bool, or 'device' (token mode only)",
                          "pass return_stats=True or False")
@@ -168,7 +178,7 @@ def ripple_attention(
             criterion=token_criterion, fraction=token_fraction, budget=budget, scale=scale,
             return_stats=return_stats, token_keys=token_keys, key_budget=key_budget, key_repr=key_repr,
             query_repr=query_repr, key_score=key_score, pair_savings=pair_savings, key_share=key_share,
-            budget_scope=budget_scope,
+            budget_scope=budget_scope, cuda_graph=cuda_graph,
         )
     if all(theta == 0 for theta in thresholds.values()):  # nothing can pass: skip detection entirely
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)

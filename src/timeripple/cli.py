@@ -178,7 +178,9 @@ def _add_calibrate_parser(sub) -> None:
     )
     cal.add_argument("--config", default=DEFAULT_CONFIG,
                      help=f"bundled config name or a YAML path whose thresholds are scaled (default: {DEFAULT_CONFIG})")
-    cal.add_argument("--mode", choices=MODES, default=None, help="override the config's mode")
+    cal.add_argument("--mode", choices=MODES, default="channel",
+                     help="the mode whose thresholds are calibrated (default: channel; token = the threshold-based "
+                     "token criterion; a pair-savings target needs no calibration)")
     cal.add_argument("--scales", type=_non_negative_float, nargs="+", default=list(DEFAULT_SCALES), metavar="S",
                      help="multipliers on the thresholds (default: %s)" % " ".join(f"{s:g}" for s in DEFAULT_SCALES))
     cal.add_argument("--steps", type=_positive_int(2), default=10, help="denoising steps per generation (default: 10)")
@@ -213,7 +215,9 @@ def _cmd_calibrate(args) -> int:
     from .eval import ADHERENCE_PROMPTS
 
     # check the cheap arguments before loading the model
-    config = resolve_config(args.config, args.mode)
+    config = resolve_config(args.config).with_mode(args.mode)  # thresholds of that mode, the config's schedule
+    if config.pair_savings is not None:  # a token config with a target: the threshold-based criterion instead
+        config = config.with_mode("channel").with_mode("token")
     target = check_targets(args.target_psnr, args.target_savings) or {}
     out = Path(args.output)
     if out.exists() and not out.is_dir():

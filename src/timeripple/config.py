@@ -21,9 +21,8 @@ import yaml
 from . import schedule
 from ._config_io import ConfigLoader, FrozenDict, read_config_file
 from ._validation import type_error, value_error
-from .options import (AXES, check_axes, check_int, check_fidelity_options, check_mode_options, check_real,
-                      check_token_plan_options,
-                      check_window)
+from .options import (AXES, MODES, check_axes, check_choice, check_int, check_fidelity_options, check_mode_options,
+                      check_real, check_token_plan_options, check_window)
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +33,12 @@ NEWLINE_END_OF_DOCUMENT = "\n...\n"  # what yaml.safe_dump puts after a plain sc
 # config fields passed to ripple_attention unchanged (besides the scheduled threshold)
 _ATTENTION_FIELDS = ("mode", "window", "axes", "priority", "channel_alpha", "token_criterion", "token_fraction", "budget",
                      "token_keys", "key_budget", "key_repr", "query_repr", "key_score", "pair_savings", "key_share",
-                     "budget_scope")
+                     "budget_scope", "cuda_graph")
+
+# options that only one mode reads (``with_mode`` resets the other mode's to their defaults)
+_TOKEN_ONLY_FIELDS = ("token_criterion", "token_fraction", "budget", "token_keys", "key_budget", "key_repr",
+                      "query_repr", "key_score", "pair_savings", "key_share", "budget_scope")
+_CHANNEL_ONLY_FIELDS = ("channel_alpha",)
 
 # field -> comment written above it in YAML (meaning and unit)
 _FIELD_DOCS = {
@@ -43,7 +47,8 @@ _FIELD_DOCS = {
     "model_family": "Model family the values were tuned for: wan, hunyuan_video, cogvideox, open_sora_plan, ltx, "
     "mochi (string or null; informational only).",
     "mode": "channel = the paper's channel-wise reuse (the quality reference; savings are counted); token = "
-    "whole-token reuse that skips attention rows/columns (savings are measurable in time).",
+    "whole-token reuse that skips attention rows/columns (savings are measurable in time). The bundled configs use "
+    "token mode with the fidelity plan; load_config(name, mode='channel') gives the paper's channel mode.",
     "threshold_start": "Threshold theta at ramp_start_step. A window of values is reused when their population std "
     "is below theta. Unit: raw values of the post-norm, post-RoPE q/k. Larger = more reuse, more error.",
     "threshold_end": "Threshold theta reached at ramp_end_step and held until the second-to-last step "
@@ -85,9 +90,12 @@ _FIELD_DOCS = {
     "both sides' budgets are computed for the grid on every call (the same value gives the same savings on "
     "every model); replaces budget / key_budget; null = off.",
     "key_share": "With pair_savings: the key side's share of the saving, kept_k/N = (1-pair_savings)^key_share, "
-    "kept_q/N = (1-pair_savings)^(1-key_share) (0..1; keys are cheaper to merge than queries to reuse).",
+    "kept_q/N = (1-pair_savings)^(1-key_share) (0..1; keys are cheaper to merge than queries to reuse); auto = the "
+    "split measured best for the target (keys only up to 50%, 0.7 at 75%, 0.6 at 87.5%).",
     "budget_scope": "Token mode with budget or pair_savings: head = the same budget in every head (static "
     "shapes, fastest); call = pooled over the heads of a call (more alike heads reuse more; token_keys chain).",
+    "cuda_graph": "Token mode in budget mode on CUDA: true = replay the whole token path as a CUDA graph "
+    "(captured once per call signature; the same result, no per-kernel launch cost); other calls run eagerly.",
 }
 
 
@@ -135,9 +143,13 @@ class TimeRippleConfig:
             the merge-error score ``"kv"``.
         pair_savings (`float`, *optional*): token mode: target share of skipped pairs, budgets per call
             from the grid (scale-free); replaces ``budget`` / ``key_budget``.
-        key_share (`float`, defaults to 0.7): the key side's share of ``pair_savings``.
+        key_share (`float` or ``"auto"``, defaults to 0.7): the key side's share of ``pair_savings``;
+            ``"auto"`` (the bundled configs) takes the split measured best for the target
+            (``token_fidelity.auto_key_share``: keys only up to 50%).
         budget_scope (`str`, defaults to ``"head"``): token mode: the budget per head (static shapes) or
             pooled over the heads of a call (``"call"``).
+        cuda_graph (`bool`, defaults to `False`): token mode in budget mode on CUDA: replay the token path
+            as a CUDA graph (``timeripple.token_graph``).
 
     Example:
 
@@ -177,6 +189,7 @@ class TimeRippleConfig:
     pair_savings: Optional[float] = None
     key_share: float = 0.7
     budget_scope: str = "head"
+    cuda_graph: bool = False
 
     def __post_init__(self):
         def put(field, value):  # frozen: normalised values are stored with object.__setattr__
@@ -228,6 +241,11 @@ class TimeRippleConfig:
             token_keys=self.token_keys)
         put("pair_savings", pair_savings)
         put("key_share", key_share)
+        if not isinstance(self.cuda_graph, bool):
+            raise type_error("cuda_graph", self.cuda_graph, "a bool", "write true or false")
+        if self.cuda_graph and self.mode != "token":
+            raise value_error("cuda_graph", self.cuda_graph, "applies to mode='token' only",
+                              "set mode: token, or cuda_graph: false")
 
     def _checked_scale(self) -> Optional[Dict[str, float]]:
         scale = self.axis_threshold_scale
@@ -330,9 +348,47 @@ class TimeRippleConfig:
         return text
 
     def replace(self, **changes) -> "TimeRippleConfig":
-        """A copy with ``changes`` applied, validated like a new config (unknown fields raise `ValueError`)."""
+        """A copy with ``changes`` applied, validated like a new config (unknown fields raise `ValueError`).
+
+        Alternatives replace each other: a new ``mode`` starts from [`with_mode`] (the other mode's options at
+        their defaults), ``budget`` / ``key_budget`` clear ``pair_savings`` and ``pair_savings`` clears them,
+        unless the same call sets both (which the validation refuses)."""
         self._check_keys(changes)  # unknown names get a suggestion; __post_init__ checks the values
-        return dataclasses.replace(self, **changes)
+        base = self
+        if "mode" in changes and changes["mode"] != self.mode and changes["mode"] in MODES:
+            base = self.with_mode(changes["mode"])
+        if "pair_savings" not in changes and ("budget" in changes or "key_budget" in changes):
+            changes = {"pair_savings": None, **changes}
+        elif changes.get("pair_savings") is not None and "budget" not in changes and "key_budget" not in changes:
+            changes = {"budget": None, "key_budget": None, **changes}
+        return dataclasses.replace(base, **changes)
+
+    def with_mode(self, mode: str) -> "TimeRippleConfig":
+        r"""
+        A copy in ``mode`` with the other mode's options back at their defaults, so that the schedule, the
+        window and the axes carry over unchanged.
+
+        ``replace(mode="channel")`` on a token config with a pair-savings target refuses the token-only
+        options; ``with_mode("channel")`` drops them (``budget``, ``key_budget``, ``pair_savings``,
+        ``key_share``, ``budget_scope``, ``token_keys``, ``key_repr``, ``query_repr``, ``key_score``,
+        ``token_criterion``, ``token_fraction``), and ``with_mode("token")`` drops ``channel_alpha``.
+
+        Example:
+
+        ```py
+        >>> import timeripple
+        >>> fast = timeripple.load_config("wan2.1")  # token mode, the fidelity plan
+        >>> paper = fast.with_mode("channel")  # the paper's channel mode, same schedule
+        >>> paper.mode, paper.pair_savings, paper.threshold_end == fast.threshold_end
+        ('channel', None, True)
+        ```
+        """
+        check_choice("mode", mode, MODES, fix="pass mode='token' or mode='channel'")
+        if mode == self.mode:
+            return self
+        other = _TOKEN_ONLY_FIELDS if mode == "channel" else _CHANNEL_ONLY_FIELDS
+        defaults = {f.name: f.default for f in dataclasses.fields(type(self)) if f.name in other}
+        return dataclasses.replace(self, mode=mode, **defaults)
 
     # -- schedule ------------------------------------------------------------------------------------
 
@@ -380,7 +436,7 @@ def list_configs() -> list:
     return sorted(entry.name[: -len(".yaml")] for entry in _bundled_dir().iterdir() if entry.name.endswith(".yaml"))
 
 
-def load_config(name_or_path: Union[str, os.PathLike, TimeRippleConfig]) -> TimeRippleConfig:
+def load_config(name_or_path: Union[str, os.PathLike, TimeRippleConfig], *, mode: Optional[str] = None) -> TimeRippleConfig:
     r"""
     Load a bundled config by name or a config from a YAML file.
 
@@ -388,6 +444,10 @@ def load_config(name_or_path: Union[str, os.PathLike, TimeRippleConfig]) -> Time
         name_or_path (`str`, `os.PathLike` or [`TimeRippleConfig`]): a bundled name (see
             [`list_configs`]; case-insensitive, ``-`` and ``_`` interchangeable), a path to a ``.yaml`` /
             ``.yml`` file, or a config (returned unchanged).
+        mode (`str`, *optional*): ``"channel"`` or ``"token"``: the config switched to that mode with
+            [`TimeRippleConfig.with_mode`] (the other mode's options reset, the schedule kept). The bundled
+            configs are token mode with the fidelity plan (measurably faster on a GPU);
+            ``load_config(name, mode="channel")`` is the paper's channel mode on the same schedule.
 
     Returns:
         [`TimeRippleConfig`]: the validated config.
@@ -400,6 +460,9 @@ def load_config(name_or_path: Union[str, os.PathLike, TimeRippleConfig]) -> Time
     'hunyuan_video'
     ```
     """
+    if mode is not None:
+        check_choice("mode", mode, MODES, fix="pass mode='token', mode='channel' or leave it None")
+        return load_config(name_or_path).with_mode(mode)
     if isinstance(name_or_path, TimeRippleConfig):
         return name_or_path
     if not isinstance(name_or_path, (str, os.PathLike)):

@@ -151,7 +151,8 @@ def check_fidelity_options(mode, *, query_repr="copy", key_score="delta", pair_s
     as floats (``pair_savings`` may be None)."""
     check_choice("query_repr", query_repr, QUERY_REPRS, fix="pass query_repr='copy' (today), 'mean' or 'interp'")
     check_choice("key_score", key_score, KEY_SCORES, fix="pass key_score='delta' (today) or 'kv'")
-    key_share = check_real("key_share", key_share, low=0, high=1, fix="use e.g. key_share=0.7")
+    if not (isinstance(key_share, str) and key_share == "auto"):
+        key_share = check_real("key_share", key_share, low=0, high=1, fix="use key_share='auto' or e.g. 0.7")
     pair_savings = check_real("pair_savings", pair_savings, allow_none=True, low=0,
                               fix="use e.g. pair_savings=0.75, or None")
     if pair_savings is not None and pair_savings >= 1:

@@ -15,7 +15,8 @@ which tokens are picked and what a reused query's output row is:
   ``"mean"``: the kept query of a group is the group's mean query (rows copied). ``"copy"``: today.
 * ``pair_savings`` with ``key_share``: budgets for a target share of skipped query-key pairs, computed per
   call from the grid (scale-free: the same setting gives the same savings on every model), split so that
-  ``kept_k / N = keep ** key_share`` and ``kept_q / N = keep ** (1 − key_share)``, ``keep = 1 − target``.
+  ``kept_k / N = keep ** key_share`` and ``kept_q / N = keep ** (1 − key_share)``, ``keep = 1 − target``;
+  ``key_share="auto"`` takes the split measured best for the target (:func:`auto_key_share`).
 
 The tensor-level and video measurements behind the defaults are in docs/method.md ("Token-plan fidelity").
 """
@@ -133,7 +134,24 @@ def interpolate_reused_rows(out: torch.Tensor, via: torch.Tensor, grid: Sequence
     return result
 
 
-def budgets_for_pair_savings(target: float, key_share: float, grid: Sequence[int], axes: Sequence[str],
+# (pair savings, key share) measured best on the tiny model's videos (docs/method.md "Token-plan fidelity");
+# key_share="auto" interpolates linearly between them and holds the end values outside
+AUTO_KEY_SHARE = ((0.5, 1.0), (0.75, 0.7), (0.875, 0.6))
+
+
+def auto_key_share(target: float) -> float:
+    """``key_share="auto"``: the key side's share of a ``target`` pair saving, piecewise linear through
+    :data:`AUTO_KEY_SHARE` (keys only up to 50%: merging keys costs less than reusing queries there)."""
+    points = AUTO_KEY_SHARE
+    if target <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if target <= x1:
+            return y0 + (y1 - y0) * (target - x0) / (x1 - x0)
+    return points[-1][1]
+
+
+def budgets_for_pair_savings(target: float, key_share, grid: Sequence[int], axes: Sequence[str],
                              window: int, text_len: int, token_keys: str) -> tuple[float, float]:
     """``(budget, key_budget)`` for ``target`` pair savings with ``kept_k/N = keep**key_share`` and
     ``kept_q/N = keep**(1 − key_share)`` (``keep = 1 − target``), in the units of ``budget`` (share of the
@@ -142,6 +160,8 @@ def budgets_for_pair_savings(target: float, key_share: float, grid: Sequence[int
     target out of reach raises ``ValueError`` with the reachable savings."""
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 <= target < 1:
         raise value_error("pair_savings", target, "must be a number in [0, 1)", "pass e.g. pair_savings=0.75")
+    if key_share == "auto":
+        key_share = auto_key_share(target)
     n = math.prod(grid) + text_len
     eligible = detect.eligible_count(grid, window, axes)
     cap_k = key_pairs.pair_count(grid, axes) if token_keys == "pairs" else eligible

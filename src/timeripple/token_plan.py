@@ -9,6 +9,8 @@ reused queries copy their source's output row, reused keys are merged into their
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 import torch.nn.functional as F
 
@@ -54,12 +56,15 @@ def build_token_plan(
     ``budget``; with ``"pairs"`` a share of the pairs, else of the eligible keys).
 
     ``query_score="interp"`` / ``key_score="kv"`` (budget mode; ``key_score="kv"`` needs ``v``) select by
-    the scores of :mod:`timeripple.token_fidelity` (computed in torch) instead of the token criterion.
+    the scores of :mod:`timeripple.token_fidelity` instead of the token criterion: on CUDA (or with
+    ``fused=True`` under ``TRITON_INTERPRET=1``) from the fused kernels of ``kernels.fidelity_fused``,
+    else in torch; ``fused=False`` forces torch.
 
     Returns:
         ``(q_src, k_src, via_q, via_k)``: int32 ``(B, H, N)`` sources over the whole sequence and int8
         ``(B, H, Nv)`` axis indices (into ``options.AXES``, -1 = computed) over the video tokens.
     """
+    fused_scores = _fidelity_kernels(q, fused)  # the fused fidelity score kernels (any criterion / head dim)
     if fused is None:
         fused = fused_detection_reason(q, criterion) is None
     if token_keys not in options.TOKEN_KEYS:
@@ -73,12 +78,19 @@ def build_token_plan(
         video, start = sequence.split_video(x, text_len, text_position)  # (B, H, Nv, D)
         pairs = side == 1 and token_keys == "pairs"
         side_budget = budget if side == 0 or key_budget is None or budget is None else key_budget
+        B, H, N = x.shape[:3]
+        if side_budget is not None and side_budget == 0:  # nothing to reuse on this side: no scores, no sort
+            identity = torch.arange(N, device=x.device, dtype=torch.int32).expand(B, H, N).contiguous()
+            out.append((identity, torch.full(video.shape[:3], -1, dtype=torch.int8, device=x.device)))
+            continue
         table = None
         if side == 0 and query_score == "interp":
-            table = token_fidelity.interp_score_table(video, grid, tuple(thresholds), window)  # (B, H, Nv, 3)
+            fn = token_fidelity.interp_score_table if fused_scores is None else fused_scores.interp_score_table_fused
+            table = fn(video, grid, tuple(thresholds), window)  # (B, H, Nv, 3)
         elif side == 1 and key_score == "kv":
             v_video, _ = sequence.split_video(v, text_len, text_position)
-            table = token_fidelity.kv_score_table(video, v_video, grid, tuple(thresholds), window)
+            fn = token_fidelity.kv_score_table if fused_scores is None else fused_scores.kv_score_table_fused
+            table = fn(video, v_video, grid, tuple(thresholds), window)
         if budget_scope == "call":  # the budget pooled over the heads of the call (score tables only)
             if table is None:
                 table = token_fidelity.delta_score_table(video, grid, tuple(thresholds), window, criterion, fraction)
@@ -105,12 +117,26 @@ def build_token_plan(
                 video, grid, thresholds, window=window, priority=priority, criterion=criterion,
                 fraction=fraction, budget=side_budget,
             )  # (B, H, Nv)
-        B, H, N = x.shape[:3]
         full = torch.arange(N, device=x.device, dtype=torch.int32).expand(B, H, N).clone()  # (B, H, N)
         full[:, :, start : start + src.shape[2]] = (src + start).to(torch.int32)
         out.append((full, via))
     (q_src, via_q), (k_src, via_k) = out
     return q_src, k_src, via_q, via_k
+
+
+_FUSED_ON_CPU = False  # tests set it under TRITON_INTERPRET=1 to run the fused fidelity kernels on CPU tensors
+
+
+def _fidelity_kernels(x: torch.Tensor, fused: bool | None):
+    """``kernels.fidelity_fused`` when the fidelity scores / epilogue of ``x`` run fused, else None:
+    ``fused=None`` on CUDA with Triton (or ``_FUSED_ON_CPU``), ``fused=True`` on any device."""
+    from .kernels import triton_available
+
+    if fused is False or not triton_available() or not (fused or x.is_cuda or _FUSED_ON_CPU):
+        return None
+    from .kernels import fidelity_fused
+
+    return fidelity_fused
 
 
 def fused_detection_reason(q: torch.Tensor, criterion: str) -> str | None:
@@ -193,11 +219,9 @@ def _token_stats(q_src, k_src, via_q, via_k, axes):
 def token_mode_attention(
     q, k, v, *, grid, thresholds, threshold, text_len, text_position, attn_mask, window, axes, priority,
     criterion, fraction, budget, scale, return_stats, token_keys="chain", key_budget=None, key_repr="source",
-    query_repr="copy", key_score="delta", pair_savings=None, key_share=0.7, budget_scope="head",
+    query_repr="copy", key_score="delta", pair_savings=None, key_share=0.7, budget_scope="head", cuda_graph=False,
 ):
     """``ripple_attention(mode="token")`` after argument checks; see its docstring."""
-    from .kernels import token_attention
-
     if v.shape != q.shape:
         raise value_error("v.shape", tuple(v.shape), f"token mode needs v.shape == q.shape {tuple(q.shape)}",
                           "use mode='channel' for a different value head dim")
@@ -209,6 +233,53 @@ def token_mode_attention(
     if pair_savings is not None:  # scale-free target: budgets from the grid, per call
         budget, key_budget = token_fidelity.budgets_for_pair_savings(
             pair_savings, key_share, grid, tuple(thresholds), window, text_len, token_keys)
+    opts = dict(grid=grid, thresholds=thresholds, threshold=threshold, text_len=text_len, text_position=text_position,
+                key_bias=key_bias, window=window, axes=axes, priority=priority, criterion=criterion,
+                fraction=fraction, budget=budget, scale=scale, token_keys=token_keys, key_budget=key_budget,
+                key_repr=key_repr, query_repr=query_repr, key_score=key_score, budget_scope=budget_scope)
+    if cuda_graph:  # budget mode has static shapes: replay the whole path as one CUDA graph
+        from . import token_graph
+
+        reason = token_graph.graph_unsupported_reason(q, budget=budget, budget_scope=budget_scope,
+                                                      attn_mask=attn_mask, return_stats=return_stats)
+        if reason is None:
+            device_stats = return_stats == "device"
+
+            def captured(q_, k_, v_):
+                res = _token_path(q_, k_, v_, return_stats=device_stats and "device", **opts)
+                return (res[0], res[1].qk_savings) if device_stats else res
+
+            # budget mode reads only the axes of the thresholds, not their (scheduled) values
+            signature = tuple((name, _hashable(tuple(val) if name == "thresholds" else val))
+                              for name, val in sorted(opts.items()) if name not in ("key_bias", "threshold"))
+            signature += (("stats", device_stats),)
+            res = token_graph.run_graphed(captured, q, k, v, signature)
+            if res is not None:
+                if not device_stats:
+                    return res
+                out, pair = res
+                return out, RippleStats(qk_savings=pair, qk_products=B * H * N * N * D, mode="token",
+                                        threshold=threshold, pair_savings=pair)
+        else:
+            token_graph.warn_once(reason)
+    return _token_path(q, k, v, return_stats=return_stats, **opts)
+
+
+def _hashable(val):
+    if isinstance(val, Mapping):
+        return tuple(sorted((str(a), _hashable(b)) for a, b in val.items()))
+    if isinstance(val, (list, tuple)):
+        return tuple(_hashable(x) for x in val)
+    return val
+
+
+def _token_path(q, k, v, *, grid, thresholds, threshold, text_len, text_position, key_bias, window, axes, priority,
+                criterion, fraction, budget, scale, return_stats, token_keys, key_budget, key_repr, query_repr,
+                key_score, budget_scope):
+    """The token path once the budgets are known (eager; :mod:`timeripple.token_graph` captures it)."""
+    from .kernels import token_attention
+
+    B, H, N, D = q.shape
     q_src, k_src, via_q, via_k = build_token_plan(
         q, k, grid=grid, thresholds=thresholds, text_len=text_len, text_position=text_position,
         window=window, priority=priority, criterion=criterion, fraction=fraction, budget=budget,
@@ -217,7 +288,12 @@ def token_mode_attention(
         budget_scope=budget_scope,
     )
     q_in = token_fidelity.group_mean_queries(q, q_src) if query_repr == "mean" else q
-    expected = None
+    expected = kept = None
+    if budget is not None and budget_scope == "head" and token_keys == "chain" and key_bias is None:
+        # budget mode: every head keeps the same, known number of queries and keys (static shapes)
+        eligible = detect.eligible_count(grid, window, detect.checked_axes(thresholds, priority))
+        kb = budget if key_budget is None else key_budget
+        kept = [N - round(eligible * float(budget)), N - round(eligible * float(kb))]
     if budget is not None and token_keys == "pairs" and key_bias is None and window == 2:
         from .kernels.class_attention import expected_class_sizes
 
@@ -234,10 +310,14 @@ def token_mode_attention(
                               key_bias=key_bias.reshape(B * H, N), key_repr=key_repr).reshape(B, H, N, D)
     else:
         out = token_attention(q_in, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr,
-                              expected=expected)  # (B, H, N, D)
-    if query_repr == "interp":  # reused rows: interpolated between the kept rows around them on their axis
+                              expected=expected, kept=kept)  # (B, H, N, D)
+    if query_repr == "interp" and budget != 0:  # reused rows: interpolated between the kept rows around them
         start = text_len if text_position == "before" else 0
-        out = token_fidelity.interpolate_reused_rows(out, via_q, grid, window, start, len(thresholds))
+        fused_epilogue = _fidelity_kernels(out, None)
+        if fused_epilogue is not None and out.stride(-1) == 1:  # one kernel, in place (out is ours)
+            out = fused_epilogue.interpolate_reused_rows_fused(out, via_q, grid, window, start, len(thresholds))
+        else:
+            out = token_fidelity.interpolate_reused_rows(out, via_q, grid, window, start, len(thresholds))
     if not return_stats:
         return out
     if return_stats == "device":  # no host sync: savings stay on the device until someone reads them

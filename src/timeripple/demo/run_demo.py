@@ -377,10 +377,16 @@ def format_report(result: DemoResult, files: Optional[Dict[str, Path]] = None) -
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.append("")
-    lines.append("Savings are counted q·kᵀ partial products skipped (FLOP-weighted), not timed.")
+    if cfg.mode == "channel":
+        lines.append("Savings are counted q·kᵀ partial products skipped (FLOP-weighted), not timed.")
+    else:
+        lines.append("Savings are the counted share of query-key pairs skipped on the reusing steps, not timed.")
     if result.device.startswith("cpu") and cfg.mode == "channel":
         lines.append("Wall time is CPU time of this machine: channel mode (the paper's method) still computes the "
                      "dense product, so on a CPU it saves nothing in time (detection costs extra).")
+    elif result.device.startswith("cpu"):
+        lines.append("Wall time is CPU time of this machine: token mode runs its plan in plain torch here, so on a "
+                     "CPU it saves little or nothing in time; its speed is measured on GPUs (BENCHMARKS.md).")
     else:
         lines.append("Wall time is measured on this machine for the whole pipeline call (text encoder, "
                      "all steps, dense steps included).")

@@ -328,6 +328,11 @@ def _check_inputs(pipe, config, prompts, scales, seeds, num_inference_steps):
     if not isinstance(config, (TimeRippleConfig, str)):
         raise type_error("config", config, "a TimeRippleConfig or a bundled config name", "pass e.g. 'wan2.1'")
     config = load_config(config)
+    if config.pair_savings is not None:
+        raise value_error("config.pair_savings", config.pair_savings, "a pair-savings target sets the savings "
+                          "directly, so scaling θ changes nothing", "calibrate the thresholds of "
+                          "`config.with_mode('channel')` (CLI: --mode channel), or compare pair_savings values "
+                          "with `timeripple eval`")
     if config.budget is not None:
         raise value_error("config.budget", config.budget, "budget mode ignores the threshold values, so scaling θ "
                           "changes nothing", "calibrate a config without `budget`, or compare budgets directly")

@@ -22,6 +22,11 @@ VARIANTS = {
                               {"budget_scope": "call"}),
     "token-fidelity-pairs": ("token-fidelity with keys merged in disjoint pairs only (bias-free attention)",
                              {"token_keys": "pairs", "key_share": 0.6}),
+    "token-fidelity-auto": ("token-fidelity pooled over the heads of each call with the measured split "
+                            "(key_share='auto': keys only up to 50%; the bundled default)",
+                            {"budget_scope": "call", "key_share": "auto"}),
+    "token-fidelity-auto-head": ("token-fidelity with the measured split (key_share='auto') and the same "
+                                 "budget in every head (static shapes)", {"key_share": "auto"}),
     "token-meanq-pooled": ("token-fidelity-pooled with the output computed at the group's mean query",
                            {"budget_scope": "call", "query_repr": "mean"}),
     "token-fidelity-auto": ("the bundled default's plan: token-fidelity pooled over the heads of each call, key "

@@ -135,7 +135,8 @@ def evaluate(
     if match_on not in ("reusing", "total"):
         raise value_error("match_on", match_on, "must be 'reusing' or 'total'", "pass match_on='reusing'")
     key = f"savings_{match_on}"
-    config = load_config(config)
+    # the base config lends its schedule and thresholds; every method sets its own mode and options on top
+    config = load_config(config).with_mode("channel")
     prompts = list(defaults.EVAL_PROMPTS if prompts is None else prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise value_error("prompts", prompts, "must be a non-empty list of strings", "pass captions")

@@ -153,7 +153,7 @@ class Method:
         if self.build is None:
             raise value_error("method", self.name, "has no `build`, so it cannot run on captured tensors",
                               "give the method a `build` to get its tensor-level error")
-        return self.build(knob, config)
+        return self.build(knob, config.with_mode("channel"))  # the base lends its schedule; the method sets the rest
 
 
 _REGISTRY: Dict[str, Method] = {}

@@ -71,7 +71,8 @@ def _warn_once(reason: str) -> None:
 METHODS = ("auto", "classes", "compact", "triton", "reference")
 
 
-def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="source", method="auto", expected=None):
+def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="source", method="auto", expected=None,
+                          kept=None):
     if method == "reference":
         return token_attention_ref(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr)
     from .triton_common import interpreting
@@ -85,6 +86,14 @@ def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="sour
             q_src, k_src = q_src.contiguous(), k_src.contiguous()
             D = q.shape[-1]
             sdpa_ok = D % 8 == 0 and D <= 256
+            if (kept is not None and expected is None and method in ("auto", "compact") and D + 8 <= 256
+                    and D % 8 == 0 and (q.dtype != torch.float32 or method == "compact")):  # static kept sizes: no host sync
+                ar = torch.arange(q.shape[2], device=q.device, dtype=q_src.dtype)
+                lq, lk = (q_src == ar).sum(-1, dtype=torch.int32), (k_src == ar).sum(-1, dtype=torch.int32)
+                mq, mk = int(kept[0]), int(kept[1])
+                valid = (lq == mq).all() & (lk == mk).all()  # checked on the device: NaN out when False
+                return ca.token_attention_compact(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias,
+                                                  lengths=(lq, lk, mq, mk), key_repr=key_repr, valid=valid)
             if method in ("auto", "classes") and sdpa_ok and (q.dtype != torch.float32 or method == "classes"):
                 from . import class_attention as cl
 
@@ -122,18 +131,19 @@ def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="sour
 def _token_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_src: torch.Tensor, k_src: torch.Tensor,
     scale: float, key_bias: torch.Tensor | None, key_repr: str = "source", method: str = "auto",
-    expected: list[int] | None = None,
+    expected: list[int] | None = None, kept: list[int] | None = None,
 ) -> torch.Tensor:
-    return _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr, method, expected)
+    return _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr, method, expected, kept)
 
 
 @_token_attention_op.register_fake
-def _token_attention_fake(q, k, v, q_src, k_src, scale, key_bias, key_repr="source", method="auto", expected=None):
+def _token_attention_fake(q, k, v, q_src, k_src, scale, key_bias, key_repr="source", method="auto", expected=None,
+                          kept=None):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 def token_attention(q, k, v, q_src, k_src, *, scale=None, key_bias=None, key_repr="source",
-                    method="auto", expected=None) -> torch.Tensor:
+                    method="auto", expected=None, kept=None) -> torch.Tensor:
     """Attention over the kept tokens of a token plan; reused queries copy their source's row.
 
     Args:
@@ -152,6 +162,9 @@ def token_attention(q, k, v, q_src, k_src, *, scale=None, key_bias=None, key_rep
             head when the caller knows them (budget mode with keys in pairs): the count-class path then
             makes no host sync; a plan without these sizes (non-finite scores) gives NaN, never a result
             built on wrong sizes.
+        kept (`list[int]`, *optional*): ``[kept queries, kept keys]`` per head when the caller knows them
+            (budget mode, any plan): the compaction path (fp16/bf16, ``D % 8 == 0``) then makes no host
+            sync; a plan without these sizes gives NaN. Ignored when ``expected`` is given.
 
     Returns:
         ``(B, H, N, D)`` in ``q``'s dtype. The more tokens are reused (fewer kept), the faster: cost is
@@ -175,4 +188,5 @@ def token_attention(q, k, v, q_src, k_src, *, scale=None, key_bias=None, key_rep
     scale = D ** -0.5 if scale is None else float(scale)
     kb = normalize_key_bias(key_bias, B, N, q.device)
     expected = None if expected is None else [int(x) for x in expected]
-    return _token_attention_op(q, k, v, q_src.int(), k_src.int(), scale, kb, key_repr, method, expected)
+    kept = None if kept is None else [int(x) for x in kept]
+    return _token_attention_op(q, k, v, q_src.int(), k_src.int(), scale, kb, key_repr, method, expected, kept)

@@ -204,9 +204,10 @@ class ClassLayout:
         self.mq, sizes = int(expected[0]), {int(c): int(n) for c, n in expected[1].items() if n > 0}
         self.classes = sorted(sizes)
         self.sizes = [sizes[c] for c in self.classes]
-        want = torch.zeros(hist.shape[1], dtype=torch.int32, device=hist.device)
-        for c, n in sizes.items():
-            want[c] = n
+        slot = torch.arange(hist.shape[1], dtype=torch.int32, device=hist.device)
+        want = torch.zeros_like(slot)
+        for c, n in sizes.items():  # no `want[c] = n`: that copies a host scalar (breaks CUDA-graph capture)
+            want = torch.where(slot == c, n, want)
         want[0] = hist[0, 0]  # the non-kept slot is free
         self.valid = (hist[:, 1:] == want[1:]).all() & (lq == self.mq).all() & (other_bias == 0).all()
         self.lengths = None

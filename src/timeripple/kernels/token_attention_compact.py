@@ -38,7 +38,11 @@ from .triton_common import group_v_sums, interpreting
 VARIANTS = ("vcount", "pad", "bias")
 DEFAULT_VARIANT = "vcount"
 # compacted buffers of one chunk of heads, as a share of q's bytes (peak memory <= dense + 10%)
-CHUNK_SHARE = 0.18  # + the int32 token layout (~0.09 q) stays within dense + 10% (measured)
+# 0.18 (+ the int32 layout, ~0.09 q) kept one call's peak within dense + 10%, but ran Wan2.1-1.3B one head
+# per chunk: the README's fidelity setting at 75% took 8.07 ms there against 6.10 ms at 1.0 (HunyuanVideo
+# 41.1 / 38.8 ms; H200, BENCHMARKS.md issue 10). 1.0 adds up to q's bytes to one attention call's peak, as
+# the class path does (class_attention.CLASS_CHUNK_SHARE); a transformer forward's peak does not change.
+CHUNK_SHARE = 1.0
 # largest padded-pairs / real-pairs ratio for which compaction + cuDNN beats the varlen Triton kernel
 PAD_LIMIT = 1.8
 
@@ -113,11 +117,13 @@ def merge_values_kernel(
 
 @triton.jit
 def _finish_kernel(
-    OA, Q_SRC, RANK_Q, OUT, stride_ob, stride_oh, stride_on, H, HC, H0, N, MQ,
-    DIVIDE: tl.constexpr, HEAD_DIM: tl.constexpr, DH: tl.constexpr, DA: tl.constexpr, BLOCK_S: tl.constexpr,
+    OA, Q_SRC, RANK_Q, OUT, VALID, stride_ob, stride_oh, stride_on, H, HC, H0, N, MQ,
+    DIVIDE: tl.constexpr, HAS_VALID: tl.constexpr, HEAD_DIM: tl.constexpr, DH: tl.constexpr, DA: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     """Every row of ``OUT`` for the chunk's heads: ``out[i] = oa[rank(q_src[i])]`` (kept rows and reused
-    rows alike); ``DIVIDE``: ``oa[:, :D] / oa[:, D]`` (0 when the weight sum is 0: every key masked)."""
+    rows alike); ``DIVIDE``: ``oa[:, :D] / oa[:, D]`` (0 when the weight sum is 0: every key masked).
+    ``HAS_VALID``: ``VALID`` is a 0-d bool; False (a plan without the caller's static sizes) gives NaN."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // HC
@@ -128,12 +134,14 @@ def _finish_kernel(
     ok_d = offs_d[None, :] < HEAD_DIM
     row = (b.to(tl.int64) * H + h) * N                               # row of the (B, H, N) layout
     src = tl.load(Q_SRC + row + offs_i, mask=ok, other=0)
-    r = tl.load(RANK_Q + row + src, mask=ok, other=0)                # (S,) compacted row
+    r = tl.minimum(tl.load(RANK_Q + row + src, mask=ok, other=0), MQ - 1)  # (S,) compacted row, in range
     oa_rows = OA + (bh.to(tl.int64) * MQ + r) * DA                   # (S,) row pointers
     o = tl.load(oa_rows[:, None] + offs_d[None, :], mask=ok[:, None] & ok_d, other=0.0).to(tl.float32)
     if DIVIDE:
         den = tl.load(oa_rows + HEAD_DIM, mask=ok, other=1.0).to(tl.float32)
         o = tl.where(den[:, None] > 0.0, o / tl.where(den > 0.0, den, 1.0)[:, None], 0.0)
+    if HAS_VALID:
+        o = o + tl.where(tl.load(VALID) != 0, 0.0, float("nan"))
     o_base = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
     tl.store(o_base + offs_i[:, None].to(tl.int64) * stride_on + offs_d[None, :], o.to(OUT.dtype.element_ty),
              mask=ok[:, None] & ok_d)
@@ -167,7 +175,7 @@ def heads_per_chunk(B, H, N, D, mq, mk, itemsize, dv, share=CHUNK_SHARE) -> int:
 
 
 def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, variant=DEFAULT_VARIANT,
-                            lengths=None, chunk_share=CHUNK_SHARE, key_repr="source"):
+                            lengths=None, chunk_share=None, key_repr="source", valid=None):
     """Token attention (same contract as ``reference.token_attention_ref``) by compaction + SDPA.
 
     Args:
@@ -176,10 +184,14 @@ def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, vari
         scale (`float`): score scale. key_bias: float32 ``(B, N)`` or None.
         variant (`str`): ``"vcount"``, ``"pad"`` or ``"bias"`` (module docstring).
         lengths: optional ``(lq, lk, mq, mk)`` if the caller already has them (saves a host sync).
-        chunk_share (`float`): compacted buffers of one chunk of heads <= this share of q's bytes.
+        chunk_share (`float`, *optional*): compacted buffers of one chunk of heads <= this share of q's
+            bytes (default: the module's ``CHUNK_SHARE`` at call time).
         key_repr (`str`): ``"source"`` (a merged key is its source's ``k``) or ``"mean"`` (its group's mean).
+        valid (`torch.Tensor`, *optional*): 0-d bool on the device; False makes every output NaN (static
+            ``lengths`` from the caller that the plan does not have: never a result built on wrong sizes).
     """
     B, H, N, D = q.shape
+    chunk_share = CHUNK_SHARE if chunk_share is None else chunk_share
     out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     if N == 0:
         return out
@@ -243,8 +255,8 @@ def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, vari
         del qc, kc, va, mask
         # -- every output row from its kept source's compacted row --
         _finish_kernel[(triton.cdiv(N, BLOCK_S), B * nh)](
-            oa, q_src, layout.rank_q, out, out.stride(0), out.stride(1), out.stride(2), H, nh, h0, N, mq,
-            DIVIDE=weighted, HEAD_DIM=D, DH=triton.next_power_of_2(D), DA=dv, BLOCK_S=BLOCK_S, num_warps=4,
+            oa, q_src, layout.rank_q, out, valid if valid is not None else out, out.stride(0), out.stride(1),
+            out.stride(2), H, nh, h0, N, mq, DIVIDE=weighted, HAS_VALID=valid is not None, HEAD_DIM=D, DH=triton.next_power_of_2(D), DA=dv, BLOCK_S=BLOCK_S, num_warps=4,
         )
         del oa
     return out
