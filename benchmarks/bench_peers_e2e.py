@@ -112,7 +112,7 @@ def run_model(e2e, name, repeats, deadline=0.0, variants=None, on_row=None):
     model, fw, sched, grid = e2e.build(name)
     build_s = time.perf_counter() - t_build
     text_len = {"wan2.1": 0, "hunyuan_video": 40, "cogvideox": 226}[cfg_name]
-    cfg = timeripple.load_config(cfg_name)
+    cfg = timeripple.load_config(cfg_name, mode="channel")  # the base: its schedule and θ; rows set their mode
     dense_steps = sum(cfg.attention_kwargs(i, 50) is None for i in range(50))
     step = next(i for i in range(50) if cfg.attention_kwargs(i, 50) is not None) + 15
     rows = []

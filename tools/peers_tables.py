@@ -112,7 +112,7 @@ class Worker:
                            num_inference_steps=args.steps, capture_steps=args.capture_steps,
                            capture_layers=args.capture_layers, tensor_level=not args.no_tensor, progress=False,
                            tol=args.tol)
-        self.fraction = len(reusing_steps(load_config("wan2.1"), args.steps)) / args.steps
+        self.fraction = len(reusing_steps(load_config("wan2.1", mode="channel"), args.steps)) / args.steps
         self.main, self.main_skipped, self.abl, self.abl_skipped = [], {}, [], {}
 
     def log(self, msg):

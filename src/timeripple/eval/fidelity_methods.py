@@ -29,30 +29,12 @@ VARIANTS = {
                                  "budget in every head (static shapes)", {"key_share": "auto"}),
     "token-meanq-pooled": ("token-fidelity-pooled with the output computed at the group's mean query",
                            {"budget_scope": "call", "query_repr": "mean"}),
-    "token-fidelity-auto": ("the bundled default's plan: token-fidelity pooled over the heads of each call, key "
-                            "share by the target (1.0 up to 50%, 0.7 at 75%, 0.6 at 87.5%)",
-                            {"budget_scope": "call", "key_share": "auto"}),
 }
-
-
-def auto_key_share(pair_savings: float) -> float:
-    """The key side's share for a pair-savings target (the bundled default's rule): 1.0 up to 50%, 0.7 at
-    75%, 0.6 at 87.5% and above, linear in between."""
-    points = ((0.5, 1.0), (0.75, 0.7), (0.875, 0.6))
-    if pair_savings <= points[0][0]:
-        return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if pair_savings <= x1:
-            return y0 + (y1 - y0) * (pair_savings - x0) / (x1 - x0)
-    return points[-1][1]
 
 
 def _build(changes):
     def build(target, config):
-        extra = dict(changes)
-        if extra.get("key_share") == "auto":  # resolved here from the target (the same rule as the config's)
-            extra["key_share"] = auto_key_share(float(target))
-        cfg = config.replace(**{**FIDELITY, **extra}, pair_savings=float(target),
+        cfg = config.replace(**{**FIDELITY, **changes}, pair_savings=float(target),
                              name=f"{config.name or 'custom'}-fidelity{target:.4g}")
         return MethodSetup(cfg)
     return build
