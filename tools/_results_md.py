@@ -135,10 +135,19 @@ def tensor_table(res, levels):
     return out
 
 
-def not_in_table(res):
+def not_in_table(res, registry=True):
     s = res["settings"]
     lines = [f"- `{m}`: could not run: {why}" for m, why in (s.get("skipped") or {}).items()]
     lines += [f"- `{m}`: not measured: {why}" for m, why in (s.get("not_run") or {}).items()]
+    if registry:  # registered since the run (not in its job list)
+        try:
+            from timeripple.eval import list_methods
+            from timeripple.eval.ablation_methods import ABLATION_METHODS
+        except ImportError:
+            list_methods, ABLATION_METHODS = (lambda: []), ()
+        known = {r["method"] for r in res["rows"]} | set(s.get("skipped") or {}) | set(s.get("not_run") or {})
+        lines += [f"- `{m}`: not measured: registered after this run (not in its job list)"
+                  for m in list_methods() if m not in known and m not in ABLATION_METHODS]
     return lines or ["None: every registered method ran."]
 
 
@@ -179,8 +188,9 @@ def plots(main, e2e, figs: Path, run: Path):
         fig.savefig(figs / name, dpi=110)
         plt.close(fig)
         made[key] = name
-    if (run / "main" / "attention_mse.png").is_file():
+    if (run / "main" / "attention_mse.png").is_file() and run / "main" != figs / "runs" / "gpu" / "main":
         shutil.copy(run / "main" / "attention_mse.png", figs / "gpu_attention_mse.png")
+    if (figs / "gpu_attention_mse.png").is_file():  # the harness's plot, copied from the run
         made["mse"] = "gpu_attention_mse.png"
     if e2e:
         fig, axes = plt.subplots(1, len(e2e), figsize=(6 * len(e2e), 4), squeeze=False)
@@ -282,12 +292,17 @@ def _slim(res):
     return res
 
 
-def render(run, out_path, eval_out, e2e_paths=(), command=""):
+def render(run, out_path, eval_out, e2e_paths=(), command="", note=""):
     from _results_text import commands_section, eval_page, intro, limits
 
     run = Path(run)
+    meta_file = run / "meta.json"  # the command and note of the run, kept with its JSON (re-rendering needs no args)
+    if meta_file.is_file() and not (command or note):
+        meta = json.loads(meta_file.read_text())
+        command, note = meta.get("command", ""), meta.get("note", "")
     main, abl = load(run / "main"), load(run / "ablation")
-    e2e = [dict(r, source=Path(p).stem) for p in e2e_paths if Path(p).is_file() for r in json.loads(Path(p).read_text())]
+    e2e = [dict(r, source=r.get("source", Path(p).stem)) for p in e2e_paths if Path(p).is_file()
+           for r in json.loads(Path(p).read_text())]
     labels = [r["label"] for r in e2e]
     for r in e2e:  # a model timed by two calls: each block keeps its own stock baseline
         if labels.count(r["label"]) > 1:
@@ -301,6 +316,8 @@ def render(run, out_path, eval_out, e2e_paths=(), command=""):
             (store / part / "results.json").write_text(json.dumps(_slim(res), indent=1) + "\n")
     if e2e:
         (store / "e2e.json").write_text(json.dumps(e2e, indent=1) + "\n")
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "meta.json").write_text(json.dumps({"command": command, "note": note}, indent=1) + "\n")
     made = plots(main, e2e, figs, run) if main else {}
     levels = main["settings"]["levels"] if main else []
     lines = intro(main, e2e)
@@ -334,7 +351,7 @@ def render(run, out_path, eval_out, e2e_paths=(), command=""):
                   settings_line(abl), "", "`channel-wK-same` runs window K at window 2's matched threshold, as the "
                   "paper's Fig. 11 does; `channel-wK` matches the savings instead.", ""]
         lines += quality_table(abl, [m for m in ABLATIONS if any(r["method"] == m for r in abl["rows"])]) + [""]
-        lines += ["Not run:", ""] + not_in_table(abl) + [""]
+        lines += ["Not run:", ""] + not_in_table(abl, registry=False) + [""]
     if e2e:
         lines += ["## Speed on full-size random-weight transformers (`benchmarks/bench_peers_e2e.py`)", "",
                   f"{e2e[0]['card']}, torch {e2e[0]['torch']}, {e2e[0]['date']}; bf16, batch 1, random weights at the "
@@ -353,9 +370,10 @@ def render(run, out_path, eval_out, e2e_paths=(), command=""):
     lines += ["## The paper's claims against these measurements", "",
               "| claim (paper) | verdict | what we measured |", "| --- | --- | --- |"]
     lines += [f"| {c} | **{v}** | {e} |" for c, v, e in verdicts] + [""]
-    lines += limits(main, abl, e2e) + commands_section(command)
+    lines += limits(main, abl, e2e) + commands_section(command) + (["", note] if note else [])
     out_path.write_text("\n".join(lines) + "\n")
     if main and eval_out:
         Path(eval_out).write_text("\n".join(eval_page(main, levels, summary_table, tensor_table, settings_line,
-                                                      not_in_table, row_at, tensor_at)) + "\n")
+                                                      not_in_table, row_at, tensor_at) + (["", note] if note else []))
+                                  + "\n")
     return out_path

@@ -34,6 +34,15 @@ def intro(main, e2e):
 
 def limits(main, abl, e2e):
     out = ["## What these runs do not show", ""]
+    missing = sorted(set((main or {}).get("settings", {}).get("not_run") or {})
+                     | set((abl or {}).get("settings", {}).get("not_run") or {}))
+    untimed = sorted({r["label"] for res in e2e for r in res["rows"] if "time limit" in (r.get("note") or "")})
+    if missing or untimed:
+        out.append(f"- **Incomplete**: the device call ran under a time budget and ended before {len(missing)} methods "
+                   f"({', '.join(f'`{m}`' for m in missing)}) and {len(untimed)} speed rows ({', '.join(untimed)}); "
+                   "they are listed under their tables, never dropped. The eval processes sharing one GPU did not "
+                   "add throughput (the GPU time-slices between processes: dense took 5x longer per video than "
+                   "alone), which is why; one process per GPU would have reached more.")
     out.append("- The tiny model is 9 frames of 16x16 tokens with 4 heads and 5 layers; SVG's and MInference's masks "
                "were designed for 10^4-10^5 tokens, and the caches for 30-60 layers and 50 steps. The ranking at "
                "matched savings is what this page measures; absolute quality on real checkpoints is not.")

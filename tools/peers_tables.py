@@ -262,6 +262,7 @@ def main(argv=None):
     d.add_argument("--eval-out", default="docs/eval_results.md")
     d.add_argument("--e2e", nargs="*", default=[], help="JSON files of benchmarks/bench_peers_e2e.py")
     d.add_argument("--command", default="", help="the device command, quoted in the page")
+    d.add_argument("--note", default="", help="a paragraph on the code the run used (commit), after the command")
     args = parser.parse_args(argv)
     if args.cmd == "run":
         import importlib
@@ -279,7 +280,7 @@ def main(argv=None):
     else:
         from _results_md import render
 
-        render(args.run, args.out, args.eval_out, args.e2e, args.command)
+        render(args.run, args.out, args.eval_out, args.e2e, args.command, args.note)
 
 
 if __name__ == "__main__":
