@@ -66,8 +66,8 @@ def commands_section(command):
            "(`main/`, `ablation/`, `e2e.json`). This page and docs/eval_results.md are rendered from them with", "",
            "```sh", RENDER, "```", ""]
     if command:
-        out += ["The device call (the checkout staged as in COMMON.md; 4 evaluation processes share the job list, "
-                "then the full-size benchmark runs alone on the GPU):", "", "```sh", command, "```", ""]
+        out += ["The device call (the checkout staged as in COMMON.md; `WORKERS` evaluation processes share the job "
+                "list, then the full-size benchmark runs alone on the GPU):", "", "```sh", command, "```", ""]
     out += ["One method from the command line: `timeripple eval --device cuda --methods svg --levels 0.5 0.75 0.875` "
             "(caches: add `--match-on total` and the whole-run levels)."]
     return out

@@ -207,7 +207,7 @@ def merge(folder) -> None:
                            and not tseen.add((e["method"], e["target"]))]
         methods = {m["name"]: m for d in loaded for m in d["methods"] if any(r["method"] == m["name"] for r in d["rows"])}
         ran = {r["method"] for d in loaded for r in d["rows"]} | set(skipped)
-        settings = dict(first["settings"], skipped=skipped, workers=len(list(folder.glob("w*"))))
+        settings = dict(first["settings"], skipped=skipped, workers=len([w for w in folder.glob("w*") if w.is_dir()]))
         if part == "main":
             settings["not_run"] = {j: ("started but not finished before the call's time limit" if j in claimed
                                        else "not started before the call's time limit")
