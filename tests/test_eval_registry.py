@@ -102,6 +102,26 @@ def test_unreachable_targets_say_what_was_reached():
         match_savings(_curve, 1.0, bounds=(1e-3, 1.0))
 
 
+@pytest.mark.parametrize("target, log_knob", [(0.62, True), (0.815, True), (0.75, False), (0.815, False)])
+def test_integer_knobs_are_searched_on_whole_values_only(target, log_knob):
+    calls = []
+
+    def savings(knob):  # a cache interval: the setting only sees whole values
+        calls.append(knob)
+        return 1 - 1 / int(knob)
+
+    found = match_savings(savings, target, bounds=(1.0, 64.0), log_knob=log_knob, first_guess=2.0, tol=0.005,
+                          integer=True)
+    assert all(k == int(k) for k in calls) and len(set(calls)) == len(calls)  # never one setting twice
+    assert found.knob == int(found.knob) and found.achieved == 1 - 1 / found.knob
+    if target == 0.75:  # exactly k = 4
+        assert found.converged and found.knob == 4.0
+    else:  # between two neighbouring integers: stops there and says so
+        lo = int(1 / (1 - target))
+        assert not found.converged and "jump" in found.message and found.knob in (lo, lo + 1)
+        assert {lo, lo + 1} <= set(calls) and len(calls) <= 8
+
+
 def test_first_guesses_use_the_closed_forms():
     geo = Geometry(grid=(4, 4, 4), text_len=0, window=2, axes=("t", "y", "x"))
     assert get_method("token-budget").first_guess(0.75, geo) == budget_for_pair_savings(0.75, (4, 4, 4), 2)

@@ -1,314 +1,379 @@
-"""Render docs/results.md from the runs of ``tools/peers_tables.py run`` (and bench_peers_e2e.py's JSON)."""
+"""Render docs/results.md and docs/eval_results.md from a merged ``tools/peers_tables.py`` run (and the JSON
+of ``benchmarks/bench_peers_e2e.py``). The verdicts on the paper's claims are computed here from the figures."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
-INTENDED_MAIN = ("channel", "svg", "tr-svg", "pab", "fbc", "magcache", "taylorseer", "delta-dit", "minference",
-                 "magnitude", "skip", "token-budget")
-INTENDED_ABLATION = ("channel", "channel-fixed", "channel-temporal", "channel-w3", "channel-w4", "channel-w8", "channel-alpha",
-                     "channel-w3-same", "channel-w4-same", "channel-w8-same")
-PAPER_ORDER = ("channel", "tr-svg", "svg", "minference", "pab", "fbc", "magcache", "taylorseer", "delta-dit",
-               "magnitude", "skip", "token-budget")
+from _results_claims import claims
+
+FAMILIES = (  # (heading, methods in order); methods of none of these go to "other"
+    ("TimeRipple, channel mode (the paper)", ("channel",)),
+    ("TimeRipple, token mode", ("token-strict", "token-budget", "token-rms")),
+    ("TimeRipple, token plans of issue 9 (fidelity)", ()),  # filled with every method named token-* not above
+    ("Attention peers (written here from their papers)", ("svg", "minference", "tr-svg")),
+    ("diffusers caches and Δ-DiT (whole-run matching)", ("pab", "fbc", "magcache", "taylorseer", "delta-dit")),
+    ("TimeRipple with a diffusers cache", ("tr+pab", "tr+fbc")),
+    ("Fig. 7 baselines", ("magnitude", "skip")),
+)
+ABLATIONS = ("channel", "channel-fixed", "channel-temporal", "channel-w3", "channel-w4", "channel-w8", "channel-alpha",
+             "channel-w3-same", "channel-w4-same", "channel-w8-same")
 
 
-ALIASES = {"channel-t": "channel-temporal"}  # the name of runs made before the rename
-
-
-def _load(folder):
+def load(folder):
     path = Path(folder) / "results.json"
-    if not path.is_file():
-        return None
-    res = json.loads(path.read_text())
-    for row in res["rows"] + res.get("tensor", []):
-        row["method"] = ALIASES.get(row["method"], row["method"])
-    return res
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _f(x, fmt):
-    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
-        return "-" if x is None or math.isnan(x) else "inf"
-    return format(x, fmt)
+def f(x, fmt):
+    if x is None or (isinstance(x, str) and x not in ("inf", "-inf")):
+        return "-"
+    x = float(x)
+    if math.isnan(x):
+        return "-"
+    return "inf" if math.isinf(x) else format(x, fmt)
+
+
+def families(res):
+    names = list(dict.fromkeys(r["method"] for r in res["rows"]))
+    named = {m for _, ms in FAMILIES for m in ms}
+    out = []
+    for title, ms in FAMILIES:
+        if not ms:
+            ms = tuple(m for m in names if m.startswith("token-") and m not in named)
+            named |= set(ms)
+        out.append((title, [m for m in ms if m in names]))
+    rest = [m for m in names if m not in named]
+    return out + ([("Other registered methods", rest)] if rest else [])
+
+
+def rows_of(res, method):
+    return sorted((r for r in res["rows"] if r["method"] == method), key=lambda r: r.get("level") or 0)
+
+
+def row_at(res, method, level):
+    return next((r for r in res["rows"] if r["method"] == method and _same(r.get("level", r["target"]), level)), None)
+
+
+def tensor_at(res, method, level):
+    return next((e for e in res.get("tensor", []) if e["method"] == method and _same(e.get("level", e["target"]), level)),
+                None)
+
+
+def _same(a, b):
+    return (a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1e-9)
 
 
 def _adh(row):
     a = row.get("adherence") or {}
     lost = a.get("lost") or {}
-    if not a:
-        return "-"
-    return f"{_f(a.get('all'), '.0%')} (lost {lost.get('colour', 0)}/{lost.get('shape', 0)}/{lost.get('direction', 0)})"
+    return "-" if not a else f"{f(a.get('all'), '.0%')} ({lost.get('colour', 0)}/{lost.get('shape', 0)}/{lost.get('direction', 0)})"
 
 
-def _quality_table(res, methods=None, levels=None):
-    rows = [r for r in res["rows"] if (methods is None or r["method"] in methods)]
-    order = {m: i for i, m in enumerate(methods or PAPER_ORDER)}
-    rows.sort(key=lambda r: (order.get(r["method"], 99), r["target"] or 0))
-    out = ["| method | target | knob | savings, reusing steps | savings, whole run | PSNR mean (min) dB | SSIM | "
-           "adherence all (lost c/s/d) | timed speedup |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
-    for r in rows:
-        if levels is not None and r["target"] not in levels:
-            continue
-        mark = "" if r.get("converged", True) else " †"
-        knob = "-" if r.get("knob") is None else f"{r['knob_name']} {r['knob']:.4g}"
-        out.append(f"| {r['method']} | {_f(r['target'], '.1%')} | {knob} | {_f(r['savings_reusing'], '.1%')}{mark} | "
-                   f"{_f(r['savings_total'], '.1%')} | {_f(r['psnr_mean'], '.1f')} ({_f(r['psnr_min'], '.1f')}) | "
-                   f"{_f(r['ssim_mean'], '.3f')} | {_adh(r)} | {_f(r.get('speedup_timed'), '.2f')}x |")
-    return "\n".join(out)
+def _matched(row):
+    if row.get("target") is None:
+        return "no knob"
+    where = "reusing steps" if row.get("matched_on", "savings_reusing") == "savings_reusing" else "whole run"
+    return f"{row['target']:.1%} {where}"
 
 
-def _tensor_table(res):
-    out = ["| method | target | attention-output MSE | vs channel | savings matched per call |",
-           "| --- | ---: | ---: | ---: | ---: |"]
-    order = {m: i for i, m in enumerate(PAPER_ORDER)}
-    for e in sorted(res.get("tensor", []), key=lambda e: (order.get(e["method"], 99), e["target"] or 0)):
-        out.append(f"| {e['method']} | {_f(e['target'], '.1%')} | {_f(e['mse'], '.2e')} | "
-                   f"{_f(e.get('mse_vs_channel'), '.1f')}x | {_f(e['savings'], '.1%')} |")
-    return "\n".join(out)
-
-
-def _skipped(res, intended=()):
-    skipped = res["settings"].get("skipped") or {}
-    ran = {r["method"] for r in res["rows"]}
-    lines = [f"- `{m}`: skipped, {why}" for m, why in skipped.items()]
-    lines += [f"- `{m}`: not measured in this run (the run's time limit ended it first; see the other runs)"
-              for m in intended if m not in ran and m not in skipped]
-    return "\n".join(lines) if lines else "None: every method ran."
-
-
-def _settings(res):
-    s, env = res["settings"], res["environment"]
-    return (f"{s['pipeline']}, config `{s['config']}` (reusing steps {s['reusing_steps']}), {len(s['prompts'])} prompts "
-            f"x seeds {s['seeds']} = {s['runs']} runs, {s['num_inference_steps']} steps, guidance "
-            f"{s['guidance_scale']}, tolerance {s['tol']}; {env.get('device_name', env['device'])}, torch "
-            f"{env['torch']}, diffusers {env['diffusers']}, {env['date_utc']} UTC")
-
-
-def _row(res, method, level):
-    return next((r for r in res["rows"] if r["method"] == method and r["target"] == level), None)
-
-
-def _tensor(res, method, level):
-    return next((e for e in res.get("tensor", []) if e["method"] == method and e["target"] == level), None)
-
-
-def claims(main, abl):
-    """(claim, verdict, evidence) for the paper's claims that these runs measure."""
-    out = []
-    if main:
-        levels = sorted({r["target"] for r in main["rows"] if r["target"] is not None})
-        for lv in levels:
-            ch, mg, sk = (_tensor(main, m, lv) for m in ("channel", "magnitude", "skip"))
-            if ch and mg and sk:
-                ok = ch["mse"] < mg["mse"] / 10 and ch["mse"] < sk["mse"] / 10
-                out.append((f"Fig. 7: reuse has an order of magnitude lower attention MSE than both masking baselines "
-                            f"({lv:.1%})", "supported" if ok else "not supported",
-                            f"MSE channel {ch['mse']:.2e}, magnitude {mg['mse']:.2e} ({mg['mse'] / ch['mse']:.0f}x), "
-                            f"skip {sk['mse']:.2e} ({sk['mse'] / ch['mse']:.0f}x)"))
-        peers = [m for m in ("svg", "minference", "pab", "fbc", "magcache", "taylorseer", "delta-dit")]
-        for lv in levels:
-            ch = _row(main, "channel", lv)
-            if not ch:
-                continue
-            best = max((r for r in (_row(main, m, lv) for m in peers) if r and r.get("converged")),
-                       key=lambda r: r["psnr_mean"], default=None)
-            if best is None:
-                continue
-            gap = ch["psnr_mean"] - best["psnr_mean"]
-            out.append((f"Tbl. 2: TimeRipple has the best PSNR at matched savings ({lv:.1%} on the reusing steps; "
-                        "against the peers this run measured)", "supported" if gap > 0 else "not supported",
-                        f"channel {ch['psnr_mean']:.1f} dB vs best matched peer `{best['method']}` "
-                        f"{best['psnr_mean']:.1f} dB ({gap:+.1f} dB)"))
-        trs, svg = _row(main, "tr-svg", 0.875), _row(main, "svg", 0.875)
-        if trs and svg:
-            out.append(("Tbl. 2: TR + SVG costs some quality against TR alone but keeps more than SVG alone at the "
-                        "same savings", "supported" if trs["psnr_mean"] > svg["psnr_mean"] else "not supported",
-                        f"87.5%: tr-svg {trs['psnr_mean']:.1f} dB, svg {svg['psnr_mean']:.1f} dB"))
-    if abl:
-        lv = abl["settings"]["levels"][0]
-        ch, fx, tp, al = (_row(abl, m, lv) for m in ("channel", "channel-fixed", "channel-temporal", "channel-alpha"))
-        if ch and fx:
-            out.append(("Tbl. 3: the adaptive (ramped) threshold beats one fixed threshold",
-                        "supported" if ch["psnr_mean"] > fx["psnr_mean"] else "not supported",
-                        f"{lv:.0%}: adaptive {ch['psnr_mean']:.1f} dB, fixed {fx['psnr_mean']:.1f} dB"))
-        if ch and tp:
-            out.append(("Tbl. 3: spatial + temporal beats temporal only",
-                        "supported" if ch["psnr_mean"] > tp["psnr_mean"] else "not supported",
-                        f"{lv:.0%}: t+y+x {ch['psnr_mean']:.1f} dB, t only {tp['psnr_mean']:.1f} dB"
-                        + ("" if tp.get("converged") else f" (t only reached {tp['savings_reusing']:.1%})")))
-        if ch and al:
-            out.append(("Tbl. 4: per-channel τ = α·mean|Δ| lowers quality slightly against one shared θ",
-                        "supported" if al["psnr_mean"] < ch["psnr_mean"] else "not supported",
-                        f"{lv:.0%}: shared θ {ch['psnr_mean']:.1f} dB, per-channel {al['psnr_mean']:.1f} dB"))
-        same = [_row(abl, f"channel-w{w}-same", None) for w in (3, 4, 8)]
-        if ch and all(same):
-            sav = [ch["savings_reusing"]] + [r["savings_reusing"] for r in same]
-            psnr = [ch["psnr_mean"]] + [r["psnr_mean"] for r in same]
-            shown = ("windows 2/3/4/8 at window 2's threshold: savings " + " / ".join(f"{x:.1%}" for x in sav)
-                     + ", PSNR " + " / ".join(f"{x:.1f}" for x in psnr) + " dB")
-            out.append(("Fig. 11: at one threshold, larger windows reuse less (fewer windows pass)",
-                        "supported" if all(a >= b for a, b in zip(sav, sav[1:])) else "not supported", shown))
-            out.append(("Fig. 11: at one threshold, window 4 already degrades quality against window 2",
-                        "supported" if psnr[2] < psnr[0] else "not supported", shown))
-        matched = [_row(abl, f"channel-w{w}", lv) for w in (3, 4, 8)]
-        if ch and all(matched):
-            psnr = [ch["psnr_mean"]] + [r["psnr_mean"] for r in matched]
-            out.append(("Fig. 11: window 2 is the best trade-off (best quality at matched savings)",
-                        "supported" if psnr[0] >= max(psnr[1:]) else "not supported",
-                        f"{lv:.0%}: windows 2/3/4/8 " + " / ".join(f"{x:.1f}" for x in psnr) + " dB"))
+def quality_table(res, methods):
+    out = ["| method | level | matched on (target) | knob | savings, reusing steps | savings, whole run | "
+           "PSNR mean (min) dB | SSIM | adherence all (lost c/s/d) | timed speedup (tiny model) |",
+           "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    for m in methods:
+        for r in rows_of(res, m):
+            mark = "" if r.get("converged", True) else " †"
+            knob = "-" if r.get("knob") is None else f"{r['knob_name']} {r['knob']:.4g}"
+            out.append(f"| {m} | {f(r.get('level'), '.1%')} | {_matched(r)} | {knob} | {f(r['savings_reusing'], '.1%')} | "
+                       f"{f(r['savings_total'], '.1%')}{mark} | {f(r['psnr_mean'], '.1f')} ({f(r['psnr_min'], '.1f')}) | "
+                       f"{f(r['ssim_mean'], '.3f')} | {_adh(r)} | {f(r.get('speedup_timed'), '.2f')}x |")
     return out
 
 
-def _plot(res, path, x_key, x_label):
-    """PSNR (mean over runs) against ``x_key`` per method, one line per method."""
+def summary_table(res, levels, with_mse=False):
+    """Method x level: PSNR / SSIM at the achieved savings (issue 9's table shape)."""
+    head = "| method (savings unit) | " + " | ".join(f"{lv:.1%}" for lv in levels) + " |"
+    out = [head, "| --- |" + " ---: |" * len(levels)]
+    units = {m["name"]: m["savings"] for m in res["methods"]}
+    for _, ms in families(res):
+        for m in ms:
+            cells = []
+            for lv in levels:
+                r = row_at(res, m, lv)
+                if r is None:
+                    cells.append("-")
+                    continue
+                mark = "" if r.get("converged", True) else " †"
+                sav = r["savings_reusing"] if r.get("matched_on", "savings_reusing") == "savings_reusing" else r["savings_total"]
+                where = "" if r.get("matched_on", "savings_reusing") == "savings_reusing" else " whole run"
+                cell = f"{f(r['psnr_mean'], '.1f')} dB / {f(r['ssim_mean'], '.3f')} ({f(sav, '.1%')}{where}){mark}"
+                e = tensor_at(res, m, lv) if with_mse else None
+                if e is not None:
+                    cell += f"; MSE {f(e['mse'], '.2e')}"
+                cells.append(cell)
+            if any(c != "-" for c in cells):
+                out.append(f"| {m} ({units.get(m, '')}) | " + " | ".join(cells) + " |")
+    return out
+
+
+def tensor_table(res, levels):
+    out = ["| method | " + " | ".join(f"{lv:.1%}: MSE (x channel, savings per call)" for lv in levels) + " |",
+           "| --- |" + " ---: |" * len(levels)]
+    for _, ms in families(res):
+        for m in ms:
+            cells = []
+            for lv in levels:
+                e = tensor_at(res, m, lv)
+                cells.append("-" if e is None else f"{f(e['mse'], '.2e')} ({f(e.get('mse_vs_channel'), '.3g')}x, "
+                             f"{f(e['savings'], '.1%')}){'' if e.get('all_converged', True) else ' †'}")
+            if any(c != "-" for c in cells):
+                out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return out
+
+
+def not_in_table(res, registry=True):
+    s = res["settings"]
+    lines = [f"- `{m}`: could not run: {why}" for m, why in (s.get("skipped") or {}).items()]
+    lines += [f"- `{m}`: not measured: {why}" for m, why in (s.get("not_run") or {}).items()]
+    if registry:  # registered since the run (not in its job list)
+        try:
+            from timeripple.eval import list_methods
+            from timeripple.eval.ablation_methods import ABLATION_METHODS
+        except ImportError:
+            list_methods, ABLATION_METHODS = (lambda: []), ()
+        known = {r["method"] for r in res["rows"]} | set(s.get("skipped") or {}) | set(s.get("not_run") or {})
+        lines += [f"- `{m}`: not measured: registered after this run (not in its job list)"
+                  for m in list_methods() if m not in known and m not in ABLATION_METHODS]
+    return lines or ["None: every registered method ran."]
+
+
+def settings_line(res):
+    s, env = res["settings"], res["environment"]
+    return (f"{s['pipeline']} (the shipped tiny model), config `{s['config']}` (reusing steps {s['reusing_steps'][0]}-"
+            f"{s['reusing_steps'][-1]} of {s['num_inference_steps']}), {len(s['prompts'])} prompts "
+            f"(`timeripple.eval.EVAL_PROMPTS`) x seeds {s['seeds']} = {s['runs']} runs, {s['num_inference_steps']} steps, "
+            f"guidance {s['guidance_scale']}, {s['batch_size']} runs per pipeline call, tolerance ±{s['tol']:.1%}; "
+            f"{env.get('device_name', env['device'])}, torch {env['torch']}, diffusers {env['diffusers']}, "
+            f"timeripple {env['timeripple']}, {env['date_utc']} UTC")
+
+
+def plots(main, e2e, figs: Path, run: Path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in dict.fromkeys(r["method"] for r in res["rows"]):
-        pts = sorted((r[x_key], r["psnr_mean"]) for r in res["rows"] if r["method"] == method
-                     and r.get(x_key) is not None and r["psnr_mean"] is not None and math.isfinite(r["psnr_mean"]))
+    figs.mkdir(parents=True, exist_ok=True)
+    made = {}
+    for key, label, name in (("savings_total", "counted savings over the whole run (%)", "gpu_psnr_vs_savings.png"),
+                             ("speedup_timed", "timed speedup vs dense, tiny model on the GPU (x)",
+                              "gpu_psnr_vs_speedup.png")):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for title, ms in families(main):
+            for m in ms:
+                pts = sorted((float(r[key]) * (100 if key == "savings_total" else 1), r["psnr_mean"])
+                             for r in main["rows"] if r["method"] == m and r.get(key) is not None
+                             and isinstance(r["psnr_mean"], (int, float)) and math.isfinite(r["psnr_mean"]))
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", ms=4, lw=1, label=m)
+        ax.set_xlabel(label)
+        ax.set_ylabel("mean PSNR vs dense (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        fig.savefig(figs / name, dpi=110)
+        plt.close(fig)
+        made[key] = name
+    if (run / "main" / "attention_mse.png").is_file() and run / "main" != figs / "runs" / "gpu" / "main":
+        shutil.copy(run / "main" / "attention_mse.png", figs / "gpu_attention_mse.png")
+    if (figs / "gpu_attention_mse.png").is_file():  # the harness's plot, copied from the run
+        made["mse"] = "gpu_attention_mse.png"
+    if e2e:
+        fig, axes = plt.subplots(1, len(e2e), figsize=(6 * len(e2e), 4), squeeze=False)
+        for ax, res in zip(axes[0], e2e):
+            comp = compose(res)
+            names = [c["label"] for c in comp if c["composed"] is not None]
+            ax.barh(names, [c["composed"] for c in comp if c["composed"] is not None])
+            ax.axvline(comp[0]["ceiling"], color="k", ls="--", lw=1, label="ceiling (attention free)")
+            ax.set_title(f"{res['label']}: 50 steps composed ({res['card']})", fontsize=8)
+            ax.set_xlabel("speedup vs stock (timed steps, composed)")
+            ax.legend(fontsize=7)
+            ax.tick_params(labelsize=7)
+        fig.tight_layout()
+        fig.savefig(figs / "e2e_speedup.png", dpi=110)
+        plt.close(fig)
+        made["e2e"] = "e2e_speedup.png"
+        pts = quality_vs_speed(main, e2e) if main else []
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=method)
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("PSNR vs dense (dB)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            for model in dict.fromkeys(p[0] for p in pts):
+                mine = [p for p in pts if p[0] == model]
+                ax.scatter([p[3] for p in mine], [p[2] for p in mine], label=model)
+                for p in mine:
+                    ax.annotate(p[1], (p[3], p[2]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.set_xlabel("timed speedup, 50 steps composed (full-size random-weight transformer)")
+            ax.set_ylabel("mean PSNR vs dense at 75%, tiny model (dB)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(figs / "quality_vs_speed.png", dpi=110)
+            plt.close(fig)
+            made["qs"] = "quality_vs_speed.png"
+    return made
 
 
-def _where(res):
-    env = res["environment"]
-    return env.get("device_name", env["device"])
+CACHES = ("pab skip", "fbc skip", "taylorseer skip")
+# full-size row -> the tiny-model method of the same setting (quality at 75%)
+SAME_SETTING = {"channel (bundled θ)": "channel", "token 75% budget (chain)": "token-budget",
+                "token 75% fidelity (README)": "token-fidelity", "svg 70% flex": "svg",
+                "token 75% fidelity pooled (key share 0.7)": "token-fidelity-auto"}
 
 
-def render(runs, out_path, e2e_path=""):
-    lines = ["# Results: the paper's tables on the shipped tiny model, and the peers", "",
-             "Generated by `python tools/peers_tables.py render ...` from runs of `timeripple eval` (its Python API, "
-             "one method at a time, see `tools/peers_tables.py`); the commands are at the end. Savings are **counted** "
-             "(each method's unit, see docs/eval.md) and always the achieved ones; PSNR / SSIM compare with the dense "
-             "video of the same prompt and seed; the timed speedup is wall clock on the run's device against dense "
-             "in the same process. A † marks a target that was not reached (the achieved savings are shown).", ""]
-    verdicts = []
-    for folder in runs:
-        main, abl = _load(Path(folder) / "main"), _load(Path(folder) / "ablation")
-        if main:
-            where = _where(main)
-            tag = "gpu" if "cuda" in main["environment"]["device"] else "cpu"
-            figs = Path(out_path).parent / "results"
-            figs.mkdir(parents=True, exist_ok=True)
-            _plot(main, figs / f"{tag}_psnr_vs_savings.png", "savings_total", "counted savings, whole run")
-            _plot(main, figs / f"{tag}_psnr_vs_speedup.png", "speedup_timed", f"timed speedup vs dense ({where})")
-            lines += [f"## Tbl. 2: methods at matched savings ({where})", "", _settings(main), "",
-                      _quality_table(main), "", "Methods not in this table:", "", _skipped(main, INTENDED_MAIN), "",
-                      f"## Fig. 7: attention-output MSE at matched per-call savings ({where})", "",
-                      "q/k/v captured from the pipeline's own self-attention layers; each method's knob is matched "
-                      "per call; only methods that run inside attention have a tensor-level figure (caches skip whole "
-                      "calls).", "", _tensor_table(main), "",
-                      f"![PSNR vs savings](results/{tag}_psnr_vs_savings.png) "
-                      f"![PSNR vs timed speedup](results/{tag}_psnr_vs_speedup.png)", ""]
-        if abl and abl["rows"]:
-            lv = abl["settings"]["levels"][0]
-            lines += [f"## Tbl. 3, Fig. 11, Tbl. 4: ablations at {lv:.0%} on the reusing steps ({_where(abl)})", "",
-                      _settings(abl), "",
-                      _quality_table(abl, methods=("channel", "channel-fixed", "channel-temporal", "channel-w3", "channel-w4",
-                                                   "channel-w8", "channel-alpha", "channel-w3-same", "channel-w4-same",
-                                                   "channel-w8-same")), "",
-                      "`channel-wK-same` rows run window K at window 2's matched threshold, as the paper's Fig. 11 "
-                      "does; `channel-wK` rows match savings instead.", "", _skipped(abl, INTENDED_ABLATION), ""]
-        verdicts += [(c, v, f"{e} ({_where(main or abl)})") for c, v, e in claims(main, abl)]
-    if verdicts:
-        lines += ["## The paper's claims against these measurements", "", "| claim | verdict | measured |",
-                  "| --- | --- | --- |"] + [f"| {c} | **{v}** | {e} |" for c, v, e in verdicts] + [""]
-    if e2e_path and Path(e2e_path).is_file() and e2e_path.endswith(".log"):
-        lines += _e2e_from_log(Path(e2e_path).read_text())
-    elif e2e_path and Path(e2e_path).is_file():
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-        from bench_peers_e2e import render as render_e2e
-
-        res = json.loads(Path(e2e_path).read_text())
-        lines += ["## Speed on full-size random-weight transformers (`benchmarks/bench_peers_e2e.py`)", "",
-                  f"Card {res[0]['card']}, torch {res[0]['torch']}, {res[0]['date']}; one forward per variant, median "
-                  f"of {res[0]['repeats']} after a warm-up; 50 steps composed from the bundled schedule; ceiling = "
-                  "attention-free reusing steps. Cache rows time one *reusing* step of the cache.", "",
-                  render_e2e(res), ""]
-    lines += ["## What these runs do not show", "",
-              "- The GPU call ran under a time limit (this helper's device allowance): its main table stopped after "
-              "`svg`, so TR + SVG, MInference, the diffusers caches, Δ-DiT and the Fig. 7 baselines (`magnitude`, "
-              "`skip`) have no 16-run GPU rows; the reduced CPU run covers what it reached (listed above per run). "
-              "Fig. 7's claim is therefore checked where both baselines were measured, and not at all if neither run "
-              "reached them.",
-              "- `svg`'s timed speedup on the tiny model is not representative: its FlexAttention kernel recompiled "
-              "for every sparsity the search tried, hit torch's recompile limit and then ran unfused. The code now "
-              "reads the mask sizes from a tensor (one compile for all sparsities); this is not re-measured.",
-              "- TimeRipple composed with diffusers' caches (`tr+pab`, `tr+fbc`; `peers.apply_timeripple_with_cache`) "
-              "is registered and tested (both orders give the same model) but was in neither measured run, so its "
-              "combined trade-off is not in this page.",
-              "- Full-size speed: only Wan2.1-1.3B stock, attention-free and TimeRipple token mode were timed before "
-              "the limit; the SVG-style flex path, the caches' reusing steps and HunyuanVideo were not.",
-              "- The tiny model is 9 frames of 16x16 tokens with 4 heads: SVG's spatial/temporal masks and MInference's "
-              "patterns were designed for sequences of 10^4-10^5 tokens, so their quality here says little about "
-              "full-size models; the ranking at matched savings is what this page measures.", ""]
-    lines += ["## Commands", "",
-              "The raw results are in `docs/results/runs/` (the harness's `results.json` per run); this page is "
-              "rendered from them with", "", "```sh",
-              "python tools/peers_tables.py render docs/results/runs/gpu docs/results/runs/cpu "
-              "--e2e docs/results/runs/gpu/e2e.log --out docs/results.md", "```", "",
-              "The GPU run (one call on the device, the checkout staged as in COMMON.md; each stage under a time "
-              "limit, which ended the main table after `svg`, the ablations after `channel` and the speed run after "
-              "its first rows):", "", "```sh",
-              "timeout 140 python tools/peers_tables.py run --out runs/gpu --device cuda --groups main "
-              "--capture-steps 2 --capture-layers 2",
-              "timeout 30 python tools/peers_tables.py run --out runs/gpu --device cuda --groups ablation --no-tensor",
-              "timeout 40 python benchmarks/bench_peers_e2e.py --models wan1.3b hunyuan --repeats 2 --json e2e.json "
-              "> e2e.log", "```", "",
-              "The reduced CPU run (1 prompt x 1 seed, 6 steps, 75% only, tolerance 0.02; 2 shared cores):", "",
-              "```sh",
-              "python tools/peers_tables.py run --out runs/cpu --prompts 1 --seeds 0 --steps 6 --levels 0.75 "
-              "--tol 0.02 --groups ablation --no-tensor",
-              "python tools/peers_tables.py run --out runs/cpu --prompts 1 --seeds 0 --steps 6 --levels 0.75 "
-              "--tol 0.02 --groups main --no-tensor --methods pab fbc magcache taylorseer delta-dit magnitude skip",
-              "```", "",
-              "The full tables (what the GPU call was meant to finish): `python tools/peers_tables.py run --out "
-              "runs/gpu --device cuda` (about 2-3 minutes on an H200 once FlexAttention has compiled). One method "
-              "with the CLI: `timeripple eval --methods svg --levels 0.5 0.75 0.875` (peers and ablations are in the "
-              "registry)."]
-    Path(out_path).write_text("\n".join(lines) + "\n")
-    return out_path
-
-
-def _e2e_from_log(text: str) -> list:
-    """The rows a cut-short bench_peers_e2e.py run printed (``  label: X ms, savings Y``), per model."""
-    import re
-
-    out = ["## Speed on full-size random-weight transformers (`benchmarks/bench_peers_e2e.py`, partial run)", "",
-           "The run's time limit ended it during the first SVG forward (FlexAttention compiling); these are the "
-           "rows it printed. One forward per variant (bf16, batch 1, random weights at the real config, the speed "
-           "issue's `bench_e2e.py` builder and timer), median of 2 after a warm-up, on the H200 of the tiny-model "
-           "run. 50 steps composed from the bundled `wan2.1` schedule (11 dense steps of 50 at stock time).", "",
-           "| model | variant | ms per forward | step speedup | 50 steps (composed) | counted savings |",
-           "| --- | --- | ---: | ---: | ---: | ---: |"]
-    model, stock = None, None
-    for line in text.splitlines():
-        if re.match(r"^\w[\w.]*:$", line.strip()) and not line.startswith(" "):
-            model = line.strip()[:-1]
-            continue
-        m = re.match(r"^\s+(.+?): ([\d.]+|nan) ms, savings ([\d.]+|nan)", line)
-        if m and model:
-            label, ms, sav = m.group(1), float(m.group(2)), float(m.group(3))
-            stock = ms if label == "stock" else stock
-            total = 50 * stock / (11 * stock + 39 * ms) if stock else float("nan")
-            out.append(f"| {model} | {label} | {ms:.0f} | {stock / ms:.2f}x | {total:.2f}x | {sav:.1%} |")
-    out += ["", "`attention free` is the ceiling of any attention method (its composed 50-step figure is the Amdahl "
-            "ceiling). Not timed: the SVG-style flex path (the run ended while it compiled), MInference-style and "
-            "TR + SVG (masked SDPA over the full N x N mask, no sparse kernel: counted only), the caches' reusing "
-            "steps and HunyuanVideo (not reached).", ""]
+def quality_vs_speed(main, e2e, level=0.75):
+    """(model, method, tiny-model PSNR at ``level``, full-size composed speedup) for the settings run in both."""
+    out = []
+    for res in e2e:
+        for c in compose(res):
+            r = row_at(main, SAME_SETTING.get(c["label"], ""), level)
+            if r is not None and c["composed"] and isinstance(r["psnr_mean"], (int, float)):
+                out.append((res["label"], SAME_SETTING[c["label"]], r["psnr_mean"], c["composed"]))
     return out
+
+
+def compose(res):
+    """Per row: step speedup, the 50-step figure composed from the schedule (dense steps at stock time; not for
+    the caches, whose reusing steps follow their own schedule) and the ceiling."""
+    rows = {r["label"]: r for r in res["rows"]}
+    stock = rows["stock"]["ms"]
+    free = rows.get("attention free", {}).get("ms", float("nan"))
+    nd, nr = res["dense_steps"], 50 - res["dense_steps"]
+    ceiling = 50 * stock / (nd * stock + nr * free)
+    out = []
+    for r in res["rows"]:
+        ok = isinstance(r["ms"], (int, float)) and math.isfinite(r["ms"])
+        composed = 50 * stock / (nd * stock + nr * r["ms"]) if ok and r["label"] not in CACHES else None
+        theory = None
+        if r.get("savings") is not None and math.isfinite(r["savings"]) and r["label"] not in CACHES and math.isfinite(free):
+            step = stock - r["savings"] * (stock - free)  # the paper's estimate: attention time cut by the savings
+            theory = 50 * stock / (nd * stock + nr * step)
+        out.append(dict(r, step=stock / r["ms"] if ok else None, composed=composed, ceiling=ceiling, theory=theory))
+    return out
+
+
+def e2e_table(results):
+    out = ["| model | variant | ms per step (timed) | peak memory over stock | step speedup | 50 steps, composed "
+           "(timed) | 50 steps, from counted savings (the paper's estimate) | ceiling | counted savings | note |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for res in results:
+        comp = compose(res)
+        base = next((c.get("peak_gib") for c in comp if c["label"] == "stock"), None)
+        for c in comp:
+            mem = "-" if c.get("peak_gib") is None or base is None else f"{c['peak_gib'] - base:+.1f} GiB"
+            out.append(f"| {res['label']} | {c['label']} | {f(c['ms'], '.0f')} | {mem} | {f(c['step'], '.2f')}x | "
+                       f"{f(c['composed'], '.2f')}x | {f(c['theory'], '.2f')}x | {c['ceiling']:.2f}x | "
+                       f"{f(c['savings'], '.1%')} | {c.get('note', '')} |")
+        for k, why in res.get("not_timed", {}).items():
+            out.append(f"| {res['label']} | {k} | | | | | | {comp[0]['ceiling']:.2f}x | | not timed: {why} |")
+    return out
+
+
+def _slim(res):
+    """A copy small enough to commit: per-run adherence details and per-call knobs dropped."""
+    res = json.loads(json.dumps(res))
+    res["dense"].pop("adherence_per_run", None)
+    for r in res["rows"]:
+        (r.get("adherence") or {}).pop("per_run", None)
+    for e in res.get("tensor", []):
+        e.pop("per_call", None)
+    return res
+
+
+def render(run, out_path, eval_out, e2e_paths=(), command="", note=""):
+    from _results_text import commands_section, eval_page, intro, limits
+
+    run = Path(run)
+    meta_file = run / "meta.json"  # the command and note of the run, kept with its JSON (re-rendering needs no args)
+    if meta_file.is_file() and not (command or note):
+        meta = json.loads(meta_file.read_text())
+        command, note = meta.get("command", ""), meta.get("note", "")
+    main, abl = load(run / "main"), load(run / "ablation")
+    e2e = [dict(r, source=r.get("source", Path(p).stem)) for p in e2e_paths if Path(p).is_file()
+           for r in json.loads(Path(p).read_text())]
+    labels = [r["label"] for r in e2e]
+    for r in e2e:  # a model timed by two calls: each block keeps its own stock baseline
+        if labels.count(r["label"]) > 1:
+            r["label"] = f"{r['label']} ({r['source']})"
+    out_path = Path(out_path)
+    figs = out_path.parent / "results"
+    store = figs / "runs" / "gpu"
+    for part, res in (("main", main), ("ablation", abl)):
+        if res:
+            (store / part).mkdir(parents=True, exist_ok=True)
+            (store / part / "results.json").write_text(json.dumps(_slim(res), indent=1) + "\n")
+    if e2e:
+        (store / "e2e.json").write_text(json.dumps(e2e, indent=1) + "\n")
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "meta.json").write_text(json.dumps({"command": command, "note": note}, indent=1) + "\n")
+    made = plots(main, e2e, figs, run) if main else {}
+    levels = main["settings"]["levels"] if main else []
+    lines = intro(main, e2e)
+    verdicts = claims(main, abl, e2e, compose)
+    counts = {v: sum(1 for _, x, _ in verdicts if x == v) for v in ("supported", "not supported", "not measurable here")}
+    lines += [f"**Verdicts on the paper's claims** (table at the end): {counts['supported']} supported, "
+              f"{counts['not supported']} not supported, {counts['not measurable here']} not measurable here.", ""]
+    if main:
+        lines += ["## Tbl. 2 on the tiny model: every method at matched savings", "", settings_line(main), "",
+                  "PSNR / SSIM at each level (achieved savings in brackets; caches at the whole-run savings "
+                  "that the config's schedule gives at that level):", ""]
+        lines += summary_table(main, levels) + [""]
+        lines += ["Every row, by family (the knob found, both savings figures, adherence, and the tiny model's "
+                  "timed speedup):", ""]
+        for title, ms in families(main):
+            if ms:
+                lines += [f"**{title}**", ""] + quality_table(main, ms) + [""]
+        lines += ["Methods not in the table:", ""] + not_in_table(main) + [""]
+        lines += ["![PSNR vs counted savings](results/" + made["savings_total"] + ") "
+                  "![PSNR vs timed speedup](results/" + made["speedup_timed"] + ")", ""]
+        lines += ["## Fig. 7: attention-output MSE on captured q/k/v", "",
+                  f"q/k/v of {len(main['settings']['captured_calls'])} self-attention calls (steps "
+                  f"{main['settings']['capture_steps']}, layers {main['settings']['captured_layers']}) of the first run, "
+                  "each method's knob matched per call; only methods that run inside attention have a figure "
+                  "(caches skip whole calls).", ""] + tensor_table(main, levels) + [""]
+        if "mse" in made:
+            lines += [f"![attention MSE vs savings](results/{made['mse']})", ""]
+    if abl:
+        lv = abl["settings"]["levels"][0]
+        lines += [f"## Tbl. 3, Fig. 11, Tbl. 4: ablations of channel mode at {lv:.0%} on the reusing steps", "",
+                  settings_line(abl), "", "`channel-wK-same` runs window K at window 2's matched threshold, as the "
+                  "paper's Fig. 11 does; `channel-wK` matches the savings instead.", ""]
+        lines += quality_table(abl, [m for m in ABLATIONS if any(r["method"] == m for r in abl["rows"])]) + [""]
+        lines += ["Not run:", ""] + not_in_table(abl, registry=False) + [""]
+    if e2e:
+        lines += ["## Speed on full-size random-weight transformers (`benchmarks/bench_peers_e2e.py`)", "",
+                  f"{e2e[0]['card']}, torch {e2e[0]['torch']}, {e2e[0]['date']}; bf16, batch 1, random weights at the "
+                  "real configs (the speed issue's `bench_e2e.py` builder and timer); one forward per variant at a "
+                  "reusing step, median of the repeats after one warm-up (repeats per model in the commands). "
+                  "50 steps composed from the bundled schedule: its dense steps at stock time, the rest at the "
+                  "variant's time. The counted-savings column is the paper's own estimate (attention time cut in "
+                  "proportion to the savings). Caches: the time of one *reusing* step; how many steps reuse depends "
+                  "on the cache's schedule, so no 50-step figure.", ""] + e2e_table(e2e) + [""]
+        if "e2e" in made:
+            lines += [f"![50-step speedups](results/{made['e2e']})", ""]
+        if "qs" in made:
+            lines += ["Quality against speed for the settings run on both (quality: the tiny model at 75%; speed: "
+                      "the full-size transformers, 50 steps composed; `svg` at 70% sparsity there):", "",
+                      f"![quality vs speed](results/{made['qs']})", ""]
+    lines += ["## The paper's claims against these measurements", "",
+              "| claim (paper) | verdict | what we measured |", "| --- | --- | --- |"]
+    lines += [f"| {c} | **{v}** | {e} |" for c, v, e in verdicts] + [""]
+    lines += limits(main, abl, e2e) + commands_section(command) + (["", note] if note else [])
+    out_path.write_text("\n".join(lines) + "\n")
+    if main and eval_out:
+        Path(eval_out).write_text("\n".join(eval_page(main, levels, summary_table, tensor_table, settings_line,
+                                                      not_in_table, row_at, tensor_at) + (["", note] if note else []))
+                                  + "\n")
+    return out_path

@@ -1,50 +1,82 @@
-"""Run the paper's tables with ``timeripple eval`` (its Python API) and render docs/results.md from them.
+"""Run every registered ``timeripple eval`` method on the tiny model, and render docs/results.md from the runs.
 
-Each method is evaluated on its own (the dense videos are generated once and cached by the harness), so a
-method that cannot run on the pipeline or device is recorded with its reason instead of stopping the run.
+``run`` evaluates one method at a time with the harness's Python API (:func:`timeripple.eval.evaluate`; the
+dense videos are generated once per process and cached), so a method that cannot run on the pipeline or
+device is recorded with its reason instead of stopping the run. Several ``run`` processes with the same
+``--out`` share the work: each claims the next job (a method, or the ablation group) by creating a file,
+so on one GPU a few processes keep it busy while each is held up by Python. ``--deadline`` stops claiming
+new jobs at a given time, so a run under a time limit ends with what it measured.
 
-    # the tables (tiny model; on an H200 all runs are one batch)
-    python tools/peers_tables.py run --out results/gpu --device cuda
-    # the reduced CPU version (2 prompts x 1 seed, 10 steps, 75% only)
-    python tools/peers_tables.py run --out results/cpu --prompts 2 --seeds 0 --steps 10 --levels 0.75
-    # docs/results.md from the saved runs
-    python tools/peers_tables.py render results/gpu --out docs/results.md
+Matching: methods that run inside attention (``build``) are matched on the savings of the base config's
+reusing steps. Methods that install themselves (diffusers' caches, Δ-DiT, TimeRipple + a cache) have no
+dense steps of their own, so they are matched on the whole run, at the whole-run savings that a method with
+the config's schedule has at each level (``level x reusing steps / steps``: 75% on 15 of 20 steps = 56.25%).
+Every row records what it matched (``matched_on``) and the level it stands beside (``level``).
+
+    # the tables (tiny model, 16 runs per pipeline call), 4 processes on one GPU
+    for k in 0 1 2 3; do python tools/peers_tables.py run --out runs/gpu --device cuda & done; wait
+    python tools/peers_tables.py merge runs/gpu
+    # a reduced CPU check of the whole chain
+    python tools/peers_tables.py run --out runs/cpu --prompts 1 --seeds 0 --steps 6 --levels 0.75 --methods channel fbc
+    python tools/peers_tables.py merge runs/cpu
+    # docs/results.md and docs/eval_results.md from merged runs (and bench_peers_e2e.py's JSON)
+    python tools/peers_tables.py render docs/results/runs/gpu --e2e e2e_wan.json e2e_hunyuan.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
-MAIN = ("channel", "svg", "tr-svg", "pab", "fbc", "magcache", "taylorseer", "delta-dit", "minference", "magnitude",
-        "skip", "token-budget")
-ABLATION = ("channel-fixed", "channel-temporal", "channel-w3", "channel-w4", "channel-w8", "channel-alpha")
+ABLATION_JOB = "ablation"
+FIRST = ("svg", ABLATION_JOB, "channel", "token-budget")  # long or most cited jobs first, then the registry order
 WINDOWS = (3, 4, 8)
 
 
-def _evaluate_each(methods, levels, common, log, save=None, results=None, skipped=None):
-    from timeripple.eval import evaluate
+def _claim(out: Path, job: str) -> bool:
+    (out / "claims").mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(out / "claims" / job.replace("+", "_plus_"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
 
-    results = [] if results is None else results
-    skipped = {} if skipped is None else skipped
-    for name in methods:
-        t0 = time.time()
-        try:
-            results.append(evaluate(methods=[name], levels=levels, **common))
-            log(f"{name}: done in {time.time() - t0:.0f} s")
-        except Exception as exc:  # the reason goes into the table; the other methods still run
-            skipped[name] = f"{type(exc).__name__}: {exc}"
-            log(f"{name}: SKIPPED ({skipped[name][:300]})")
-            traceback.print_exc()
-        if save is not None:  # after every method, so a run cut short keeps what it measured
-            merged = _merge(results, skipped)
-            if merged is not None:
-                save(merged)
-    return results, skipped
+
+def jobs(methods=None):
+    """The job list: every registered method (or ``methods``) and the ablation group, long ones first."""
+    from timeripple.eval import list_methods
+    from timeripple.eval.ablation_methods import ABLATION_METHODS
+
+    if methods:  # as given (a job list of its own, e.g. what an earlier call did not reach)
+        return list(dict.fromkeys(methods))
+    names = [m for m in list_methods() if m not in ABLATION_METHODS]
+    out = [j for j in FIRST if j in names or j == ABLATION_JOB]
+    return out + [m for m in names if m not in out]
+
+
+def _evaluate(name, levels, common, config_fraction):
+    """One method: attention methods on the reusing steps, self-installing ones on the whole run."""
+    from timeripple.eval import evaluate, get_method
+
+    method = get_method(name)
+    if method.install is not None and method.knob is not None:
+        res = evaluate(methods=[name], levels=[lv * config_fraction for lv in levels], match_on="total", **common)
+        for row, lv in zip(res.rows, levels):
+            row["level"] = lv
+        for entry in res.tensor:
+            entry["level"] = entry["target"] / config_fraction
+    else:
+        res = evaluate(methods=[name], levels=levels, **common)
+        for row in res.rows:
+            row["level"] = row["target"]
+        for entry in res.tensor:
+            entry["level"] = entry["target"]
+    return res
 
 
 def _merge(results, skipped):
@@ -56,55 +88,151 @@ def _merge(results, skipped):
     merged = EvalResult(settings=dict(first.settings), methods=[m for r in results for m in r.methods],
                         dense=first.dense, rows=[x for r in results for x in r.rows],
                         tensor=[x for r in results for x in r.tensor], environment=first.environment)
-    merged.settings["skipped"] = skipped
+    merged.settings["skipped"] = dict(skipped)
+    merged.settings.pop("match_on", None)  # per row (``matched_on``)
     return merged
 
 
-def run(args) -> None:
-    import torch
+class Worker:
+    def __init__(self, args):
+        import torch
 
-    from timeripple.eval import EVAL_PROMPTS, Method, MethodSetup, register_method
-    from timeripple.eval.methods import scaled
+        from timeripple.config import load_config
+        from timeripple.demo import load_tiny_pipeline
+        from timeripple.eval import EVAL_PROMPTS
+        from timeripple.eval.capture import reusing_steps
 
-    torch.set_num_threads(max(1, torch.get_num_threads() if args.device == "cuda" else 1))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    logfile = open(out / "log.txt", "a")
+        torch.set_num_threads(2 if args.device == "cuda" else 1)  # several workers share the CPU
+        self.args, self.out = args, Path(args.out)
+        self.me = self.out / f"w{int(time.time())}-{os.getpid()}"
+        self.me.mkdir(parents=True, exist_ok=True)
+        self.logfile = open(self.me / "log.txt", "a")
+        self.pipe = load_tiny_pipeline(device=args.device)
+        self.common = dict(pipe=self.pipe, prompts=list(EVAL_PROMPTS[: args.prompts]), seeds=list(args.seeds),
+                           num_inference_steps=args.steps, capture_steps=args.capture_steps,
+                           capture_layers=args.capture_layers, tensor_level=not args.no_tensor, progress=False,
+                           tol=args.tol)
+        self.fraction = len(reusing_steps(load_config("wan2.1", mode="channel"), args.steps)) / args.steps
+        self.main, self.main_skipped, self.abl, self.abl_skipped = [], {}, [], {}
 
-    def log(msg):
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    def log(self, msg):
+        line = f"[{time.strftime('%H:%M:%S')}] {self.me.name}: {msg}"
         print(line, flush=True)
-        logfile.write(line + "\n")
-        logfile.flush()
+        self.logfile.write(line + "\n")
+        self.logfile.flush()
 
-    from timeripple.demo import load_tiny_pipeline
+    def one(self, name, levels, results, skipped, folder, common=None):
+        t0 = time.time()
+        try:
+            results.append(_evaluate(name, levels, common or self.common, self.fraction))
+            self.log(f"{name}: done in {time.time() - t0:.0f} s")
+        except Exception as exc:  # the reason goes into the table; the other methods still run
+            skipped[name] = f"{type(exc).__name__}: {exc}"
+            self.log(f"{name}: SKIPPED after {time.time() - t0:.0f} s ({skipped[name][:300]})")
+            traceback.print_exc()
+        merged = _merge(results, skipped)  # after every method, so a run cut short keeps what it measured
+        (self.me / folder).mkdir(exist_ok=True)
+        name, text = ("results.json", json.dumps(merged.to_dict())) if merged is not None else \
+            ("skipped.json", json.dumps(skipped, indent=1))
+        (self.me / folder / "tmp.json").write_text(text)
+        os.replace(self.me / folder / "tmp.json", self.me / folder / name)  # never half a file
 
-    pipe = load_tiny_pipeline(device=args.device)
-    common = dict(pipe=pipe, prompts=list(EVAL_PROMPTS[: args.prompts]), seeds=list(args.seeds),
-                  num_inference_steps=args.steps, capture_steps=args.capture_steps, capture_layers=args.capture_layers,
-                  tensor_level=not args.no_tensor, progress=False, tol=args.tol)
-    log(f"settings: {json.dumps({k: v for k, v in common.items() if k != 'pipe'})}, levels {args.levels}")
-    groups = [g for g in args.groups]
-    if "main" in groups:
-        _evaluate_each(args.methods or MAIN, args.levels, common, log, save=lambda m: m.save(str(out / "main")))
-        log("main saved")
-    if "ablation" in groups:
-        level = args.ablation_level
-        save = lambda m: m.save(str(out / "ablation"))  # noqa: E731
-        res, skipped = _evaluate_each(("channel",) + ABLATION, [level], common, log, save=save)
-        channel = next((r for r in res if r.rows and r.rows[0]["method"] == "channel"), None)
-        if channel is not None:  # Fig. 11 as the paper runs it: every window at window 2's threshold
-            scale = channel.rows[0]["knob"]
-            for w in WINDOWS:
-                register_method(Method(
-                    f"channel-w{w}-same", f"channel mode, window {w}, window 2's threshold (x{scale:.3g}) at "
-                    f"{level:.0%}", knob=None, savings="q·kᵀ partial products",
-                    build=lambda _k, cfg, w=w: MethodSetup(scaled(cfg.replace(mode="channel", window=w), scale))),
-                    replace=True)
-            _evaluate_each([f"channel-w{w}-same" for w in WINDOWS], [level], common, log, save=save, results=res,
-                           skipped=skipped)
-        log("ablation saved")
-    logfile.close()
+    def ablation(self):
+        from timeripple.eval import Method, MethodSetup, register_method
+        from timeripple.eval.ablation_methods import ABLATION_METHODS
+        from timeripple.eval.methods import scaled
+
+        level = self.args.ablation_level
+        common = dict(self.common, tensor_level=False)
+        for name in ("channel",) + tuple(m for m in ABLATION_METHODS if not self.args.ablation_methods
+                                         or m in self.args.ablation_methods):
+            self.one(name, [level], self.abl, self.abl_skipped, "ablation", common)
+        channel = next((r for r in self.abl if r.rows and r.rows[0]["method"] == "channel"), None)
+        if channel is None:
+            return
+        scale = channel.rows[0]["knob"]  # Fig. 11 as the paper runs it: every window at window 2's threshold
+        for w in WINDOWS:
+            register_method(Method(
+                f"channel-w{w}-same", f"channel mode, window {w}, at window 2's threshold (x{scale:.3g}) for "
+                f"{level:.0%}", knob=None, savings="q·kᵀ partial products",
+                build=lambda _k, cfg, w=w: MethodSetup(scaled(cfg.replace(mode="channel", window=w), scale))),
+                replace=True)
+            self.one(f"channel-w{w}-same", [level], self.abl, self.abl_skipped, "ablation", common)
+
+    def run(self, job_list):
+        self.log(f"settings: {json.dumps({k: v for k, v in self.common.items() if k != 'pipe'})}, levels "
+                 f"{self.args.levels}, whole-run share of the reusing steps {self.fraction:.4g}")
+        for job in job_list:
+            if self.args.deadline and time.time() > self.args.deadline:
+                self.log("deadline reached: no new jobs")
+                break
+            if not _claim(self.out, job):
+                continue
+            self.log(f"claimed {job}")
+            if job == ABLATION_JOB:
+                self.ablation()
+            else:
+                self.one(job, self.args.levels, self.main, self.main_skipped, "main")
+        self.logfile.close()
+
+
+def merge(folder) -> None:
+    """Merge the workers' ``w*/main`` and ``w*/ablation`` into ``main/`` and ``ablation/``; jobs that were
+    claimed but never saved (a run killed mid-method) or never claimed are listed as not run."""
+    from timeripple.eval import EvalResult
+
+    folder = Path(folder)
+    claimed = {p.name.replace("_plus_", "+") for p in (folder / "claims").glob("*")}
+    planned = json.loads((folder / "jobs.json").read_text()) if (folder / "jobs.json").is_file() else []
+    for part in ("main", "ablation"):
+        loaded = []
+        skipped = {}
+        for w in sorted(folder.glob("w*")):
+            if (w / part / "results.json").is_file():
+                loaded.append(json.loads((w / part / "results.json").read_text()))
+            if (w / part / "skipped.json").is_file():
+                skipped.update(json.loads((w / part / "skipped.json").read_text()))
+        for d in loaded:
+            skipped.update(d["settings"].get("skipped") or {})
+        if not loaded:
+            continue
+        first = loaded[0]
+        seen = set()  # a (method, target) measured by two calls is kept once (the first worker's, by name)
+        for d in loaded:
+            d["rows"] = [r for r in d["rows"] if (r["method"], r["target"]) not in seen
+                         and not seen.add((r["method"], r["target"]))]
+        tseen = set()
+        for d in loaded:
+            d["tensor"] = [e for e in d["tensor"] if (e["method"], e["target"]) not in tseen
+                           and not tseen.add((e["method"], e["target"]))]
+        methods = {m["name"]: m for d in loaded for m in d["methods"] if any(r["method"] == m["name"] for r in d["rows"])}
+        ran = {r["method"] for d in loaded for r in d["rows"]} | set(skipped)
+        settings = dict(first["settings"], skipped=skipped, workers=len([w for w in folder.glob("w*") if w.is_dir()]))
+        if part == "main":
+            settings["not_run"] = {j: ("started but not finished before the call's time limit" if j in claimed
+                                       else "not started before the call's time limit")
+                                   for j in planned if j != ABLATION_JOB and j not in ran}
+        elif ABLATION_JOB in planned:
+            from timeripple.eval.ablation_methods import ABLATION_METHODS
+
+            why = ("the ablation job was started but not finished before the call's time limit" if ABLATION_JOB
+                   in claimed else "not started before the call's time limit")
+            settings["not_run"] = {m: why for m in ("channel",) + ABLATION_METHODS
+                                   + tuple(f"channel-w{w}-same" for w in WINDOWS) if m not in ran}
+        channel = {e["target"]: e["mse"] for d in loaded for e in d["tensor"] if e["method"] == "channel"}
+        for d in loaded:  # x channel across workers (the harness computes it within one call only)
+            for e in d["tensor"]:
+                e["mse_vs_channel"] = e["mse"] / channel[e["target"]] if channel.get(e["target"]) else None
+        res = EvalResult(settings=settings, methods=list(methods.values()), dense=first["dense"],
+                         rows=[r for d in loaded for r in d["rows"]], tensor=[e for d in loaded for e in d["tensor"]],
+                         environment=first["environment"])
+        (folder / part).mkdir(exist_ok=True)  # JSON and the harness's plots (tables: `render`)
+        (folder / part / "results.json").write_text(json.dumps(res.to_dict(), indent=1) + "\n")
+        from timeripple.eval.plots import plot_all
+
+        plot_all(res, folder / part)
+        print(f"{part}: {len(res.rows)} rows, {len(res.tensor)} tensor entries, skipped {list(skipped)}, "
+              f"not run {list(settings.get('not_run', {}))}")
 
 
 def main(argv=None):
@@ -113,28 +241,46 @@ def main(argv=None):
     r = sub.add_parser("run")
     r.add_argument("--out", required=True)
     r.add_argument("--device", default="cpu")
-    r.add_argument("--groups", nargs="+", default=["main", "ablation"], choices=["main", "ablation"])
-    r.add_argument("--methods", nargs="*", default=None, help="main-table methods (default: all)")
+    r.add_argument("--methods", nargs="*", default=None, help="methods (default: every registered one + ablations)")
+    r.add_argument("--import", dest="imports", action="append", default=[], help="a module that registers methods")
     r.add_argument("--prompts", type=int, default=8, help="the first N of timeripple.eval.EVAL_PROMPTS")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     r.add_argument("--steps", type=int, default=20)
     r.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.75, 0.875])
     r.add_argument("--ablation-level", type=float, default=0.75)
+    r.add_argument("--ablation-methods", nargs="*", default=None, help="ablations to run (default: all)")
     r.add_argument("--capture-steps", type=int, default=3)
     r.add_argument("--capture-layers", type=int, default=None)
     r.add_argument("--no-tensor", action="store_true")
     r.add_argument("--tol", type=float, default=0.005)
+    r.add_argument("--deadline", type=float, default=0.0, help="unix time after which no new job is started")
+    m = sub.add_parser("merge")
+    m.add_argument("folder")
     d = sub.add_parser("render")
-    d.add_argument("runs", nargs="+", help="folders written by `run` (main/ and ablation/ inside)")
+    d.add_argument("run", help="a folder merged by `merge` (main/ and ablation/ inside)")
     d.add_argument("--out", default="docs/results.md")
-    d.add_argument("--e2e", default="", help="JSON of benchmarks/bench_peers_e2e.py")
+    d.add_argument("--eval-out", default="docs/eval_results.md")
+    d.add_argument("--e2e", nargs="*", default=[], help="JSON files of benchmarks/bench_peers_e2e.py")
+    d.add_argument("--command", default="", help="the device command, quoted in the page")
+    d.add_argument("--note", default="", help="a paragraph on the code the run used (commit), after the command")
     args = parser.parse_args(argv)
     if args.cmd == "run":
-        run(args)
+        import importlib
+
+        for module in args.imports:
+            importlib.import_module(module)
+        job_list = jobs(args.methods)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "jobs.json").is_file():
+            (out / "jobs.json").write_text(json.dumps(job_list))
+        Worker(args).run(job_list)
+    elif args.cmd == "merge":
+        merge(args.folder)
     else:
         from _results_md import render
 
-        render(args.runs, args.out, args.e2e)
+        render(args.run, args.out, args.eval_out, args.e2e, args.command, args.note)
 
 
 if __name__ == "__main__":

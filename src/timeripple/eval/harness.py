@@ -204,7 +204,7 @@ def evaluate(
                 if warm:
                     knob = None if found is None else found.knob
                     measured = dict(measured, seconds_per_video=runner.time_warm((method, config, knob)))
-                rows.append(_row(method, level, found, measured, runner.dense_summary))
+                rows.append(_row(method, level, found, measured, runner.dense_summary, key))
                 bar.update()
         bar.close()
     finally:
@@ -265,7 +265,8 @@ def _match(runner, method: Method, config, level, geometry, search_runs, tol, se
     def savings_on(n):
         return lambda knob: runner.measure(method, config, knob, n)[key]
 
-    common = dict(bounds=method.bounds, log_knob=method.log_knob, tol=tol, name=method.name, knob_name=method.knob)
+    common = dict(bounds=method.bounds, log_knob=method.log_knob, tol=tol, name=method.name, knob_name=method.knob,
+                  integer=method.integer)
     full = len(runner.runs)
     if search_runs < full:
         found = match_savings(savings_on(search_runs), level, first_guess=guess,
@@ -276,8 +277,9 @@ def _match(runner, method: Method, config, level, geometry, search_runs, tol, se
     return found, runner.measure(method, config, found.knob, full)
 
 
-def _row(method: Method, level, found: Optional[SearchResult], m: Dict[str, Any], dense) -> Dict[str, Any]:
-    row = {"method": method.name, "target": level, "knob_name": method.knob,
+def _row(method: Method, level, found: Optional[SearchResult], m: Dict[str, Any], dense,
+         key: str = "savings_reusing") -> Dict[str, Any]:
+    row = {"method": method.name, "target": level, "matched_on": key, "knob_name": method.knob,
            "knob": None if found is None else found.knob, **m}
     row["converged"] = True if found is None else found.converged
     row["reachable"] = True if found is None else found.reachable

@@ -116,6 +116,8 @@ class Method:
             (fractions).
         first_guess (`Callable[[float, Geometry], float]`, *optional*): a starting knob for a target saving.
         default_knob (`float`, defaults to 1.0): the start when there is no ``first_guess``.
+        integer (`bool`, defaults to `False`): the knob only takes whole values (a cache interval, a skip
+            range); the search then rounds every knob it tries.
     """
 
     name: str
@@ -128,6 +130,7 @@ class Method:
     log_knob: bool = True
     first_guess: Optional[Callable[[float, Geometry], float]] = dataclasses.field(default=None, repr=False)
     default_knob: float = 1.0
+    integer: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.strip() or " " in self.name:

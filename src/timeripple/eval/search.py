@@ -66,6 +66,7 @@ def match_savings(
     shape: Optional[Dict[float, float]] = None,
     name: str = "method",
     knob_name: str = "knob",
+    integer: bool = False,
 ) -> SearchResult:
     r"""
     Find a knob whose ``savings(knob)`` is within ``tol`` of ``target``.
@@ -84,6 +85,9 @@ def match_savings(
         shape (`dict[float, float]`, *optional*): knob -> savings of a similar curve (e.g. measured on fewer
             runs); only its slope is used, to aim the first steps while fewer than two points are known.
         name, knob_name (`str`): for the messages.
+        integer (`bool`, defaults to `False`): the knob only takes whole values (e.g. a cache interval):
+            every knob tried is rounded, so no two evaluations run the same setting, and the search stops
+            when the target lies between two neighbouring integers.
 
     Returns:
         [`SearchResult`]: achieved savings of the returned knob, and a message when the target was missed.
@@ -105,7 +109,7 @@ def match_savings(
     budget = [max_evals]
 
     def f(x: float) -> float:
-        x = min(max(x, lo), hi)
+        x = _whole(x, lo, hi) if integer else min(max(x, lo), hi)
         if x not in seen:
             if budget[0] <= 0:
                 raise _OutOfEvals
@@ -125,7 +129,7 @@ def match_savings(
         if any(abs(s - target) <= tol for s in seen.values()):
             return result(closest())
         x = first_guess if first_guess is not None else from_u((to_u(lo) + to_u(hi)) / 2)
-        x = min(max(float(x), lo), hi)
+        x = _whole(x, lo, hi) if integer else min(max(float(x), lo), hi)
         if abs(f(x) - target) <= tol:
             return result(x)
         # -- bracket: the largest knob below the target and the smallest above it ----------------
@@ -143,6 +147,7 @@ def match_savings(
                                       f"at the bound {knob_name} = {hi:.4g}", reachable=False)
                 nxt = from_u(to_u(start) + math.log(4)) if log_knob else _halfway(start, hi, lo, hi)
                 nxt = _aim(start, nxt, +1, target, seen, shape, to_u, from_u, slope0)
+                nxt = max(nxt, start + 1) if integer else nxt
                 s = f(min(nxt, hi))
             else:  # need less savings: lower the knob
                 if b <= lo:
@@ -150,6 +155,7 @@ def match_savings(
                                       f"at the bound {knob_name} = {lo:.4g}", reachable=False)
                 nxt = from_u(to_u(b) - math.log(4)) if log_knob else _halfway(b, lo, lo, hi)
                 nxt = _aim(b, nxt, -1, target, seen, shape, to_u, from_u, slope0)
+                nxt = min(nxt, b - 1) if integer else nxt
                 s = f(max(nxt, lo))
             if abs(s - target) <= tol:
                 return result(closest())
@@ -158,25 +164,29 @@ def match_savings(
         ga, gb = _logit(seen[a]) - _logit(target), _logit(seen[b]) - _logit(target)
         side = 0
         while True:
-            if ub - ua <= (1e-3 if log_knob else 1e-3 * (hi - lo)):
+            if ub - ua <= (1e-3 if log_knob else 1e-3 * (hi - lo)) or (integer and b - a <= 1):
                 x = closest()
-                return result(x, f"{name}: savings jump from {seen[from_u(ua)]:.2%} to {seen[from_u(ub)]:.2%} "
-                                 f"between {knob_name} {from_u(ua):.6g} and {from_u(ub):.6g}; the closest "
+                return result(x, f"{name}: savings jump from {seen[a]:.2%} to {seen[b]:.2%} "
+                                 f"between {knob_name} {a:.6g} and {b:.6g}; the closest "
                                  f"({seen[x]:.2%}) is reported")
             u = (ua * gb - ub * ga) / (gb - ga) if gb != ga else (ua + ub) / 2
             if not ua < u < ub:
                 u = (ua + ub) / 2
-            s = f(from_u(u))
+            x = from_u(u)
+            if integer:  # a whole knob strictly inside the bracket
+                x = min(max(_whole(x, lo, hi), a + 1), b - 1)
+                u = to_u(x)
+            s = f(x)
             if abs(s - target) <= tol:
-                return result(from_u(u))
+                return result(x)
             g = _logit(s) - _logit(target)
             if g < 0:
-                ua, ga = u, g
+                a, ua, ga = x, u, g
                 if side == -1:
                     gb /= 2
                 side = -1
             else:
-                ub, gb = u, g
+                b, ub, gb = x, u, g
                 if side == 1:
                     ga /= 2
                 side = 1
@@ -205,6 +215,11 @@ def _aim(start, capped, direction, target, seen, shape, to_u, from_u, default_sl
     if step * direction <= 0:
         return capped
     return from_u(u0 + (min(step, limit) if direction > 0 else max(step, limit)))
+
+
+def _whole(x: float, lo: float, hi: float) -> float:
+    """``x`` rounded to a whole number inside ``[lo, hi]`` (as a float, the key of the evaluations)."""
+    return float(min(max(round(float(x)), math.ceil(lo)), math.floor(hi)))
 
 
 def _halfway(start: float, bound: float, lo: float, hi: float) -> float:
