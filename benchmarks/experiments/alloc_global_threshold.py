@@ -1,4 +1,4 @@
-"""Issue 9 allocation experiment: keys merged where a dimensionless merge error s·|q|·kv/σ_v is below one threshold shared by all calls (bisection on the first prompt), pooled, keys only, capped. Usage: python alloc_global_threshold.py TARGET CAP NORM (NORM: q, sigma or none). Monkeypatches token_fidelity; research code."""
+"""Issue 9 allocation experiment: keys merged where a dimensionless merge error s·|q|·kv/σ_v is below one threshold shared by all calls (bisection on the first prompt), pooled, keys only, capped; with a 4th argument `pool` the normalised score is only pooled over the heads. Usage: python alloc_global_threshold.py TARGET CAP NORM [pool] (NORM: q, qonly, sigma or none). Monkeypatches token_fidelity; research code."""
 import json, sys, math
 import torch
 import timeripple
@@ -21,6 +21,8 @@ def kv_norm(k, v, grid, axes, window):
         return t * qs * D ** -0.5 / sigma
     if S["norm"] == "none":
         return t
+    if S["norm"] == "qonly":
+        return t * S["qs"][..., None, None] * D ** -0.5
     return t / sigma
 tf.kv_score_table = kv_norm
 orig_pool = tf.pool_over_heads
@@ -31,6 +33,7 @@ def pool_thresh(table, budget):
     return torch.where(capped < S["tau"], capped, math.nan)
 tf.pool_over_heads = pool_thresh
 CAP = float(sys.argv[2]) if len(sys.argv) > 2 else 0.9
+S["tau"] = 0.0
 def fn(q, k, v, *, grid, text_len, text_position, attn_mask, attention_kwargs, step, num_steps, layer):
     kw = dict(attention_kwargs); kw.pop("budget", None)
     kw.update(mode="token", key_repr="mean", key_score="kv", query_repr="interp", budget_scope="call", key_share=1.0, pair_savings=CAP)
@@ -55,7 +58,9 @@ prompts = EVAL_PROMPTS[:2]
 dense = {p: gen(p) for p in prompts}
 # bisection on tau in log space on prompt 0
 lo, hi = 1e-6, 1e3
-for it in range(14):
+if sys.argv[4:] == ["pool"]:
+    S["tau"] = None
+for it in range(14 if S["tau"] is not None or sys.argv[4:] != ["pool"] else 0):
     S["tau"] = math.sqrt(lo * hi)
     _, sav = run(prompts[0])
     print(f"  tau={S['tau']:.4g} savings={sav:.4f}", file=sys.stderr, flush=True)
