@@ -41,6 +41,8 @@ import time
 
 import torch
 
+from bench_attention import FIDELITY, torch_fidelity  # the fidelity options and the plain-torch switch, one home
+
 MARK_BEGIN, MARK_END = "<!-- bench_e2e: begin -->", "<!-- bench_e2e: end -->"
 TARGETS = (0.5, 0.75, 0.875)
 
@@ -149,22 +151,7 @@ def timed(model, fw, sched, step, repeats):
     return statistics.median(times), peak, finite
 
 
-# the README's quality setting (issue 9): load_config(...).replace(mode="token", pair_savings=p, **FIDELITY)
-FIDELITY = dict(key_repr="mean", key_score="kv", query_repr="interp")
 SETTINGS = ("budget", "bundled", "fidelity", "all")
-
-
-@contextlib.contextmanager
-def torch_fidelity():
-    """The fidelity scores and the interp epilogue in plain torch (the path before the fused kernels)."""
-    from timeripple import token_plan
-
-    saved = token_plan._fidelity_kernels
-    token_plan._fidelity_kernels = lambda x, fused: None
-    try:
-        yield
-    finally:
-        token_plan._fidelity_kernels = saved
 
 
 def variants(cfg_name, grid, text_len, setting="budget", targets=TARGETS, graphs=False, torch_rows=True):

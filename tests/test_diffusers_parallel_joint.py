@@ -191,6 +191,7 @@ def _close(a, b, what):
 @needs_gloo
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_stock_context_parallel_matches_single_process(two_ranks, family):
+    assert len(two_ranks) == WORLD and all(family in results for results in two_ranks), "a rank returned nothing"
     for rank, results in enumerate(two_ranks):
         res = results[family]
         _close(res["stock_cp"], res["stock"], f"{family} rank {rank}: stock CP")
