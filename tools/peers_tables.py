@@ -26,8 +26,11 @@ Every row records what it matched (``matched_on``) and the level it stands besid
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -36,6 +39,32 @@ from pathlib import Path
 ABLATION_JOB = "ablation"
 FIRST = ("svg", ABLATION_JOB, "channel", "token-budget")  # long or most cited jobs first, then the registry order
 WINDOWS = (3, 4, 8)
+
+
+class JobTimeout(BaseException):  # not an Exception: no `except Exception` on the way swallows it
+    """A job ran past its own time limit (``--job-timeout``, or the call's ``--stop-at``)."""
+
+
+TIMEOUT_NOTE = "stopped at its own time limit"
+
+
+@contextlib.contextmanager
+def time_limit(seconds):
+    """Raise :class:`JobTimeout` in the main thread after ``seconds`` (no limit for `None` or inf)."""
+    if seconds is None or math.isinf(seconds):
+        yield
+        return
+
+    def fire(signum, frame):
+        raise JobTimeout(f"{TIMEOUT_NOTE} of {seconds:.0f} s")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def _claim(out: Path, job: str) -> bool:
@@ -121,11 +150,35 @@ class Worker:
         self.logfile.write(line + "\n")
         self.logfile.flush()
 
+    def limit(self):
+        """Seconds the next job may run: ``--job-timeout``, cut to what is left before ``--stop-at``."""
+        limit = self.args.job_timeout or math.inf
+        if self.args.stop_at:
+            limit = min(limit, self.args.stop_at - time.time())
+        return limit
+
+    def reload(self):
+        """A fresh pipeline after a job was stopped mid-call (a cache or processor may be left installed)."""
+        from timeripple.demo import load_tiny_pipeline
+
+        self.pipe = load_tiny_pipeline(device=self.args.device)
+        self.common["pipe"] = self.pipe
+
     def one(self, name, levels, results, skipped, folder, common=None):
         t0 = time.time()
+        limit = self.limit()
         try:
-            results.append(_evaluate(name, levels, common or self.common, self.fraction))
+            if limit <= 1:
+                raise JobTimeout(f"{TIMEOUT_NOTE}: no time left before the call's end")
+            with time_limit(limit):
+                res = _evaluate(name, levels, dict(common or self.common, pipe=self.pipe), self.fraction)
+            results.append(res)
             self.log(f"{name}: done in {time.time() - t0:.0f} s")
+        except JobTimeout as exc:  # listed as not run (merge); the next job gets a clean pipeline
+            skipped[name] = f"JobTimeout: {exc} (one process on {self.args.device})"
+            self.log(f"{name}: STOPPED after {time.time() - t0:.0f} s ({exc})")
+            if time.time() - t0 > 1:
+                self.reload()
         except Exception as exc:  # the reason goes into the table; the other methods still run
             skipped[name] = f"{type(exc).__name__}: {exc}"
             self.log(f"{name}: SKIPPED after {time.time() - t0:.0f} s ({skipped[name][:300]})")
@@ -137,6 +190,15 @@ class Worker:
         (self.me / folder / "tmp.json").write_text(text)
         os.replace(self.me / folder / "tmp.json", self.me / folder / name)  # never half a file
 
+    def ablation_plan(self):
+        """The runs of the ablation job, as asked (merge lists those that did not finish)."""
+        from timeripple.eval.ablation_methods import ABLATION_METHODS
+
+        wanted = self.args.ablation_methods
+        windows = WINDOWS if self.args.same_windows is None else self.args.same_windows
+        return ([] if self.args.same_scale else ["channel"]) + [m for m in ABLATION_METHODS if wanted is None
+                                                                or m in wanted] + [f"channel-w{w}-same" for w in windows]
+
     def ablation(self):
         from timeripple.eval import Method, MethodSetup, register_method
         from timeripple.eval.ablation_methods import ABLATION_METHODS
@@ -144,14 +206,16 @@ class Worker:
 
         level = self.args.ablation_level
         common = dict(self.common, tensor_level=False)
-        for name in ("channel",) + tuple(m for m in ABLATION_METHODS if not self.args.ablation_methods
-                                         or m in self.args.ablation_methods):
+        given = self.args.same_scale  # channel's knob at this level from an earlier call: channel is not re-run
+        names = () if given else ("channel",)
+        wanted = self.args.ablation_methods
+        for name in names + tuple(m for m in ABLATION_METHODS if wanted is None or m in wanted):
             self.one(name, [level], self.abl, self.abl_skipped, "ablation", common)
         channel = next((r for r in self.abl if r.rows and r.rows[0]["method"] == "channel"), None)
-        if channel is None:
+        if channel is None and not given:
             return
-        scale = channel.rows[0]["knob"]  # Fig. 11 as the paper runs it: every window at window 2's threshold
-        for w in WINDOWS:
+        scale = given or channel.rows[0]["knob"]  # Fig. 11 as the paper runs it: every window at window 2's threshold
+        for w in (WINDOWS if self.args.same_windows is None else self.args.same_windows):
             register_method(Method(
                 f"channel-w{w}-same", f"channel mode, window {w}, at window 2's threshold (x{scale:.3g}) for "
                 f"{level:.0%}", knob=None, savings="q·kᵀ partial products",
@@ -170,6 +234,7 @@ class Worker:
                 continue
             self.log(f"claimed {job}")
             if job == ABLATION_JOB:
+                (self.out / "ablation_plan.json").write_text(json.dumps(self.ablation_plan()))
                 self.ablation()
             else:
                 self.one(job, self.args.levels, self.main, self.main_skipped, "main")
@@ -194,7 +259,10 @@ def merge(folder) -> None:
                 skipped.update(json.loads((w / part / "skipped.json").read_text()))
         for d in loaded:
             skipped.update(d["settings"].get("skipped") or {})
+        stopped = {m: why.split(": ", 1)[1] for m, why in skipped.items() if why.startswith("JobTimeout")}
+        skipped = {m: why for m, why in skipped.items() if m not in stopped}
         if not loaded:
+            print(f"{part}: nothing measured; stopped {list(stopped)}, skipped {list(skipped)}")
             continue
         first = loaded[0]
         seen = set()  # a (method, target) measured by two calls is kept once (the first worker's, by name)
@@ -206,7 +274,7 @@ def merge(folder) -> None:
             d["tensor"] = [e for e in d["tensor"] if (e["method"], e["target"]) not in tseen
                            and not tseen.add((e["method"], e["target"]))]
         methods = {m["name"]: m for d in loaded for m in d["methods"] if any(r["method"] == m["name"] for r in d["rows"])}
-        ran = {r["method"] for d in loaded for r in d["rows"]} | set(skipped)
+        ran = {r["method"] for d in loaded for r in d["rows"]} | set(skipped) | set(stopped)
         settings = dict(first["settings"], skipped=skipped, workers=len([w for w in folder.glob("w*") if w.is_dir()]))
         if part == "main":
             settings["not_run"] = {j: ("started but not finished before the call's time limit" if j in claimed
@@ -217,8 +285,11 @@ def merge(folder) -> None:
 
             why = ("the ablation job was started but not finished before the call's time limit" if ABLATION_JOB
                    in claimed else "not started before the call's time limit")
-            settings["not_run"] = {m: why for m in ("channel",) + ABLATION_METHODS
-                                   + tuple(f"channel-w{w}-same" for w in WINDOWS) if m not in ran}
+            plan = folder / "ablation_plan.json"
+            asked = json.loads(plan.read_text()) if plan.is_file() else \
+                ("channel",) + ABLATION_METHODS + tuple(f"channel-w{w}-same" for w in WINDOWS)
+            settings["not_run"] = {m: why for m in asked if m not in ran}
+        settings["not_run"] = dict(settings.get("not_run") or {}, **stopped)
         channel = {e["target"]: e["mse"] for d in loaded for e in d["tensor"] if e["method"] == "channel"}
         for d in loaded:  # x channel across workers (the harness computes it within one call only)
             for e in d["tensor"]:
@@ -232,7 +303,13 @@ def merge(folder) -> None:
 
         plot_all(res, folder / part)
         print(f"{part}: {len(res.rows)} rows, {len(res.tensor)} tensor entries, skipped {list(skipped)}, "
-              f"not run {list(settings.get('not_run', {}))}")
+              f"not run {settings['not_run']}")
+        for r in res.rows:  # the figures in the log, in case the archive does not come back
+            print(f"  {r['method']} level {r.get('level')}: knob {r['knob']} savings reusing {r['savings_reusing']:.4f} "
+                  f"total {r['savings_total']:.4f} PSNR {r['psnr_mean']:.2f} (min {r['psnr_min']:.2f}) SSIM "
+                  f"{r['ssim_mean']:.3f} s/video {r['seconds_per_video']:.3f} converged {r['converged']}")
+        for e in res.tensor:
+            print(f"  tensor {e['method']} level {e.get('level')}: MSE {e['mse']:.3e} savings {e['savings']:.4f}")
 
 
 def main(argv=None):
@@ -254,6 +331,13 @@ def main(argv=None):
     r.add_argument("--no-tensor", action="store_true")
     r.add_argument("--tol", type=float, default=0.005)
     r.add_argument("--deadline", type=float, default=0.0, help="unix time after which no new job is started")
+    r.add_argument("--job-timeout", type=float, default=0.0, help="seconds one job (method) may run (0: no limit)")
+    r.add_argument("--stop-at", type=float, default=0.0, help="unix time at which a running job is stopped")
+    r.add_argument("--same-scale", type=float, default=None,
+                   help="channel's threshold scale at the ablation level from an earlier call: the ablation "
+                        "group then does not re-run channel and runs channel-wK-same at this scale")
+    r.add_argument("--same-windows", type=int, nargs="*", default=None,
+                   help="windows of channel-wK-same (default 3 4 8; none: no such runs)")
     m = sub.add_parser("merge")
     m.add_argument("folder")
     d = sub.add_parser("render")
