@@ -14,7 +14,7 @@ TOOLS = Path(__file__).resolve().parents[1] / "tools"
 @pytest.fixture()
 def tools(monkeypatch):
     monkeypatch.syspath_prepend(str(TOOLS))
-    for name in ("_results_md", "_results_claims", "_results_text", "peers_tables"):
+    for name in ("_results_md", "_results_claims", "_results_text", "_results_e2e", "_results_join", "peers_tables"):
         sys.modules.pop(name, None)
     return importlib.import_module("_results_md"), importlib.import_module("peers_tables")
 
@@ -95,7 +95,7 @@ def test_render_verdicts_follow_the_figures(tools, tmp_path):
     assert "| pab | 50.0% | 37.5% whole run |" in text and "| channel | 50.0% | 50.0% reusing steps |" in text
     assert "`minference`: could not run: MethodUnavailable: no kernel" in text
     assert "`delta-dit`: not measured: not started before the call's time limit" in text
-    assert (tmp_path / "docs" / "results" / "runs" / "gpu" / "main" / "results.json").is_file()
+    assert (tmp_path / "docs" / "results" / "runs" / "run" / "main" / "results.json").is_file()  # runs/<folder>
     issue9 = (tmp_path / "docs" / "eval_results.md").read_text()
     assert "| channel (units) | 45.0 dB / 0.900 (50.0%) | 36.0 dB / 0.900 (75.0%) |" in issue9
 

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from _results_claims import claims
+from _results_e2e import _e2e_blocks, compose, e2e_table, quality_vs_speed
 
 FAMILIES = (  # (heading, methods in order); methods of none of these go to "other"
     ("TimeRipple, channel mode (the paper)", ("channel",)),
@@ -82,15 +83,15 @@ def _matched(row):
 
 def quality_table(res, methods):
     out = ["| method | level | matched on (target) | knob | savings, reusing steps | savings, whole run | "
-           "PSNR mean (min) dB | SSIM | adherence all (lost c/s/d) | timed speedup (tiny model) |",
-           "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+           "PSNR mean (min) dB | SSIM | adherence all (lost c/s/d) | timed speedup (tiny model) | call |",
+           "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for m in methods:
         for r in rows_of(res, m):
             mark = "" if r.get("converged", True) else " †"
             knob = "-" if r.get("knob") is None else f"{r['knob_name']} {r['knob']:.4g}"
             out.append(f"| {m} | {f(r.get('level'), '.1%')} | {_matched(r)} | {knob} | {f(r['savings_reusing'], '.1%')} | "
                        f"{f(r['savings_total'], '.1%')}{mark} | {f(r['psnr_mean'], '.1f')} ({f(r['psnr_min'], '.1f')}) | "
-                       f"{f(r['ssim_mean'], '.3f')} | {_adh(r)} | {f(r.get('speedup_timed'), '.2f')}x |")
+                       f"{f(r['ssim_mean'], '.3f')} | {_adh(r)} | {f(r.get('speedup_timed'), '.2f')}x | {r.get('call', 1)} |")
     return out
 
 
@@ -146,8 +147,10 @@ def not_in_table(res, registry=True):
         except ImportError:
             list_methods, ABLATION_METHODS = (lambda: []), ()
         known = {r["method"] for r in res["rows"]} | set(s.get("skipped") or {}) | set(s.get("not_run") or {})
+        also = s.get("see_also") or {}
         lines += [f"- `{m}`: not measured: registered after this run (not in its job list)"
-                  for m in list_methods() if m not in known and m not in ABLATION_METHODS]
+                  + (f"; {also[m]}" if m in also else "") for m in list_methods() if m not in known
+                  and m not in ABLATION_METHODS]
     return lines or ["None: every registered method ran."]
 
 
@@ -188,8 +191,24 @@ def plots(main, e2e, figs: Path, run: Path):
         fig.savefig(figs / name, dpi=110)
         plt.close(fig)
         made[key] = name
-    if (run / "main" / "attention_mse.png").is_file() and run / "main" != figs / "runs" / "gpu" / "main":
-        shutil.copy(run / "main" / "attention_mse.png", figs / "gpu_attention_mse.png")
+    if main.get("tensor"):  # the harness's plot, drawn from the joined figures of every call
+        try:
+            import tempfile
+
+            from timeripple.eval import EvalResult
+            from timeripple.eval.plots import plot_all
+        except ImportError:  # without timeripple on the path: keep the plot copied earlier
+            pass
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    plot_all(EvalResult(settings=main["settings"], methods=main["methods"], dense=main["dense"],
+                                        rows=main["rows"], tensor=main["tensor"], environment=main["environment"]),
+                             Path(tmp))
+                except KeyError as err:  # figures without the harness's per-step / per-call fields
+                    print(f"attention MSE plot not redrawn: the figures lack {err}")
+                if (Path(tmp) / "attention_mse.png").is_file():
+                    shutil.copy(Path(tmp) / "attention_mse.png", figs / "gpu_attention_mse.png")
     if (figs / "gpu_attention_mse.png").is_file():  # the harness's plot, copied from the run
         made["mse"] = "gpu_attention_mse.png"
     if e2e:
@@ -226,61 +245,6 @@ def plots(main, e2e, figs: Path, run: Path):
     return made
 
 
-CACHES = ("pab skip", "fbc skip", "taylorseer skip")
-# full-size row -> the tiny-model method of the same setting (quality at 75%)
-SAME_SETTING = {"channel (bundled θ)": "channel", "token 75% budget (chain)": "token-budget",
-                "token 75% fidelity (README)": "token-fidelity", "svg 70% flex": "svg",
-                "token 75% fidelity pooled (key share 0.7)": "token-fidelity-auto"}
-
-
-def quality_vs_speed(main, e2e, level=0.75):
-    """(model, method, tiny-model PSNR at ``level``, full-size composed speedup) for the settings run in both."""
-    out = []
-    for res in e2e:
-        for c in compose(res):
-            r = row_at(main, SAME_SETTING.get(c["label"], ""), level)
-            if r is not None and c["composed"] and isinstance(r["psnr_mean"], (int, float)):
-                out.append((res["label"], SAME_SETTING[c["label"]], r["psnr_mean"], c["composed"]))
-    return out
-
-
-def compose(res):
-    """Per row: step speedup, the 50-step figure composed from the schedule (dense steps at stock time; not for
-    the caches, whose reusing steps follow their own schedule) and the ceiling."""
-    rows = {r["label"]: r for r in res["rows"]}
-    stock = rows["stock"]["ms"]
-    free = rows.get("attention free", {}).get("ms", float("nan"))
-    nd, nr = res["dense_steps"], 50 - res["dense_steps"]
-    ceiling = 50 * stock / (nd * stock + nr * free)
-    out = []
-    for r in res["rows"]:
-        ok = isinstance(r["ms"], (int, float)) and math.isfinite(r["ms"])
-        composed = 50 * stock / (nd * stock + nr * r["ms"]) if ok and r["label"] not in CACHES else None
-        theory = None
-        if r.get("savings") is not None and math.isfinite(r["savings"]) and r["label"] not in CACHES and math.isfinite(free):
-            step = stock - r["savings"] * (stock - free)  # the paper's estimate: attention time cut by the savings
-            theory = 50 * stock / (nd * stock + nr * step)
-        out.append(dict(r, step=stock / r["ms"] if ok else None, composed=composed, ceiling=ceiling, theory=theory))
-    return out
-
-
-def e2e_table(results):
-    out = ["| model | variant | ms per step (timed) | peak memory over stock | step speedup | 50 steps, composed "
-           "(timed) | 50 steps, from counted savings (the paper's estimate) | ceiling | counted savings | note |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for res in results:
-        comp = compose(res)
-        base = next((c.get("peak_gib") for c in comp if c["label"] == "stock"), None)
-        for c in comp:
-            mem = "-" if c.get("peak_gib") is None or base is None else f"{c['peak_gib'] - base:+.1f} GiB"
-            out.append(f"| {res['label']} | {c['label']} | {f(c['ms'], '.0f')} | {mem} | {f(c['step'], '.2f')}x | "
-                       f"{f(c['composed'], '.2f')}x | {f(c['theory'], '.2f')}x | {c['ceiling']:.2f}x | "
-                       f"{f(c['savings'], '.1%')} | {c.get('note', '')} |")
-        for k, why in res.get("not_timed", {}).items():
-            out.append(f"| {res['label']} | {k} | | | | | | {comp[0]['ceiling']:.2f}x | | not timed: {why} |")
-    return out
-
-
 def _slim(res):
     """A copy small enough to commit: per-run adherence details and per-call knobs dropped."""
     res = json.loads(json.dumps(res))
@@ -292,41 +256,64 @@ def _slim(res):
     return res
 
 
-def render(run, out_path, eval_out, e2e_paths=(), command="", note=""):
-    from _results_text import commands_section, eval_page, intro, limits
+def _calls(runs):
+    """Per run folder: (folder, meta) with the call's label (meta.json's ``call``, else ``call k``)."""
+    out = []
+    for k, run in enumerate(runs):
+        meta_file = Path(run) / "meta.json"  # the command and note of the call, kept with its JSON
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        out.append((Path(run), dict(meta, call=meta.get("call") or f"call {k + 1}")))
+    return out
 
-    run = Path(run)
-    meta_file = run / "meta.json"  # the command and note of the run, kept with its JSON (re-rendering needs no args)
-    if meta_file.is_file() and not (command or note):
-        meta = json.loads(meta_file.read_text())
-        command, note = meta.get("command", ""), meta.get("note", "")
-    main, abl = load(run / "main"), load(run / "ablation")
-    e2e = [dict(r, source=r.get("source", Path(p).stem)) for p in e2e_paths if Path(p).is_file()
-           for r in json.loads(Path(p).read_text())]
-    labels = [r["label"] for r in e2e]
-    for r in e2e:  # a model timed by two calls: each block keeps its own stock baseline
-        if labels.count(r["label"]) > 1:
-            r["label"] = f"{r['label']} ({r['source']})"
+
+def render(runs, out_path, eval_out, e2e_paths=(), command="", note=""):
+    """Render the pages from merged run folders (one per device call, oldest first; a single folder also works).
+
+    ``command`` / ``note`` override the (single or first) call's meta.json.
+    """
+    from _results_join import join
+    from _results_text import calls_lines, commands_section, eval_page, intro, limits
+
+    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    calls = _calls(runs)
+    if command or note:
+        calls[0] = (calls[0][0], dict(calls[0][1], command=command or calls[0][1].get("command", ""),
+                                      note=note or calls[0][1].get("note", "")))
+    labels = [meta["call"] for _, meta in calls]
+    parts = {part: [load(folder / part) for folder, _ in calls] for part in ("main", "ablation")}
+    for part in parts.values():  # meta.json's ``see_also``: where a method not measured here was measured
+        for res, (_, meta) in zip(part, calls):
+            if res and meta.get("see_also"):
+                res["see_also"] = meta["see_also"]
+    main, abl = join(parts["main"], labels), join(parts["ablation"], labels)
+    e2e = _e2e_blocks(e2e_paths, calls)
     out_path = Path(out_path)
     figs = out_path.parent / "results"
-    store = figs / "runs" / "gpu"
-    for part, res in (("main", main), ("ablation", abl)):
-        if res:
-            (store / part).mkdir(parents=True, exist_ok=True)
-            (store / part / "results.json").write_text(json.dumps(_slim(res), indent=1) + "\n")
-    if e2e:
-        (store / "e2e.json").write_text(json.dumps(e2e, indent=1) + "\n")
-    store.mkdir(parents=True, exist_ok=True)
-    (store / "meta.json").write_text(json.dumps({"command": command, "note": note}, indent=1) + "\n")
+    for (folder, meta), part_main, part_abl in zip(calls, parts["main"], parts["ablation"]):
+        store = figs / "runs" / folder.name  # the raw figures of each call, slimmed, beside the page
+        for part, res in (("main", part_main), ("ablation", part_abl)):
+            if res:
+                (store / part).mkdir(parents=True, exist_ok=True)
+                (store / part / "results.json").write_text(json.dumps(_slim(res), indent=1) + "\n")
+        mine = [{k: (r["model_label"] if k == "label" else v) for k, v in r.items() if k not in ("call", "model_label")}
+                for r in e2e if r["call"] == meta["call"]]
+        if mine:
+            (store / "e2e.json").write_text(json.dumps(mine, indent=1) + "\n")
+        store.mkdir(parents=True, exist_ok=True)
+        (store / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    run = calls[0][0]
     made = plots(main, e2e, figs, run) if main else {}
     levels = main["settings"]["levels"] if main else []
-    lines = intro(main, e2e)
+    lines = intro(main, e2e, [meta for _, meta in calls])
     verdicts = claims(main, abl, e2e, compose)
     counts = {v: sum(1 for _, x, _ in verdicts if x == v) for v in ("supported", "not supported", "not measurable here")}
     lines += [f"**Verdicts on the paper's claims** (table at the end): {counts['supported']} supported, "
               f"{counts['not supported']} not supported, {counts['not measurable here']} not measurable here.", ""]
     if main:
-        lines += ["## Tbl. 2 on the tiny model: every method at matched savings", "", settings_line(main), "",
+        lines += ["## Tbl. 2 on the tiny model: every method at matched savings", "", settings_line(main) + ".", ""]
+        lines += (["The device calls (same settings; column `call` of the tables below):", ""] + calls_lines(main)
+                  + [""] if main["settings"].get("calls") else [])
+        lines += [
                   "PSNR / SSIM at each level (achieved savings in brackets; caches at the whole-run savings "
                   "that the config's schedule gives at that level):", ""]
         lines += summary_table(main, levels) + [""]
@@ -348,8 +335,10 @@ def render(run, out_path, eval_out, e2e_paths=(), command="", note=""):
     if abl:
         lv = abl["settings"]["levels"][0]
         lines += [f"## Tbl. 3, Fig. 11, Tbl. 4: ablations of channel mode at {lv:.0%} on the reusing steps", "",
-                  settings_line(abl), "", "`channel-wK-same` runs window K at window 2's matched threshold, as the "
-                  "paper's Fig. 11 does; `channel-wK` matches the savings instead.", ""]
+                  settings_line(abl) + ".", "", "`channel-wK-same` runs window K at window 2's matched threshold, as "
+                  "the paper's Fig. 11 does; `channel-wK` matches the savings instead."
+                  + (" A later call does not re-run `channel`: its `channel-wK-same` rows use the threshold scale of "
+                     "the first call's `channel` row." if len(abl["settings"].get("calls") or []) > 1 else ""), ""]
         lines += quality_table(abl, [m for m in ABLATIONS if any(r["method"] == m for r in abl["rows"])]) + [""]
         lines += ["Not run:", ""] + not_in_table(abl, registry=False) + [""]
     if e2e:
@@ -370,10 +359,11 @@ def render(run, out_path, eval_out, e2e_paths=(), command="", note=""):
     lines += ["## The paper's claims against these measurements", "",
               "| claim (paper) | verdict | what we measured |", "| --- | --- | --- |"]
     lines += [f"| {c} | **{v}** | {e} |" for c, v, e in verdicts] + [""]
-    lines += limits(main, abl, e2e) + commands_section(command) + (["", note] if note else [])
+    lines += limits(main, abl, e2e) + commands_section([meta for _, meta in calls], runs, e2e_paths)
     out_path.write_text("\n".join(lines) + "\n")
     if main and eval_out:
         Path(eval_out).write_text("\n".join(eval_page(main, levels, summary_table, tensor_table, settings_line,
-                                                      not_in_table, row_at, tensor_at) + (["", note] if note else []))
+                                                      not_in_table, row_at, tensor_at)
+                                            + [""] + [f"{m['call']}: {m['note']}" for _, m in calls if m.get("note")])
                                   + "\n")
     return out_path

@@ -3,9 +3,12 @@
 ``run`` evaluates one method at a time with the harness's Python API (:func:`timeripple.eval.evaluate`; the
 dense videos are generated once per process and cached), so a method that cannot run on the pipeline or
 device is recorded with its reason instead of stopping the run. Several ``run`` processes with the same
-``--out`` share the work: each claims the next job (a method, or the ablation group) by creating a file,
-so on one GPU a few processes keep it busy while each is held up by Python. ``--deadline`` stops claiming
-new jobs at a given time, so a run under a time limit ends with what it measured.
+``--out`` share the work: each claims the next job (a method, or the ablation group) by creating a file
+(use one process per GPU: measured on an H200, five processes on one GPU added no throughput, as the GPU
+time-slices between them). ``--deadline`` stops claiming new jobs at a given time and ``--job-timeout`` /
+``--stop-at`` stop a running job (it is listed as not run), so a run under a time limit ends with what it
+measured. ``render`` joins the runs of several calls of the same settings (a later call measures what an
+earlier one did not reach).
 
 Matching: methods that run inside attention (``build``) are matched on the savings of the base config's
 reusing steps. Methods that install themselves (diffusers' caches, Δ-DiT, TimeRipple + a cache) have no
@@ -13,14 +16,15 @@ dense steps of their own, so they are matched on the whole run, at the whole-run
 the config's schedule has at each level (``level x reusing steps / steps``: 75% on 15 of 20 steps = 56.25%).
 Every row records what it matched (``matched_on``) and the level it stands beside (``level``).
 
-    # the tables (tiny model, 16 runs per pipeline call), 4 processes on one GPU
-    for k in 0 1 2 3; do python tools/peers_tables.py run --out runs/gpu --device cuda & done; wait
+    # the tables (tiny model, 16 runs per pipeline call), ONE process per GPU (several add no throughput)
+    python tools/peers_tables.py run --out runs/gpu --device cuda --job-timeout 40
     python tools/peers_tables.py merge runs/gpu
     # a reduced CPU check of the whole chain
     python tools/peers_tables.py run --out runs/cpu --prompts 1 --seeds 0 --steps 6 --levels 0.75 --methods channel fbc
     python tools/peers_tables.py merge runs/cpu
-    # docs/results.md and docs/eval_results.md from merged runs (and bench_peers_e2e.py's JSON)
-    python tools/peers_tables.py render docs/results/runs/gpu --e2e e2e_wan.json e2e_hunyuan.json
+    # docs/results.md and docs/eval_results.md from merged runs, one folder per device call (and bench_peers_e2e.py's JSON)
+    python tools/peers_tables.py render docs/results/runs/gpu docs/results/runs/gpu2 \
+        --e2e docs/results/runs/gpu/e2e.json docs/results/runs/gpu2/e2e.json
 """
 
 from __future__ import annotations
@@ -276,6 +280,8 @@ def merge(folder) -> None:
         methods = {m["name"]: m for d in loaded for m in d["methods"] if any(r["method"] == m["name"] for r in d["rows"])}
         ran = {r["method"] for d in loaded for r in d["rows"]} | set(skipped) | set(stopped)
         settings = dict(first["settings"], skipped=skipped, workers=len([w for w in folder.glob("w*") if w.is_dir()]))
+        levels = sorted({r["level"] for d in loaded for r in d["rows"] if r.get("level") is not None})
+        settings["levels"] = levels or settings["levels"]  # the rows' levels (a cache's targets are whole-run savings)
         if part == "main":
             settings["not_run"] = {j: ("started but not finished before the call's time limit" if j in claimed
                                        else "not started before the call's time limit")
@@ -304,12 +310,15 @@ def merge(folder) -> None:
         plot_all(res, folder / part)
         print(f"{part}: {len(res.rows)} rows, {len(res.tensor)} tensor entries, skipped {list(skipped)}, "
               f"not run {settings['not_run']}")
+        nan = float("nan")
         for r in res.rows:  # the figures in the log, in case the archive does not come back
-            print(f"  {r['method']} level {r.get('level')}: knob {r['knob']} savings reusing {r['savings_reusing']:.4f} "
-                  f"total {r['savings_total']:.4f} PSNR {r['psnr_mean']:.2f} (min {r['psnr_min']:.2f}) SSIM "
-                  f"{r['ssim_mean']:.3f} s/video {r['seconds_per_video']:.3f} converged {r['converged']}")
+            print(f"  {r['method']} level {r.get('level')}: knob {r.get('knob')} savings reusing "
+                  f"{r.get('savings_reusing', nan):.4f} total {r.get('savings_total', nan):.4f} PSNR "
+                  f"{r.get('psnr_mean', nan):.2f} (min {r.get('psnr_min', nan):.2f}) SSIM {r.get('ssim_mean', nan):.3f} "
+                  f"s/video {r.get('seconds_per_video', nan):.3f} converged {r.get('converged')}")
         for e in res.tensor:
-            print(f"  tensor {e['method']} level {e.get('level')}: MSE {e['mse']:.3e} savings {e['savings']:.4f}")
+            print(f"  tensor {e['method']} level {e.get('level')}: MSE {e.get('mse', nan):.3e} savings "
+                  f"{e.get('savings', nan):.4f}")
 
 
 def main(argv=None):
@@ -341,12 +350,13 @@ def main(argv=None):
     m = sub.add_parser("merge")
     m.add_argument("folder")
     d = sub.add_parser("render")
-    d.add_argument("run", help="a folder merged by `merge` (main/ and ablation/ inside)")
+    d.add_argument("run", nargs="+", help="folders merged by `merge` (main/ and ablation/ inside), one per device "
+                   "call of the same settings, oldest first: a later call adds what the earlier ones did not measure")
     d.add_argument("--out", default="docs/results.md")
     d.add_argument("--eval-out", default="docs/eval_results.md")
     d.add_argument("--e2e", nargs="*", default=[], help="JSON files of benchmarks/bench_peers_e2e.py")
-    d.add_argument("--command", default="", help="the device command, quoted in the page")
-    d.add_argument("--note", default="", help="a paragraph on the code the run used (commit), after the command")
+    d.add_argument("--command", default="", help="the first call's device command (default: its meta.json)")
+    d.add_argument("--note", default="", help="a paragraph on the code the first call used (default: its meta.json)")
     args = parser.parse_args(argv)
     if args.cmd == "run":
         import importlib

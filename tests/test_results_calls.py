@@ -1,0 +1,113 @@
+"""tools/peers_tables.py across device calls: a job stopped at its own time limit is listed as not run, a later
+call's rows join the first call's (never replacing them), and the verdicts use only figures that are theirs."""
+
+import json
+import time
+
+import pytest
+
+from test_results_tools import _e2e, _result, _row, _tensor, _write, tools  # noqa: F401 (fixture)
+
+
+def _verdicts(text):
+    return {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1] for line in text.splitlines()
+            if line.startswith("| ") and " | **" in line}
+
+
+def test_time_limit_stops_a_job_and_merge_lists_it(tools, tmp_path):  # noqa: F811
+    _, pt = tools
+    with pytest.raises(pt.JobTimeout, match="own time limit of 0 s"):
+        with pt.time_limit(0.05):
+            while True:  # a job that would never end
+                time.sleep(0.01)
+    with pt.time_limit(float("inf")):  # no limit: nothing fires
+        time.sleep(0.02)
+    assert not issubclass(pt.JobTimeout, Exception)  # `except Exception` in the harness cannot swallow it
+    out = tmp_path / "run"
+    (out / "w1" / "main").mkdir(parents=True)
+    res = _result([_row("pab", 0.5, 20.0, matched="savings_total")], [], [0.375],
+                  skipped={"tr-svg": "JobTimeout: stopped at its own time limit of 30 s (one process on cuda)",
+                           "minference": "MethodUnavailable: no kernel"})
+    (out / "w1" / "main" / "results.json").write_text(json.dumps(res))
+    (out / "w1" / "ablation").mkdir()
+    (out / "w1" / "ablation" / "results.json").write_text(json.dumps(_result([_row("channel-alpha", 0.75, 30.0)], [],
+                                                                              [0.75])))
+    (out / "jobs.json").write_text(json.dumps(["pab", "ablation", "tr-svg", "minference", "skip"]))
+    (out / "ablation_plan.json").write_text(json.dumps(["channel-alpha", "channel-w8-same"]))
+    pt._claim(out, "ablation")
+    pt.merge(out)
+    main = json.loads((out / "main" / "results.json").read_text())
+    assert main["settings"]["not_run"] == {"tr-svg": "stopped at its own time limit of 30 s (one process on cuda)",
+                                           "skip": "not started before the call's time limit"}
+    assert main["settings"]["skipped"] == {"minference": "MethodUnavailable: no kernel"}
+    assert main["settings"]["levels"] == [0.5]  # the row's level, not the cache's whole-run target
+    abl = json.loads((out / "ablation" / "results.json").read_text())
+    # only what the ablation job was asked to run is "not run"
+    assert abl["settings"]["not_run"] == {"channel-w8-same": "the ablation job was started but not finished "
+                                                             "before the call's time limit"}
+
+
+def test_join_adds_later_calls_and_keeps_the_first(tools):  # noqa: F811
+    import _results_join as rj
+
+    one = _result([_row("channel", 0.5, 45.0), _row("svg", 0.5, 20.0)], [_tensor("channel", 0.5, 1e-5)], [0.5],
+                  not_run={"fbc": "not started before the call's time limit",
+                           "skip": "not started before the call's time limit"})
+    two = _result([_row("channel", 0.5, 99.0), _row("fbc", 0.5, 25.0, matched="savings_total")],
+                  [_tensor("minference", 0.5, 4e-4)], [0.375],
+                  not_run={"skip": "stopped at its own time limit of 40 s (one process on cuda)"})
+    two["see_also"] = {"skip": "see docs/other.md"}
+    joined = rj.join([one, two])
+    by = {(r["method"], r["call"]): r["psnr_mean"] for r in joined["rows"]}
+    assert by == {("channel", 1): 45.0, ("svg", 1): 20.0, ("fbc", 2): 25.0}  # the later duplicate is not kept
+    assert joined["settings"]["not_run"] == {"skip": "call 1: not started before the call's time limit; call 2: "
+                                                     "stopped at its own time limit of 40 s (one process on cuda); "
+                                                     "see docs/other.md"}
+    assert joined["settings"]["levels"] == [0.5]
+    assert [c["methods"] for c in joined["settings"]["calls"]] == [["channel", "svg"], ["fbc"]]
+    mi = next(e for e in joined["tensor"] if e["method"] == "minference")
+    assert mi["mse_vs_channel"] == pytest.approx(40.0)  # against the first call's channel at the same level
+    other = json.loads(json.dumps(two))
+    other["settings"]["num_inference_steps"] = 10
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        rj.join([one, other])
+    assert rj.join([None, one])["rows"][0]["call"] == 2 and rj.join([None, None]) is None
+
+
+def test_render_two_calls(tools, tmp_path):  # noqa: F811
+    md, _ = tools
+    levels = [0.5]
+    gpu, gpu2 = tmp_path / "runs" / "gpu", tmp_path / "runs" / "gpu2"
+    _write(gpu, "main", _result([_row("channel", 0.5, 45.0)], [_tensor("channel", 0.5, 1e-5)], levels,
+                                not_run={"pab": "not started before the call's time limit"}))
+    _write(gpu2, "main", _result([_row("pab", 0.5, 25.0, matched="savings_total")], [], levels))
+    abl = [_row("channel", 0.75, 35.0), _row("channel-w3", 0.75, 33.0), _row("channel-w4", 0.75, 32.0)]
+    _write(gpu, "ablation", _result(abl, [], [0.75]))
+    same = [dict(_row("channel-w4-same", 0.75, 39.0), target=None, level=None, savings_reusing=0.5)]
+    _write(gpu2, "ablation", _result(same, [], [0.75], not_run={"channel-w8-same": "stopped at its own time limit"}))
+    first = _e2e()
+    first[0]["rows"] = [r for r in first[0]["rows"] if r["label"] != "pab skip"]
+    first[0]["rows"].append(dict(label="fbc skip", ms=float("nan"), savings=float("nan"), peak_gib=None,
+                                 note="not timed: the call's time limit came first"))
+    (gpu / "e2e.json").write_text(json.dumps(first))
+    later = [dict(first[0], rows=[dict(label="stock", ms=990.0, savings=0.0, peak_gib=20.0),
+                                  dict(label="fbc skip", ms=100.0, savings=1.0, peak_gib=22.0),
+                                  dict(label="pab skip", ms=500.0, savings=1.0, peak_gib=26.0),
+                                  dict(label="token 75% pairs", ms=600.0, savings=0.75, peak_gib=30.0)])]
+    (gpu2 / "e2e.json").write_text(json.dumps(later))
+    (gpu2 / "meta.json").write_text(json.dumps({"command": "WORKERS=1 bash tools/results_device_run.sh"}))
+    out = md.render([gpu, gpu2], tmp_path / "docs" / "results.md", tmp_path / "docs" / "eval_results.md",
+                    [gpu / "e2e.json", gpu2 / "e2e.json"])
+    text = out.read_text()
+    v = _verdicts(text)
+    # memory: TimeRipple's rows timed after a cache (call 2's +10 GiB) are not used; call 1's +0.5 GiB is
+    mem = next(c for c in v if "adds little runtime memory" in c)
+    assert v[mem] == "**supported**" and "+0.50 GiB over stock" in text and "(after a cache row)" in text
+    assert "| HunyuanVideo (call 1) | fbc skip |" in text and "timed in call 2's block" in text
+    assert "| pab | 50.0% | 37.5% whole run |" in text and "`pab`: not measured" not in text
+    assert v["Fig. 11: at one threshold, window 4 already degrades quality against window 2"] == "**not supported**"
+    f11 = next(c for c in v if c.startswith("Fig. 11: at one threshold, larger windows reuse less"))
+    assert "windows 2/4 measured" in f11 and "window 3/8 not measured" in text
+    assert "WORKERS=1 bash tools/results_device_run.sh" in text and "render " + str(gpu) + " " + str(gpu2) in text
+    for folder in ("gpu", "gpu2"):  # each call's figures are kept in its own folder beside the page
+        assert (tmp_path / "docs" / "results" / "runs" / folder / "main" / "results.json").is_file()
