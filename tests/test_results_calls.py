@@ -111,3 +111,19 @@ def test_render_two_calls(tools, tmp_path):  # noqa: F811
     assert "WORKERS=1 bash tools/results_device_run.sh" in text and "render " + str(gpu) + " " + str(gpu2) in text
     for folder in ("gpu", "gpu2"):  # each call's figures are kept in its own folder beside the page
         assert (tmp_path / "docs" / "results" / "runs" / folder / "main" / "results.json").is_file()
+
+
+def test_bench_peers_e2e_times_variants_in_the_order_given(monkeypatch):
+    """``--variants`` is a priority list under a deadline: timed in its order; an unknown label is refused."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_e2e as e2e
+    import bench_peers_e2e as peers
+
+    monkeypatch.setattr(e2e, "SMOKE", True)
+    res = peers.run_model(e2e, "wan1.3b", 1, variants=["attention free", "stock"])
+    assert [r["label"] for r in res["rows"]] == ["attention free", "stock"]
+    assert all(r["ms"] > 0 for r in res["rows"])
+    with pytest.raises(ValueError, match="unknown row labels \\['stok'\\]"):
+        peers.run_model(e2e, "wan1.3b", 1, variants=["stok"])

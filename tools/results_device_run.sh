@@ -13,13 +13,13 @@
 # T0 + TINY_KILL - 5 s, so the merge always runs. SAME_SCALE: channel's knob at the ablation level from
 # an earlier call (channel is then not re-run; channel-wK-same uses it; SAME_WINDOWS picks K).
 #
-# 1. WORKERS processes of `tools/peers_tables.py run` share the job list (every registered method and the
+# 1. WORKERS (default 1) processes of `tools/peers_tables.py run` share the job list (every registered method and the
 #    ablation group); none starts a job after T0 + TINY_DEADLINE s, and all are stopped at T0 + TINY_KILL s.
 # 2. `merge` joins their results; then `benchmarks/bench_peers_e2e.py` times the full-size transformers
 #    alone on the GPU (Wan2.1-1.3B, then HunyuanVideo), each variant only if started before its deadline.
 # 3. Everything (logs, JSON) is packed into $OUT/results.tar.gz (the folder run/ inside).
 set -u
-DEVICE=${DEVICE:-cuda}; WORKERS=${WORKERS:-5}; PROMPTS=${PROMPTS:-8}; SEEDS=${SEEDS:-"0 1"}; STEPS=${STEPS:-20}
+DEVICE=${DEVICE:-cuda}; WORKERS=${WORKERS:-1}; PROMPTS=${PROMPTS:-8}; SEEDS=${SEEDS:-"0 1"}; STEPS=${STEPS:-20}
 LEVELS=${LEVELS:-"0.5 0.75 0.875"}; METHODS=${METHODS:-}; SMOKE=${SMOKE:-}; CAPTURE_LAYERS=${CAPTURE_LAYERS:-}
 ABLATIONS=${ABLATIONS:-}; E2E_MODELS=${E2E_MODELS:-"wan1.3b hunyuan"}; E2E_VARIANTS=${E2E_VARIANTS:-}
 E2E_WAN_VARIANTS=${E2E_WAN_VARIANTS:-$E2E_VARIANTS}; E2E_HY_VARIANTS=${E2E_HY_VARIANTS:-$E2E_VARIANTS}
