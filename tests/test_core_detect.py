@@ -158,3 +158,20 @@ def test_budget_for_pair_savings():
         budget_for_pair_savings(0.999, grid)  # at most 56 of 64 reusable
     with pytest.raises(ValueError, match="target"):
         budget_for_pair_savings(1.5, grid)
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.75, 1.0])
+def test_budget_select_takes_the_smallest_scores_ties_in_index_order(budget):
+    from timeripple.detect import budget_select
+
+    g = torch.Generator().manual_seed(0)
+    best = torch.randint(0, 5, (2, 3, 40), generator=g).float()  # many ties
+    best[..., ::7] = float("inf")                                # ineligible tokens
+    got = budget_select(best, budget)
+    order = torch.argsort(best, dim=-1, stable=True)
+    n = torch.round(torch.isfinite(best).sum(-1).double() * budget).long()
+    want = torch.zeros_like(got)
+    for b in range(2):
+        for h in range(3):
+            want[b, h, order[b, h, : n[b, h]]] = True
+    assert torch.equal(got, want)

@@ -318,6 +318,8 @@ def budget_select(best: torch.Tensor, budget: float) -> torch.Tensor:
     """Budget selection on ``best`` ``(B, H, Nv)`` (``+inf`` = ineligible): the ``round(budget · eligible)``
     smallest per (b, h), ties broken by token index (as a stable argsort). No host sync."""
     eligible = torch.isfinite(best)
+    if float(budget) >= 1.0:  # every eligible token (the pooled plan's second pass): no sort
+        return eligible
     n_reuse = torch.round(eligible.sum(-1, keepdim=True).double() * budget).long()  # (B, H, 1)
     ordered = torch.sort(best, dim=-1).values  # (B, H, Nv), +inf last
     kth = ordered.gather(-1, (n_reuse - 1).clamp_min(0))  # (B, H, 1): largest reused score
