@@ -229,8 +229,8 @@ def test_demoted_key_stands_in_class_one_once_per_member(monkeypatch):
     # joins class 1 as two copies of its source
     monkeypatch.setattr(cl, "MIN_CLASS_KEYS", 1)
     N = 8
-    q_src = torch.arange(N, dtype=torch.int32).expand(1, 2, N).contiguous()
-    k_src = torch.tensor([[[0, 0, 2, 2, 4, 5, 6, 7], [0, 0, 2, 3, 4, 5, 6, 7]]], dtype=torch.int32)
+    q_src = torch.arange(N, dtype=torch.int32, device=DEVICE).expand(1, 2, N).contiguous()
+    k_src = torch.tensor([[[0, 0, 2, 2, 4, 5, 6, 7], [0, 0, 2, 3, 4, 5, 6, 7]]], dtype=torch.int32, device=DEVICE)
     lay = cl.class_layout(q_src, k_src)
     assert lay.reason is None and lay.demoted
     assert (lay.classes, lay.sizes) == ([1, 2], [6, 1])
@@ -270,17 +270,17 @@ def test_class_sizes_that_differ_per_head_run_exact_by_demotion(min_keys, key_re
 
 def test_demotion_that_adds_too_many_pairs_goes_to_compaction():
     B, H, N = 1, 3, 64
-    q_src = torch.arange(N, dtype=torch.int32).expand(B, H, N).contiguous()
+    q_src = torch.arange(N, dtype=torch.int32, device=DEVICE).expand(B, H, N).contiguous()
     k_src = q_src.clone()
-    k_src[0, :2] = torch.arange(N, dtype=torch.int32) // 8 * 8  # heads 0, 1: eight keys of count 8
+    k_src[0, :2] = torch.arange(N, dtype=torch.int32, device=DEVICE) // 8 * 8  # heads 0, 1: eight keys of count 8
     lay = cl.class_layout(q_src, k_src)  # head 2 keeps all 64 keys: every count-8 key stands 8 times in class 1
     assert lay.reason is not None and "too many pairs" in lay.reason
 
 
 def test_masked_keys_of_different_counts_per_batch_row_are_refused():
     B, H, N = 2, 1, 16
-    src = torch.arange(N, dtype=torch.int32).expand(B, H, N).contiguous()
-    bias = torch.zeros(B, N)
+    src = torch.arange(N, dtype=torch.int32, device=DEVICE).expand(B, H, N).contiguous()
+    bias = torch.zeros(B, N, device=DEVICE)
     bias[1, -2:] = float("-inf")
     assert "differ between batch rows" in cl.class_layout(src, src, bias).reason
 
