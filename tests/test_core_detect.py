@@ -175,3 +175,16 @@ def test_budget_select_takes_the_smallest_scores_ties_in_index_order(budget):
         for h in range(3):
             want[b, h, order[b, h, : n[b, h]]] = True
     assert torch.equal(got, want)
+
+
+def test_axis_partners_are_cached_per_grid_and_match_a_fresh_computation():
+    from timeripple import detect
+
+    detect._GEOMETRY.clear()
+    first = detect.axis_partners((3, 4, 5), "y", 2)
+    again = detect.axis_partners((3, 4, 5), "y", 2)
+    assert again[0] is first[0]                       # the same tensors: no arithmetic per call
+    detect._GEOMETRY.clear()
+    fresh = detect.axis_partners((3, 4, 5), "y", 2)
+    assert torch.equal(fresh[0], first[0]) and torch.equal(fresh[1], first[1])
+    assert detect.axis_partners((3, 4, 5), "x", 2)[0] is not fresh[0]
