@@ -180,6 +180,7 @@ def variants(cfg_name, grid, text_len, setting="budget", targets=TARGETS, graphs
         if setting in ("bundled", "fidelity", "all"):  # the bundled configs' plan at this target
             bundled = timeripple.load_config(cfg_name).replace(pair_savings=target)
             yield f"bundled {target:.1%} (pooled, key_share auto)", bundled, "reuse", None
+            yield f"bundled {target:.1%} (pooled), compaction", bundled, "reuse", no_demotion
             yield f"bundled {target:.1%}, per head", bundled.replace(budget_scope="head"), "reuse", None
         if setting in ("fidelity", "all"):
             fid = base.replace(mode="token", pair_savings=target, **FIDELITY)
@@ -195,6 +196,20 @@ def variants(cfg_name, grid, text_len, setting="budget", targets=TARGETS, graphs
     if setting in ("budget", "all"):
         yield "channel", base, "reuse", None
     yield "attention free", base.replace(mode="token"), "free", None
+
+
+@contextlib.contextmanager
+def no_demotion():
+    """The count-class path without demotion: plans whose class sizes differ per head run compaction
+    (the path before issue 10's round 3), for a same-run baseline."""
+    from timeripple.kernels import class_attention
+
+    saved = class_attention.DEMOTE
+    class_attention.DEMOTE = False
+    try:
+        yield
+    finally:
+        class_attention.DEMOTE = saved
 
 
 def free_stand_in(q, k, v, **_):

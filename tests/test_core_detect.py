@@ -158,3 +158,33 @@ def test_budget_for_pair_savings():
         budget_for_pair_savings(0.999, grid)  # at most 56 of 64 reusable
     with pytest.raises(ValueError, match="target"):
         budget_for_pair_savings(1.5, grid)
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.75, 1.0])
+def test_budget_select_takes_the_smallest_scores_ties_in_index_order(budget):
+    from timeripple.detect import budget_select
+
+    g = torch.Generator().manual_seed(0)
+    best = torch.randint(0, 5, (2, 3, 40), generator=g).float()  # many ties
+    best[..., ::7] = float("inf")                                # ineligible tokens
+    got = budget_select(best, budget)
+    order = torch.argsort(best, dim=-1, stable=True)
+    n = torch.round(torch.isfinite(best).sum(-1).double() * budget).long()
+    want = torch.zeros_like(got)
+    for b in range(2):
+        for h in range(3):
+            want[b, h, order[b, h, : n[b, h]]] = True
+    assert torch.equal(got, want)
+
+
+def test_axis_partners_are_cached_per_grid_and_match_a_fresh_computation():
+    from timeripple import detect
+
+    detect._GEOMETRY.clear()
+    first = detect.axis_partners((3, 4, 5), "y", 2)
+    again = detect.axis_partners((3, 4, 5), "y", 2)
+    assert again[0] is first[0]                       # the same tensors: no arithmetic per call
+    detect._GEOMETRY.clear()
+    fresh = detect.axis_partners((3, 4, 5), "y", 2)
+    assert torch.equal(fresh[0], first[0]) and torch.equal(fresh[1], first[1])
+    assert detect.axis_partners((3, 4, 5), "x", 2)[0] is not fresh[0]

@@ -222,3 +222,89 @@ def test_static_sizes_skip_the_sync_and_wrong_sizes_give_nan():
     assert torch.equal(got, want)
     wrong = token_attention(q, k, v, q_src, k_src, method="classes", expected=[mq, sizes[1] - 2, sizes[2] + 1])
     assert torch.isnan(wrong).all()  # never a result built on wrong sizes
+
+
+def test_demoted_key_stands_in_class_one_once_per_member(monkeypatch):
+    # head 0 has two count-2 keys, head 1 one: class 2 keeps one key per head, head 0's other pair
+    # joins class 1 as two copies of its source
+    monkeypatch.setattr(cl, "MIN_CLASS_KEYS", 1)
+    N = 8
+    q_src = torch.arange(N, dtype=torch.int32, device=DEVICE).expand(1, 2, N).contiguous()
+    k_src = torch.tensor([[[0, 0, 2, 2, 4, 5, 6, 7], [0, 0, 2, 3, 4, 5, 6, 7]]], dtype=torch.int32, device=DEVICE)
+    lay = cl.class_layout(q_src, k_src)
+    assert lay.reason is None and lay.demoted
+    assert (lay.classes, lay.sizes) == ([1, 2], [6, 1])
+    assert lay.offsets == [0, 6]
+    keys = lay.idx_all[0, :, :7].tolist()                 # class 1, then class 2, in one list
+    assert keys[0] == [2, 2, 4, 5, 6, 7, 0]               # the pair at 2 demoted: twice; the pair at 0 in class 2
+    assert keys[1] == [2, 3, 4, 5, 6, 7, 0]
+    monkeypatch.setattr(cl, "DEMOTE", False)  # the benchmarks' same-run baseline: compaction, as before
+    assert "demotion is off" in cl.class_layout(q_src, k_src).reason
+
+
+
+@pytest.mark.parametrize("min_keys", [1, 256])
+@pytest.mark.parametrize("key_repr", ["source", "mean"])
+def test_class_sizes_that_differ_per_head_run_exact_by_demotion(min_keys, key_repr, monkeypatch):
+    monkeypatch.setattr(cl, "MIN_CLASS_KEYS", min_keys)
+    B, H, N, D = 2, 3, 96, 64
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(B, H, N, D, generator=g).to(DEVICE) for _ in range(3))
+    q_src = torch.arange(N, dtype=torch.int32).expand(B, H, N).contiguous().to(DEVICE)  # keys only
+    _, k_src = random_token_plan(B, H, N, 0.55, device=DEVICE, generator=g)  # chains: counts 1 to 6+
+    monkeypatch.setattr(cl, "PAD_LIMIT", 10.0)  # the tiny plan's demotion is heavy; the rule is tested apart
+    lay = cl.class_layout(q_src, k_src)
+    assert lay.reason is None and lay.demoted
+    if min_keys == 1:
+        assert len(lay.classes) >= 3  # the combine kernel with more than two classes
+    else:
+        assert lay.classes == [1]      # small classes that vary join class 1
+    got = token_attention(q, k, v, q_src, k_src, key_repr=key_repr, method="classes")
+    want = token_attention_ref(q.double(), k.double(), v.double(), q_src, k_src, key_repr=key_repr)
+    assert (got.double() - want).abs().max() < 1e-5
+    monkeypatch.setattr(cl, "CLASS_CHUNK_FLOOR", 0)  # one head per chunk: q itself, sliced, per chunk
+    chunked = cl.token_attention_classes(q, k, v, q_src.int(), k_src.int(), scale=D ** -0.5, key_repr=key_repr,
+                                         chunk_share=1e-6)
+    assert torch.allclose(chunked, got, atol=1e-6)
+
+
+def test_demotion_that_adds_too_many_pairs_goes_to_compaction():
+    B, H, N = 1, 3, 64
+    q_src = torch.arange(N, dtype=torch.int32, device=DEVICE).expand(B, H, N).contiguous()
+    k_src = q_src.clone()
+    k_src[0, :2] = torch.arange(N, dtype=torch.int32, device=DEVICE) // 8 * 8  # heads 0, 1: eight keys of count 8
+    lay = cl.class_layout(q_src, k_src)  # head 2 keeps all 64 keys: every count-8 key stands 8 times in class 1
+    assert lay.reason is not None and "too many pairs" in lay.reason
+
+
+def test_masked_keys_of_different_counts_per_batch_row_are_refused():
+    B, H, N = 2, 1, 16
+    src = torch.arange(N, dtype=torch.int32, device=DEVICE).expand(B, H, N).contiguous()
+    bias = torch.zeros(B, N, device=DEVICE)
+    bias[1, -2:] = float("-inf")
+    assert "differ between batch rows" in cl.class_layout(src, src, bias).reason
+
+
+def test_pooled_budget_plan_takes_the_class_path(monkeypatch):
+    # the bundled configs' plan: per-head kept keys differ (budget pooled over the heads)
+    monkeypatch.setattr(cl, "MIN_CLASS_KEYS", 1)
+    grid, B, H, D = (4, 6, 8), 1, 3, 32
+    q, k, v = (smooth(B, H, grid, D) for _ in range(3))
+    opts = dict(grid=grid, threshold=0.5, mode="token", pair_savings=0.5, key_share="auto", budget_scope="call",
+                key_repr="mean", key_score="kv", query_repr="interp")
+    calls = []
+    real = cl.token_attention_classes
+    monkeypatch.setattr(cl, "token_attention_classes", lambda *a, **kw: calls.append(kw["layout"]) or real(*a, **kw))
+    got = ripple_attention(*(x.to(torch.bfloat16) for x in (q, k, v)), **opts)  # auto takes classes for bf16
+    if q.is_cuda:  # the CPU's auto dispatch runs plain torch
+        assert calls and calls[0].reason is None
+    q_src, k_src = build_token_plan(q, k, grid=grid, thresholds={"t": 0.5, "y": 0.5, "x": 0.5}, budget=0.0,
+                                    key_budget=0.5, v=v, key_score="kv", budget_scope="call")[:2]
+    lay = cl.class_layout(q_src, k_src)
+    hist = [(torch.zeros_like(k_src).scatter_add_(2, k_src.long(), torch.ones_like(k_src)) == c).sum(-1) for c in (1, 2)]
+    assert any((h != h.flatten()[0]).any() for h in hist)  # sizes differ per head: the case demotion serves
+    assert lay.reason is None and lay.demoted
+    out = token_attention(q, k, v, q_src, k_src, key_repr="mean", method="classes")
+    want = token_attention_ref(q.double(), k.double(), v.double(), q_src, k_src, key_repr="mean")
+    assert (out.double() - want).abs().max() < 1e-5
+    assert got.shape == q.shape and torch.isfinite(got).all()

@@ -41,11 +41,32 @@ def axis_partners(
     can reuse). A trailing window of size 1 holds only a first member, so it reuses nothing.
     """
     T, Hg, Wg = (int(g) for g in grid)
+    key = (T, Hg, Wg, axis, int(window), str(torch.device(device if device is not None else "cpu")))
+    hit = _GEOMETRY.get(key)
+    if hit is not None:  # the same tensors every call: no index arithmetic on the device per call
+        return hit
     idx = torch.arange(T * Hg * Wg, device=device)  # (Nv,)
     coord = {"t": idx // (Hg * Wg), "y": (idx // Wg) % Hg, "x": idx % Wg}[axis]
     stride = {"t": Hg * Wg, "y": Wg, "x": 1}[axis]
     offset = coord % window  # position inside the window
-    return idx - offset * stride, offset != 0
+    out = (idx - offset * stride, offset != 0)
+    if _cacheable(idx):
+        if len(_GEOMETRY) >= 64:
+            _GEOMETRY.clear()
+        _GEOMETRY[key] = out
+    return out
+
+
+def _cacheable(x: torch.Tensor) -> bool:
+    """A plain tensor computed eagerly: not a fake or functional tensor of a compile trace, and not made
+    inside a CUDA-graph capture (whose kernels have not run yet)."""
+    if type(x) is not torch.Tensor or torch.compiler.is_compiling():
+        return False
+    return not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+# axis_partners results by (grid, axis, window, device): read-only, shared by every call on that grid
+_GEOMETRY: dict = {}
 
 
 def window_deltas(x: torch.Tensor, grid: Sequence[int], axis: str, window: int) -> torch.Tensor:
@@ -318,6 +339,8 @@ def budget_select(best: torch.Tensor, budget: float) -> torch.Tensor:
     """Budget selection on ``best`` ``(B, H, Nv)`` (``+inf`` = ineligible): the ``round(budget · eligible)``
     smallest per (b, h), ties broken by token index (as a stable argsort). No host sync."""
     eligible = torch.isfinite(best)
+    if float(budget) >= 1.0:  # every eligible token (the pooled plan's second pass): no sort
+        return eligible
     n_reuse = torch.round(eligible.sum(-1, keepdim=True).double() * budget).long()  # (B, H, 1)
     ordered = torch.sort(best, dim=-1).values  # (B, H, Nv), +inf last
     kth = ordered.gather(-1, (n_reuse - 1).clamp_min(0))  # (B, H, 1): largest reused score

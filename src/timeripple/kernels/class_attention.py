@@ -11,9 +11,13 @@ where ``K_c, V_c`` are the class's representative keys and mean values and ``lse
 the class's scores. This is exact (no approximation beyond the token plan's). Each class is one batched
 SDPA call with static shapes when every (batch, head) has the same number of keys in that class:
 budget mode with keys merged in pairs (``token_keys="pairs"``) always does (count-1 and count-2 keys,
-the same number of pairs in every head). Other plans (today's chains, threshold mode) have class
-sizes that differ per head; they run the compaction path (``compact_attention``), which
-:func:`class_layout` tells the dispatcher.
+the same number of pairs in every head). Other plans (chains, a budget pooled over the heads, threshold
+mode) have class sizes that differ per head. Each class ``c >= 2`` then keeps as many keys as its smallest
+head has; a head's other count-c keys are *demoted*: each stands in class 1 as ``c`` copies of itself
+(``c·e^{q·k}`` either way, still exact), so class 1 has the same size in every head too (every class covers
+the same tokens in every head). Demotion adds keys (about 6% for the bundled plan at Wan2.1 and
+HunyuanVideo, measured); :func:`class_layout` sends plans for which it (or query padding) adds more than
+``PAD_LIMIT`` x the real pairs to the compaction path (``compact_attention``).
 
 Key-padding masks (``key_bias`` of 0 / ``-inf``) drop the masked keys from every class; other finite
 biases are not supported here (the dispatcher falls back). The LSE comes from
@@ -28,8 +32,8 @@ import math
 
 import torch
 import triton
-import triton.language as tl
 
+from .class_kernels import combine_finish_kernel, combine_many_kernel, pack_demoted_kernel, pair_mean_kernel
 from .token_attention_compact import PAD_LIMIT, gather_rows_kernel, merge_values_kernel
 from .token_attention_triton import pack_kept, row_cumsum
 from .triton_common import interpreting
@@ -41,8 +45,19 @@ logger = logging.getLogger(__name__)
 # at 4.0 (H200, profile_pairs.py); HunyuanVideo 25.2 / 24.4 / 24.7 ms. 1.0 adds up to q's bytes to the
 # attention's peak (docs/kernels.md), a small share of a transformer forward's peak.
 CLASS_CHUNK_SHARE = 1.0
+# ... but never less than this many bytes: each chunk repeats every launch (about a dozen Triton kernels and
+# one SDPA per class), and after the layout's host sync the GPU waits for them. The bundled plan at
+# Wan2.1-1.3B (12 heads, 3 classes) ran 6 chunks of 2 heads at the share alone (H200, issue 10).
+CLASS_CHUNK_FLOOR = 1 << 30
 # the largest merge count that gets its own class (window 2 over three axes merges at most 8 keys)
 MAX_CLASS = 64
+# at most this many classes run as their own SDPA call (the combine kernel's slots)
+MAX_FUSED_CLASSES = 8
+# a class whose size differs between heads gets its own call only with at least this many keys in every
+# head; below it, its keys join class 1 (each count-c key as c copies): one pass over q saved per class
+MIN_CLASS_KEYS = 256
+# False: plans whose class sizes differ between heads go to compaction, as before demotion (benchmarks)
+DEMOTE = True
 _warned: set = set()
 
 
@@ -77,67 +92,28 @@ def sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
     return out.to(q.dtype), lse
 
 
-@triton.jit
-def _combine_finish_kernel(
-    O1, L1, O2, L2, Q_SRC, RANK_Q, OUT, stride_ob, stride_oh, stride_on, H, HC, H0, N, MQ, LOGW1, LOGW2,
-    HAS2: tl.constexpr, HEAD_DIM: tl.constexpr, DH: tl.constexpr, BLOCK_S: tl.constexpr,
-):
-    """Every row of ``OUT`` for the chunk's heads from its kept source's compacted row ``r``: one class
-    (``o1``), or two combined through their log-sum-exps ``l + log w`` (rows with no key get zeros)."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // HC
-    h = H0 + bh % HC
-    offs_i = pid * BLOCK_S + tl.arange(0, BLOCK_S)                   # (S,) token index
-    offs_d = tl.arange(0, DH)
-    ok = offs_i < N
-    ok2 = ok[:, None] & (offs_d[None, :] < HEAD_DIM)
-    row = (b.to(tl.int64) * H + h) * N                               # row of the (B, H, N) layout
-    src = tl.load(Q_SRC + row + offs_i, mask=ok, other=0)
-    rank = tl.minimum(tl.load(RANK_Q + row + src, mask=ok, other=0), MQ - 1)  # in range even on a bad plan
-    r = bh.to(tl.int64) * MQ + rank                                  # (S,) compacted row
-    o = tl.load(O1 + r[:, None] * HEAD_DIM + offs_d[None, :], mask=ok2, other=0.0).to(tl.float32)
-    if HAS2:
-        l1 = tl.load(L1 + r, mask=ok, other=float("-inf")) + LOGW1
-        l2 = tl.load(L2 + r, mask=ok, other=float("-inf")) + LOGW2
-        m = tl.maximum(l1, l2)
-        m_safe = tl.where(m == float("-inf"), 0.0, m)
-        w1 = tl.exp(l1 - m_safe)
-        w2 = tl.exp(l2 - m_safe)
-        den = w1 + w2
-        o2 = tl.load(O2 + r[:, None] * HEAD_DIM + offs_d[None, :], mask=ok2, other=0.0).to(tl.float32)
-        # no key at all: zeros; a NaN log-sum-exp (a poisoned plan, non-finite input): NaN
-        o = tl.where(den[:, None] > 0.0,
-                     (o * w1[:, None] + o2 * w2[:, None]) / tl.where(den > 0.0, den, 1.0)[:, None], 0.0)
-        o = o + (den - den)[:, None]  # 0, or NaN where den is NaN
-    o_base = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-    tl.store(o_base + offs_i[:, None].to(tl.int64) * stride_on + offs_d[None, :], o.to(OUT.dtype.element_ty),
-             mask=ok2)
+def _demotion_tables(hmin: torch.Tensor, hmax: torch.Tensor, tokens: torch.Tensor):
+    """Per merge count (``(MAX_CLASS + 2,)`` int32, on the device, no host sync): ``sizes`` (keys per head of
+    the classes ``c >= 2`` that run as their own SDPA call, else 0), ``offsets`` (where each such class
+    starts in the concatenated key list; class 1 first) and ``slots`` (1, 2, ... in ascending count, 0 for
+    class 1 and for demoted counts).
 
-
-@triton.jit
-def _pair_mean_kernel(
-    X, IDX, PARTNER, OUT, stride_xb, stride_xh, stride_xn, H, HC, H0, N, M,
-    HEAD_DIM: tl.constexpr, DP: tl.constexpr, BLOCK_R: tl.constexpr,
-):
-    """``OUT[b, h - H0, r] = (X[s] + X[PARTNER[s]]) / 2`` with ``s = IDX[b, h, r]``: the mean row of a
-    key merged with at most one partner (``PARTNER[s] == s`` for a key merged with none: its own row)."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // HC
-    h = H0 + bh % HC
-    gbh = (b * H + h).to(tl.int64)
-    offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_d = tl.arange(0, DP)
-    in_m = offs_r < M
-    ok = in_m[:, None] & (offs_d[None, :] < HEAD_DIM)
-    s = tl.load(IDX + gbh * N + offs_r, mask=in_m, other=0)
-    p = tl.load(PARTNER + gbh * N + s, mask=in_m, other=0)
-    base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
-    a = tl.load(base + s[:, None].to(tl.int64) * stride_xn + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
-    c = tl.load(base + p[:, None].to(tl.int64) * stride_xn + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
-    tl.store(OUT + (bh.to(tl.int64) * M + offs_r[:, None]) * HEAD_DIM + offs_d[None, :],
-             ((a + c) * 0.5).to(OUT.dtype.element_ty), mask=ok)
+    A class ``c >= 2`` keeps as many keys as the head with the fewest has (``hmin``: every head has them).
+    One that varies between heads and has fewer than ``MIN_CLASS_KEYS`` keys there joins class 1, and at most
+    ``MAX_FUSED_CLASSES - 1`` classes (the largest in tokens) keep their own call. A count-c key left out of
+    its class stands in class 1 as c copies of itself, so class 1 has ``tokens - Σ c·sizes_c`` keys in every
+    head and every class is one static-shape call (exact)."""
+    S = hmin.shape[0]
+    c = torch.arange(S, device=hmin.device)
+    own = (c >= 2) & (c < S - 1) & (hmin > 0) & ((hmin == hmax) | (hmin >= MIN_CLASS_KEYS))
+    if S - 3 > MAX_FUSED_CLASSES - 1:  # more possible classes than combine slots: keep the largest
+        top = torch.topk(torch.where(own, c * hmin, -1), MAX_FUSED_CLASSES - 1).indices
+        own &= torch.zeros_like(own).scatter_(0, top, True)
+    sizes = torch.where(own, hmin, 0).to(torch.int32)
+    n1 = tokens - (c * sizes).sum()
+    offsets = (n1 + torch.cumsum(sizes, 0) - sizes).to(torch.int32)    # class 1 at 0, then ascending counts
+    slots = torch.where(own, torch.cumsum(own.int(), 0), 0).to(torch.int32)
+    return sizes, offsets, slots
 
 
 class ClassLayout:
@@ -166,11 +142,21 @@ class ClassLayout:
         if expected is not None:  # sizes known on the host: no sync; the plan is checked on the device
             self._expected(expected, lq, hist, other_bias, kept_q, label, count, k_src, q_src)
             return
-        extra = torch.stack([lq.amax(), lq.sum(), lk.amax(), (lq.long() * lk.long()).sum()]).double()
-        host = torch.cat([hist.amax(0).double(), hist.amin(0).double(), extra, other_bias.double()])
+        # work that needs no host value, enqueued before the sync (the GPU runs it while the host waits)
+        self._early = (row_cumsum(kept_q, 1), row_cumsum(count) - count,
+                       torch.argsort(k_src, dim=-1, stable=True).to(torch.int32))
+        weights = torch.arange(MAX_CLASS + 2, device=q_src.device)
+        weights[-1] = 0
+        tokens = (hist.long() * weights).sum(1)                         # (B*H,) unmasked keys covered
+        hmax_d, hmin_d = hist.amax(0), hist.amin(0)
+        self._tables = _demotion_tables(hmin_d, hmax_d, tokens.amax())  # (sizes, offsets, slots) per count
+        extra = torch.stack([lq.amax(), lq.sum(), lk.amax(), (lq.long() * lk.long()).sum(), tokens.amax(),
+                             tokens.amin()]).double()
+        host = torch.cat([hmax_d.double(), self._tables[0].double(), extra, other_bias.double()])
         host = [int(x) for x in host.tolist()]  # the one host sync
-        hmax, hmin = host[: MAX_CLASS + 2], host[MAX_CLASS + 2 : 2 * MAX_CLASS + 4]
-        self.mq, lq_sum, mk, real = (int(x) for x in host[-5:-1])
+        S = MAX_CLASS + 2
+        hmax, own_sizes = host[:S], host[S : 2 * S]
+        self.mq, lq_sum, mk, real, tok_max, tok_min = (int(x) for x in host[-7:-1])
         # for the dispatcher's fallback (compaction / varlen): kept lengths and padded-pairs ratio
         self.lengths = (lq, lk, self.mq, mk)
         self.pad_ratio = B * H * self.mq * mk / max(real, 1)
@@ -180,21 +166,29 @@ class ClassLayout:
         if hmax[MAX_CLASS + 1]:
             self.reason = f"a key merges more than {MAX_CLASS} tokens"
             return
-        self.classes = [c for c in range(1, MAX_CLASS + 1) if hmax[c] > 0]
-        if not self.classes:
+        present = [c for c in range(1, MAX_CLASS + 1) if hmax[c] > 0]
+        if not present:
             self.reason = "every key is masked"
             return
-        unequal = [c for c in self.classes if hmax[c] != hmin[c]]
-        if unequal:
-            self.reason = f"class sizes differ between heads (counts {unequal[:4]})"
+        if tok_max != tok_min:
+            self.reason = "the numbers of unmasked keys differ between batch rows"
             return
-        if len(self.classes) > 2:
-            self.reason = f"{len(self.classes)} count classes (at most 2 run fused)"
+        own = {c: n for c, n in enumerate(own_sizes) if n > 0}
+        n1 = tok_max - sum(c * n for c, n in own.items())  # class 1: singletons and the demoted keys' copies
+        self.classes = ([1] if n1 > 0 else []) + sorted(own)
+        self.sizes = ([n1] if n1 > 0 else []) + [own[c] for c in sorted(own)]
+        self.demoted = any(hmax[c] > own.get(c, 0) for c in present if c > 1)
+        self.all_q = lq_sum == B * H * N  # every query kept in every head
+        self.max_count = max(present)
+        if self.demoted and not DEMOTE:
+            self.reason = "class sizes differ between heads (demotion is off)"
             return
         if B * H * self.mq > PAD_LIMIT * max(lq_sum, 1):
             self.reason = "kept query lengths differ too much between heads"
             return
-        self.sizes = [hmax[c] for c in self.classes]
+        if B * H * self.mq * sum(self.sizes) > PAD_LIMIT * max(real, 1):
+            self.reason = "class sizes differ too much between heads (demoted keys would add too many pairs)"
+            return
         self._finish(lq, kept_q, label, count, k_src, q_src)
 
     def _expected(self, expected, lq, hist, other_bias, kept_q, label, count, k_src, q_src):
@@ -212,25 +206,46 @@ class ClassLayout:
         self.valid = (hist[:, 1:] == want[1:]).all() & (lq == self.mq).all() & (other_bias == 0).all()
         self.lengths = None
         self.pad_ratio = 1.0
+        self.demoted = False
+        self.all_q = self.mq == q_src.shape[-1]  # a plan without these sizes gives NaN anyway
+        self.max_count = max(self.classes)
         self._finish(lq, kept_q, label, count, k_src, q_src)
 
     def _finish(self, lq, kept_q, label, count, k_src, q_src):
         B, H, N = q_src.shape
         self.lq = lq.reshape(B * H).contiguous()
-        self.rank_q = row_cumsum(kept_q, 1)                             # (B, H, N) rank among kept queries
-        self.idx_q = pack_kept(kept_q, self.rank_q).contiguous()
-        self.idx = [pack_kept(label == c).contiguous() for c in self.classes]
-        self.lens = [torch.full((B * H,), n, dtype=torch.int32, device=q_src.device) for n in self.sizes]
+        early = getattr(self, "_early", None)
+        self.rank_q = row_cumsum(kept_q, 1) if early is None else early[0]  # (B, H, N) rank among kept queries
+        self.idx_q = None if self.all_q else pack_kept(kept_q, self.rank_q).contiguous()
+        if self.demoted:  # one concatenated key list (class 1, then ascending counts), one launch
+            self.idx_all = self._pack_demoted(label)
+            self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+            self.len_all = torch.full((B * H,), sum(self.sizes), dtype=torch.int32, device=q_src.device)
+        else:
+            self.idx = [pack_kept(label == c).contiguous() for c in self.classes]
+            self.lens = [torch.full((B * H,), n, dtype=torch.int32, device=q_src.device) for n in self.sizes]
         self.partner = None
-        if max(self.classes) == 2:  # pairs: a merged key's partner is the largest index of its group
+        if self.max_count == 2:  # pairs: a merged key's partner is the largest index of its group
             ar = torch.arange(N, dtype=torch.int32, device=q_src.device).expand(B, H, N)
             self.partner = torch.zeros((B, H, N), dtype=torch.int32, device=q_src.device).scatter_reduce_(
                 2, k_src.long(), ar, "amax", include_self=False).contiguous()
-        elif max(self.classes) > 2:  # larger groups: contiguous in perm (what the merge kernel reads)
+        elif self.max_count > 2:  # larger groups: contiguous in perm (what the merge kernel reads)
             self.count = count
-            self.start = row_cumsum(count) - count
-            self.perm = torch.argsort(k_src, dim=-1, stable=True).to(torch.int32)
+            self.start, self.perm = (row_cumsum(count) - count, torch.argsort(k_src, dim=-1, stable=True).to(
+                torch.int32)) if early is None else early[1:]
+        self._early = None
         self.q_src = q_src.int().contiguous()
+
+    def _pack_demoted(self, label):
+        """:func:`pack_demoted_kernel`: int32 ``(B, H, N)``, zero past ``sum(sizes)`` (valid token indices,
+        as ``pack_kept``)."""
+        B, H, N = label.shape
+        sizes, offsets, slots = self._tables
+        out = torch.zeros((B, H, N), dtype=torch.int32, device=label.device)
+        ns = len(self.classes) - (self.classes[0] == 1)
+        pack_demoted_kernel[(B * H,)](label.contiguous(), sizes, offsets, slots, out, N, NS=ns,
+                                       MAXC=self.max_count, BLOCK=64 if interpreting() else 1024, num_warps=4)
+        return out
 
 
 def class_layout(q_src, k_src, key_bias=None, expected=None) -> ClassLayout:
@@ -247,6 +262,36 @@ def expected_class_sizes(n_tokens, n_video, eligible_q, budget_q, pairs, key_bud
     reuse_q = int(torch.round(torch.tensor(eligible_q, dtype=torch.float64) * budget_q))
     p = int(torch.round(torch.tensor(pairs, dtype=torch.float64) * key_budget))
     return n_tokens - reuse_q, {1: n_tokens - 2 * p, 2: p}
+
+
+def _class_keys(k, v, lay, idx, lens, n, h0, nh, key_repr, *, plain, block):
+    """The keys and values ``(B, nh, n, D)`` of the key list ``idx`` (lengths ``lens``) for heads
+    ``h0 .. h0 + nh``: the rows themselves (``plain``: every key a singleton), or each group's mean ``v``
+    (and mean ``k`` for ``key_repr="mean"``; the source's ``k`` otherwise)."""
+    B, H, N, D = k.shape
+    DP = triton.next_power_of_2(D)
+    kc = torch.empty((B, nh, n, D), dtype=k.dtype, device=k.device)
+    vc = torch.empty((B, nh, n, D), dtype=v.dtype, device=v.device)
+    grid = (triton.cdiv(n, block), B * nh)
+    merged = [(v, vc)] + ([(k, kc)] if key_repr == "mean" else [])
+    if plain or key_repr != "mean":
+        gather_rows_kernel[grid](k, idx, lens, kc, k.stride(0), k.stride(1), k.stride(2), H, nh, h0, N, n,
+                                 HEAD_DIM=D, DOUT=D, DP=DP, BLOCK_R=block, num_warps=4)
+        merged = merged[:1]
+    if plain:
+        gather_rows_kernel[grid](v, idx, lens, vc, v.stride(0), v.stride(1), v.stride(2), H, nh, h0, N, n,
+                                 HEAD_DIM=D, DOUT=D, DP=DP, BLOCK_R=block, num_warps=4)
+    elif lay.partner is not None:  # pairs: (row + partner row) / 2, no sort of the plan
+        for x, dst in merged:
+            pair_mean_kernel[grid](x, idx, lay.partner, dst, x.stride(0), x.stride(1), x.stride(2), H, nh, h0, N,
+                                    n, HEAD_DIM=D, DP=DP, BLOCK_R=block, num_warps=4)
+    else:  # mean of the group's rows (members are contiguous in perm)
+        dummy = torch.empty((B, nh, n), dtype=torch.float32, device=k.device)
+        for x, dst in merged:
+            merge_values_kernel[grid](x, idx, lens, lay.count, lay.start, lay.perm, dst, dst, dummy,
+                                      x.stride(0), x.stride(1), x.stride(2), H, nh, h0, N, n, HAS_KB=False,
+                                      WEIGHTED=False, HEAD_DIM=D, DOUT=D, DP=DP, BLOCK_G=block, num_warps=4)
+    return kc, vc
 
 
 def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_repr="source", layout=None,
@@ -276,62 +321,55 @@ def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_
                           "call timeripple.kernels.token_attention, which picks a path that can")
     mq, sizes = lay.mq, lay.sizes
     chunk_share = CLASS_CHUNK_SHARE if chunk_share is None else chunk_share
-    per_head = B * (mq * D * (1 + len(sizes)) + sum(sizes) * 2 * D) * q.element_size()
-    hc = max(1, min(H, int(chunk_share * B * H * N * D * q.element_size() // max(per_head, 1))))
+    all_q = lay.all_q  # every query kept (keys-only reuse): attend with q itself, no gathered copy
+    per_head = B * (mq * D * (len(sizes) + (not all_q)) + sum(sizes) * 2 * D) * q.element_size()
+    budget = max(chunk_share * B * H * N * D * q.element_size(), CLASS_CHUNK_FLOOR)
+    hc = max(1, min(H, int(budget // max(per_head, 1))))
+    hc = -(-H // -(-H // hc))  # the same number of chunks, as even as possible
     interp = interpreting()
     BLOCK = 16 if interp else 64
     DP = triton.next_power_of_2(D)
     for h0 in range(0, H, hc):
         nh = min(H, h0 + hc) - h0
-        qc = torch.empty((B, nh, mq, D), dtype=q.dtype, device=q.device)
-        gather_rows_kernel[(triton.cdiv(mq, BLOCK), B * nh)](
-            q, lay.idx_q, lay.lq, qc, q.stride(0), q.stride(1), q.stride(2), H, nh, h0, N, mq,
-            HEAD_DIM=D, DOUT=D, DP=DP, BLOCK_R=BLOCK, num_warps=4,
-        )
-        results = []
-        for c, n, idx, lens in zip(lay.classes, sizes, lay.idx, lay.lens):
-            kc = torch.empty((B, nh, n, D), dtype=k.dtype, device=k.device)
-            vc = torch.empty((B, nh, n, D), dtype=v.dtype, device=v.device)
-            pairs = [(v, vc)] + ([(k, kc)] if key_repr == "mean" else [])
-            if c == 1 or key_repr != "mean":
-                gather_rows_kernel[(triton.cdiv(n, BLOCK), B * nh)](
-                    k, idx, lens, kc, k.stride(0), k.stride(1), k.stride(2), H, nh, h0, N, n,
-                    HEAD_DIM=D, DOUT=D, DP=DP, BLOCK_R=BLOCK, num_warps=4,
-                )
-                pairs = pairs[:1]
-            if c == 1:
-                gather_rows_kernel[(triton.cdiv(n, BLOCK), B * nh)](
-                    v, idx, lens, vc, v.stride(0), v.stride(1), v.stride(2), H, nh, h0, N, n,
-                    HEAD_DIM=D, DOUT=D, DP=DP, BLOCK_R=BLOCK, num_warps=4,
-                )
-            elif lay.partner is not None:  # pairs: (row + partner row) / 2, no sort of the plan
-                for x, dst in pairs:
-                    _pair_mean_kernel[(triton.cdiv(n, BLOCK), B * nh)](
-                        x, idx, lay.partner, dst, x.stride(0), x.stride(1), x.stride(2), H, nh, h0, N, n,
-                        HEAD_DIM=D, DP=DP, BLOCK_R=BLOCK, num_warps=4,
-                    )
-            else:  # mean of the group's rows (of v, and of k for key_repr="mean")
-                g = lay
-                dummy = torch.empty((B, nh, n), dtype=torch.float32, device=q.device)
-                for x, dst in pairs:
-                    merge_values_kernel[(triton.cdiv(n, BLOCK), B * nh)](
-                        x, idx, lens, g.count, g.start, g.perm, dst, dst, dummy,
-                        x.stride(0), x.stride(1), x.stride(2), H, nh, h0, N, n,
-                        HAS_KB=False, WEIGHTED=False, HEAD_DIM=D, DOUT=D, DP=DP, BLOCK_G=BLOCK, num_warps=4,
-                    )
+        if all_q:
+            qc = q[:, h0 : h0 + nh]
+        else:
+            qc = torch.empty((B, nh, mq, D), dtype=q.dtype, device=q.device)
+            gather_rows_kernel[(triton.cdiv(mq, BLOCK), B * nh)](
+                q, lay.idx_q, lay.lq, qc, q.stride(0), q.stride(1), q.stride(2), H, nh, h0, N, mq,
+                HEAD_DIM=D, DOUT=D, DP=DP, BLOCK_R=BLOCK, num_warps=4,
+            )
+        results, kall, vall = [], None, None
+        if lay.demoted:  # every class's keys in one list: one gather / merge for all, each class a view
+            kall, vall = _class_keys(k, v, lay, lay.idx_all, lay.len_all, sum(sizes), h0, nh, key_repr,
+                                     plain=lay.max_count == 1, block=BLOCK)
+            per_class = [(c, kall[:, :, o : o + n], vall[:, :, o : o + n])
+                         for c, n, o in zip(lay.classes, sizes, lay.offsets)]
+        else:
+            per_class = [(c, *_class_keys(k, v, lay, idx, lens, n, h0, nh, key_repr, plain=c == 1, block=BLOCK))
+                         for c, n, idx, lens in zip(lay.classes, sizes, lay.idx, lay.lens)]
+        for c, kc, vc in per_class:
             o, lse = sdpa_lse(qc, kc, vc, scale)  # (B, nh, Mq, D), (B, nh, Mq)
             if lay.valid is not None and not results:  # static sizes that the plan does not have: NaN out
                 lse = lse + torch.where(lay.valid, 0.0, float("nan"))
             results.append((o.contiguous(), lse.contiguous(), math.log(c)))
-            del kc, vc
-        del qc
+        del qc, per_class, kall, vall
         if lay.valid is not None and len(results) == 1:  # one class: the LSE is not read, poison o
             o, lse, w = results[0]
             results[0] = (o + torch.where(lay.valid, 0.0, float("nan")).to(o.dtype), lse, w)
-        (o1, l1, w1), (o2, l2, w2) = results[0], results[-1]
-        _combine_finish_kernel[(triton.cdiv(N, BLOCK), B * nh)](
-            o1, l1, o2, l2, lay.q_src, lay.rank_q, out, out.stride(0), out.stride(1), out.stride(2),
-            H, nh, h0, N, mq, w1, w2, HAS2=len(results) == 2, HEAD_DIM=D, DH=DP, BLOCK_S=BLOCK, num_warps=4,
-        )
-        del results, o1, o2, l1, l2
+        grid = (triton.cdiv(N, BLOCK), B * nh)
+        if len(results) > 2:
+            slots = results + [results[0]] * (MAX_FUSED_CLASSES - len(results))  # unused slots: never read
+            combine_many_kernel[grid](
+                *[t for o, lse, _ in slots for t in (o, lse)], *[w for _, _, w in slots], lay.q_src, lay.rank_q,
+                out, out.stride(0), out.stride(1), out.stride(2), H, nh, h0, N, mq, NC=len(results), HEAD_DIM=D,
+                DH=DP, BLOCK_S=BLOCK, num_warps=4,
+            )
+        else:
+            (o1, l1, w1), (o2, l2, w2) = results[0], results[-1]
+            combine_finish_kernel[grid](
+                o1, l1, o2, l2, lay.q_src, lay.rank_q, out, out.stride(0), out.stride(1), out.stride(2),
+                H, nh, h0, N, mq, w1, w2, HAS2=len(results) == 2, HEAD_DIM=D, DH=DP, BLOCK_S=BLOCK, num_warps=4,
+            )
+        del results
     return out
