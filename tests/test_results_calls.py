@@ -127,3 +127,57 @@ def test_bench_peers_e2e_times_variants_in_the_order_given(monkeypatch):
     assert all(r["ms"] > 0 for r in res["rows"])
     with pytest.raises(ValueError, match="unknown row labels \\['stok'\\]"):
         peers.run_model(e2e, "wan1.3b", 1, variants=["stok"])
+
+
+def test_split_level_jobs_and_merge(tools, tmp_path):  # noqa: F811
+    _, pt = tools
+    assert pt.jobs(["skip", "ablation", "tr+fbc"], [0.75, 0.5]) == ["skip@0.75", "skip@0.5", "ablation",
+                                                                    "tr+fbc@0.75", "tr+fbc@0.5"]
+    assert pt.jobs(["skip"]) == ["skip"]
+    assert pt.split_job("tr+fbc@0.875", [0.5]) == ("tr+fbc", [0.875])
+    assert pt.split_job("skip", [0.5, 0.75]) == ("skip", [0.5, 0.75])
+    out = tmp_path / "run"
+    (out / "w1" / "main").mkdir(parents=True)
+    res = _result([_row("skip", 0.75, 16.0)], [], [0.75],
+                  skipped={"skip@0.875": "JobTimeout: stopped at its own time limit of 9 s (one process on cpu)"})
+    (out / "w1" / "main" / "results.json").write_text(json.dumps(res))
+    (out / "jobs.json").write_text(json.dumps(["skip@0.75", "skip@0.5", "skip@0.875", "tr+fbc@0.75"]))
+    pt._claim(out, "skip@0.5")
+    pt._claim(out, "tr+fbc@0.75")  # claimed, never saved
+    pt.merge(out)
+    main = json.loads((out / "main" / "results.json").read_text())
+    assert main["settings"]["not_run"] == {"skip@0.5": "started but not finished before the call's time limit",
+                                           "tr+fbc@0.75": "started but not finished before the call's time limit",
+                                           "skip@0.875": "stopped at its own time limit of 9 s (one process on cpu)"}
+
+
+def test_cpu_call_joins_with_its_device_and_no_timed_figures(tools, tmp_path):  # noqa: F811
+    md, _ = tools
+    import _results_join as rj
+
+    gpu, cpu = tmp_path / "runs" / "gpu", tmp_path / "runs" / "cpu"
+    _write(gpu, "main", _result([_row("channel", 0.5, 45.0)], [_tensor("channel", 0.5, 1e-5)], [0.5]))
+    slow = _result([_row("skip", 0.5, 16.0)], [_tensor("skip", 0.5, 2e-3)], [0.5])
+    slow["environment"] = dict(slow["environment"], device="cpu", threads=1)
+    slow["environment"].pop("device_name")
+    slow["settings"].update(batch_size=1, workers=1)  # the batch size does not change the videos
+    _write(cpu, "main", slow)
+    (cpu / "meta.json").write_text(json.dumps({"call": "call 3 (CPU)", "device": "cpu",
+                                                 "command": "python tools/peers_tables.py run --device cpu"}))
+    joined = rj.join([json.loads((gpu / "main" / "results.json").read_text()), slow])
+    by = {r["method"]: (r["device"], rj.timed_comparable(r)) for r in joined["rows"]}
+    assert by == {"channel": ("cuda", True), "skip": ("cpu", False)}
+    assert [c["device_type"] for c in joined["settings"]["calls"]] == ["cuda", "cpu"]
+    assert next(e for e in joined["tensor"] if e["method"] == "skip")["mse_vs_channel"] == pytest.approx(200.0)
+    text = md.render([gpu, cpu], tmp_path / "docs" / "results.md", tmp_path / "docs" / "eval_results.md").read_text()
+    skip_row = next(line for line in text.splitlines() if line.startswith("| skip | 50.0% |"))
+    channel_row = next(line for line in text.splitlines() if line.startswith("| channel | 50.0% |"))
+    assert "not shown (CPU)" in skip_row and "0.90x" not in skip_row
+    assert "0.90x" in channel_row and "not shown" not in channel_row
+    assert "call 3 (CPU): " in text and "**the CPU** (1 evaluation process, 1 thread each" in text
+    assert "The command of call 3 (CPU) (on a CPU" in text and "run --device cpu" in text
+    assert "on NVIDIA H200 and the CPU" in text and "Fig. 7: reuse has an order of magnitude" in text
+    other = json.loads(json.dumps(slow))
+    other["settings"]["seeds"] = [0]
+    with pytest.raises(ValueError, match="seeds"):  # another device is fine, other runs are not
+        rj.join([joined, other])

@@ -1,9 +1,12 @@
 """Join merged ``tools/peers_tables.py`` runs of several device calls into one result (for docs/results.md).
 
 Every call runs the same settings (tiny model, prompts, seeds, steps, capture); a later call measures what an
-earlier one did not reach. Rows keep the call they came from (``row["call"]``, 1-based); a method and level
-measured by two calls is kept from the first. A method is "not run" only if no call measured it, with each
-call's reason. Settings that must agree between calls (the runs, steps, capture) are checked: joining runs
+earlier one did not reach. Rows keep the call they came from (``row["call"]``, 1-based) and its device
+(``row["device"]``: ``"cuda"``, ``"cpu"``); a method and level measured by two calls is kept from the first.
+A call may run on another device than the first (the settings checked below fix the videos; the quality
+figures of the tiny model agree across devices up to float rounding), but timed figures of CPU rows are not
+comparable with the GPU's and are not shown (:func:`timed_comparable`). A method is "not run" only if no
+call measured it, with each call's reason. Settings that must agree between calls (the runs, steps, capture) are checked: joining runs
 of different settings would compare videos that are not comparable.
 """
 
@@ -13,6 +16,17 @@ import json
 
 SAME = ("pipeline", "config", "prompts", "seeds", "num_inference_steps", "guidance_scale", "reusing_steps",
         "capture_steps", "captured_layers", "tol")
+
+
+def device_type(env):
+    """``"cpu"`` or ``"cuda"`` (or another torch device type) of a run's ``environment``."""
+    return str(env.get("device", "cpu")).split(":")[0]
+
+
+def timed_comparable(row):
+    """Whether a row's timed figures may be shown beside the GPU calls' (rows measured on a CPU: no; their
+    quality figures are those of the same model and runs, equal up to float rounding)."""
+    return row.get("device", "cuda") != "cpu"
 
 
 def _level(x):
@@ -39,19 +53,21 @@ def join(results, labels=None):
     rows, tensor, seen, tseen, methods, calls = [], [], set(), set(), {}, []
     for k, res in given:
         mine = []
+        env = res["environment"]
+        where = dict(device=device_type(env), device_name=env.get("device_name", env.get("device")))
         for r in res["rows"]:
             if (r["method"], _level(r)) not in seen:
                 seen.add((r["method"], _level(r)))
-                rows.append(dict(r, call=k + 1))
+                rows.append(dict(r, call=k + 1, **where))
                 mine.append(r["method"])
         for e in res.get("tensor", []):
             if (e["method"], _level(e)) not in tseen:
                 tseen.add((e["method"], _level(e)))
-                tensor.append(dict(e, call=k + 1))
+                tensor.append(dict(e, call=k + 1, **where))
         for m in res["methods"]:
             methods.setdefault(m["name"], m)
-        env = res["environment"]
-        calls.append({"call": labels[k], "date_utc": env.get("date_utc"), "device": env.get("device_name", env.get("device")),
+        calls.append({"call": labels[k], "date_utc": env.get("date_utc"), "device": where["device_name"],
+                      "device_type": where["device"], "threads": env.get("threads"),
                       "workers": res["settings"].get("workers"), "methods": list(dict.fromkeys(mine)),
                       "dense_seconds_per_video": res["dense"].get("seconds_per_video")})
     measured = {r["method"] for r in rows}

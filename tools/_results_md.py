@@ -10,6 +10,7 @@ from pathlib import Path
 
 from _results_claims import claims
 from _results_e2e import _e2e_blocks, compose, e2e_table, quality_vs_speed
+from _results_join import timed_comparable
 
 FAMILIES = (  # (heading, methods in order); methods of none of these go to "other"
     ("TimeRipple, channel mode (the paper)", ("channel",)),
@@ -81,6 +82,12 @@ def _matched(row):
     return f"{row['target']:.1%} {where}"
 
 
+def _timed(row):
+    if not timed_comparable(row):
+        return "not shown (CPU)"
+    return f"{f(row.get('speedup_timed'), '.2f')}x"
+
+
 def quality_table(res, methods):
     out = ["| method | level | matched on (target) | knob | savings, reusing steps | savings, whole run | "
            "PSNR mean (min) dB | SSIM | adherence all (lost c/s/d) | timed speedup (tiny model) | call |",
@@ -91,7 +98,7 @@ def quality_table(res, methods):
             knob = "-" if r.get("knob") is None else f"{r['knob_name']} {r['knob']:.4g}"
             out.append(f"| {m} | {f(r.get('level'), '.1%')} | {_matched(r)} | {knob} | {f(r['savings_reusing'], '.1%')} | "
                        f"{f(r['savings_total'], '.1%')}{mark} | {f(r['psnr_mean'], '.1f')} ({f(r['psnr_min'], '.1f')}) | "
-                       f"{f(r['ssim_mean'], '.3f')} | {_adh(r)} | {f(r.get('speedup_timed'), '.2f')}x | {r.get('call', 1)} |")
+                       f"{f(r['ssim_mean'], '.3f')} | {_adh(r)} | {_timed(r)} | {r.get('call', 1)} |")
     return out
 
 
@@ -180,6 +187,7 @@ def plots(main, e2e, figs: Path, run: Path):
             for m in ms:
                 pts = sorted((float(r[key]) * (100 if key == "savings_total" else 1), r["psnr_mean"])
                              for r in main["rows"] if r["method"] == m and r.get(key) is not None
+                             and (key != "speedup_timed" or timed_comparable(r))
                              and isinstance(r["psnr_mean"], (int, float)) and math.isfinite(r["psnr_mean"]))
                 if pts:
                     ax.plot(*zip(*pts), marker="o", ms=4, lw=1, label=m)

@@ -16,8 +16,17 @@ def _calls_phrase(calls):
     return f"{len(calls)} device calls with the same settings (the later ones measured what the earlier did not reach)"
 
 
+def _devices(main):
+    """The devices of the calls, in order, each once (e.g. "NVIDIA H200 and the CPU")."""
+    calls = (main or {}).get("settings", {}).get("calls") or []
+    names = list(dict.fromkeys("the CPU" if c.get("device_type") == "cpu" else c.get("device") for c in calls))
+    if not names and main:
+        names = [main["environment"].get("device_name", main["environment"]["device"])]
+    return " and ".join(str(n) for n in names)
+
+
 def intro(main, e2e, calls=({"call": "call 1"},)):
-    where = "" if not main else f" on {main['environment'].get('device_name', main['environment']['device'])}"
+    where = "" if not main else f" on {_devices(main)}"
     return [
         "# Results: the paper's tables, TimeRipple and its peers, measured here",
         "",
@@ -45,9 +54,16 @@ def calls_lines(res):
     out = []
     for c in (res or {}).get("settings", {}).get("calls") or []:
         workers = c.get("workers")
-        out.append(f"- {c['call']}: {c.get('date_utc')} UTC, {c.get('device')}, "
-                   f"{workers} evaluation process{'es' if workers != 1 else ''} on the GPU, dense "
-                   f"{c.get('dense_seconds_per_video') or float('nan'):.3f} s per video (timed); measured "
+        procs = f"{workers} evaluation process{'es' if workers != 1 else ''}"
+        if c.get("device_type") == "cpu":
+            where = (f"**the CPU** ({procs}, {c.get('threads')} thread each; its rows are CPU-measured: quality "
+                     "figures of the same model and runs, equal to a GPU's up to float rounding; its timed figures "
+                     "are not comparable and not shown), dense "
+                     f"{c.get('dense_seconds_per_video') or float('nan'):.1f} s per video on the CPU")
+        else:
+            where = (f"{c.get('device')}, {procs} on the GPU, dense "
+                     f"{c.get('dense_seconds_per_video') or float('nan'):.3f} s per video (timed)")
+        out.append(f"- {c['call']}: {c.get('date_utc')} UTC, {where}; measured "
                    + (", ".join(f"`{m}`" for m in c["methods"]) or "nothing new"))
     return out
 
@@ -61,11 +77,17 @@ def limits(main, abl, e2e):
     untimed = sorted({f"{res.get('model_label', res['label'])}: {r['label']}" for res in e2e for r in res["rows"]
                       if "time limit" in (r.get("note") or "") and (res["model"], r["label"]) not in timed})
     if missing:
-        out.append(f"- **Not measured on the GPU** ({len(missing)}): {', '.join(f'`{m}`' for m in missing)}. The "
-                   "device calls ran under a time budget (the reasons, per call, are listed under each table: not "
-                   "started before the call's end, or stopped at the method's own time limit); they are listed, "
-                   "never dropped. A CPU stand-in at reduced settings (2 videos, 10 steps) of most of them is in "
-                   "[results_cpu_quick.md](results_cpu_quick.md).")
+        out.append(f"- **Not measured in any call** ({len(missing)}; `name@level`: that level only): "
+                   f"{', '.join(f'`{m}`' for m in missing)}. The calls ran under a time budget (the reasons, per "
+                   "call, are listed under each table: not started before the call's end, or stopped at the "
+                   "method's own time limit); they are listed, never dropped. A CPU stand-in at reduced settings "
+                   "(2 videos, 10 steps) of most of them is in [results_cpu_quick.md](results_cpu_quick.md).")
+    if any(c.get("device_type") == "cpu" for c in (main or {}).get("settings", {}).get("calls") or []):
+        out.append("- Rows of a CPU call are CPU-measured at the GPU calls' settings (same model, prompts, seeds, "
+                   "steps, levels, tolerance, captured calls): their PSNR / SSIM / adherence / attention MSE compare "
+                   "with the dense videos and exact attention computed on the CPU in the same call, which equal the "
+                   "GPU's up to float rounding. Their timed speedups are not shown (a CPU is not the GPU the other "
+                   "rows were timed on), and they are left out of the timed-speedup plot.")
     if untimed:
         out.append(f"- Speed rows not timed in any call ({len(untimed)}, the calls' time limits): {'; '.join(untimed)}.")
     calls = (main or {}).get("settings", {}).get("calls") or []
@@ -98,7 +120,10 @@ def commands_section(calls, runs=("docs/results/runs/gpu",), e2e_paths=("docs/re
            f"{folders} (`main/`, `ablation/`, `e2e.json`, `meta.json`). This page and docs/eval_results.md are "
            "rendered from them with", "", "```sh", render_command(runs, e2e_paths), "```", ""]
     for meta in calls:
-        if meta.get("command"):
+        if meta.get("command") and meta.get("device") == "cpu":
+            out += [f"The command of {meta['call']} (on a CPU, from the repository root; the processes share the "
+                    "job list, then `merge` joins their figures):", "", "```sh", meta["command"], "```", ""]
+        elif meta.get("command"):
             out += [f"The device command of {meta['call']} (the checkout staged as in COMMON.md, run from the "
                     "repository root; `tools/results_device_run.sh` runs the evaluation, merges, then times the "
                     "full-size transformers alone on the GPU):", "", "```sh", meta["command"], "```", ""]
@@ -154,7 +179,7 @@ def eval_page(main, levels, summary_table, tensor_table, settings_line, not_in_t
                         or f"{dense['seconds_per_video']:.3f} s") + " per video (timed, batched), adherence of the dense videos "
            + "/".join(f"{adh.get(c, math.nan):.0%}" for c in ("colour", "shape", "direction")) + " (colour/shape/"
            "direction). Rendered by `tools/peers_tables.py render` with docs/results.md (which has every column, "
-           "the claims and the commands); raw figures in `docs/results/runs/gpu*/main/results.json` (one folder per device call).", "",
+           "the claims and the commands); raw figures in `docs/results/runs/<folder>/main/results.json` (one folder per call).", "",
            "## Mean PSNR / SSIM vs dense at matched savings", "",
            "Each cell: PSNR / SSIM (achieved savings; methods matched on the whole run say so); † = target not "
            "reached. Savings units: channel = q·kᵀ partial products, token modes = q·k pairs, baselines = "

@@ -19,6 +19,10 @@ Every row records what it matched (``matched_on``) and the level it stands besid
     # the tables (tiny model, 16 runs per pipeline call), ONE process per GPU (several add no throughput)
     python tools/peers_tables.py run --out runs/gpu --device cuda --job-timeout 40
     python tools/peers_tables.py merge runs/gpu
+    # the same settings on a CPU (2 cores: 2 processes, 1 thread each), one job per method and level, the knob
+    # searched on 2 runs (every row still measured on all 16), stopped at a given time (docs/results.md, call 3)
+    python tools/peers_tables.py run --out runs/cpu --device cpu --split-levels --search-runs 2 \
+        --levels 0.75 0.5 0.875 --methods skip tr+fbc --stop-at "$(date -d 'now + 30 min' +%s)" &  # x2
     # a reduced CPU check of the whole chain
     python tools/peers_tables.py run --out runs/cpu --prompts 1 --seeds 0 --steps 6 --levels 0.75 --methods channel fbc
     python tools/peers_tables.py merge runs/cpu
@@ -80,16 +84,29 @@ def _claim(out: Path, job: str) -> bool:
         return False
 
 
-def jobs(methods=None):
-    """The job list: every registered method (or ``methods``) and the ablation group, long ones first."""
+def jobs(methods=None, levels=None):
+    """The job list: every registered method (or ``methods``) and the ablation group, long ones first.
+
+    With ``levels``, a method's job is split into one job per level (``name@level``, the levels in the order
+    given), so a run stopped at its time limit keeps every level it finished (e.g. on a slow CPU)."""
     from timeripple.eval import list_methods
     from timeripple.eval.ablation_methods import ABLATION_METHODS
 
     if methods:  # as given (a job list of its own, e.g. what an earlier call did not reach)
-        return list(dict.fromkeys(methods))
-    names = [m for m in list_methods() if m not in ABLATION_METHODS]
-    out = [j for j in FIRST if j in names or j == ABLATION_JOB]
-    return out + [m for m in names if m not in out]
+        out = list(dict.fromkeys(methods))
+    else:
+        names = [m for m in list_methods() if m not in ABLATION_METHODS]
+        out = [j for j in FIRST if j in names or j == ABLATION_JOB]
+        out += [m for m in names if m not in out]
+    if not levels:
+        return out
+    return [j if j == ABLATION_JOB else f"{j}@{lv:g}" for j in out for lv in ([None] if j == ABLATION_JOB else levels)]
+
+
+def split_job(job, levels):
+    """``(method, levels)`` of a job: ``name@level`` is one level of ``name``, a plain name all ``levels``."""
+    name, _, level = job.rpartition("@")
+    return (name, [float(level)]) if name else (job, list(levels))
 
 
 def _evaluate(name, levels, common, config_fraction):
@@ -144,7 +161,7 @@ class Worker:
         self.common = dict(pipe=self.pipe, prompts=list(EVAL_PROMPTS[: args.prompts]), seeds=list(args.seeds),
                            num_inference_steps=args.steps, capture_steps=args.capture_steps,
                            capture_layers=args.capture_layers, tensor_level=not args.no_tensor, progress=False,
-                           tol=args.tol)
+                           tol=args.tol, search_runs=args.search_runs)
         self.fraction = len(reusing_steps(load_config("wan2.1", mode="channel"), args.steps)) / args.steps
         self.main, self.main_skipped, self.abl, self.abl_skipped = [], {}, [], {}
 
@@ -168,7 +185,9 @@ class Worker:
         self.pipe = load_tiny_pipeline(device=self.args.device)
         self.common["pipe"] = self.pipe
 
-    def one(self, name, levels, results, skipped, folder, common=None):
+    def one(self, name, levels, results, skipped, folder, common=None, key=None):
+        """Evaluate ``name`` at ``levels``; ``key`` names the job in the skipped / not-run lists (default ``name``)."""
+        key = key or name
         t0 = time.time()
         limit = self.limit()
         try:
@@ -177,15 +196,15 @@ class Worker:
             with time_limit(limit):
                 res = _evaluate(name, levels, dict(common or self.common, pipe=self.pipe), self.fraction)
             results.append(res)
-            self.log(f"{name}: done in {time.time() - t0:.0f} s")
+            self.log(f"{key}: done in {time.time() - t0:.0f} s")
         except JobTimeout as exc:  # listed as not run (merge); the next job gets a clean pipeline
-            skipped[name] = f"JobTimeout: {exc} (one process on {self.args.device})"
-            self.log(f"{name}: STOPPED after {time.time() - t0:.0f} s ({exc})")
+            skipped[key] = f"JobTimeout: {exc} (one process on {self.args.device})"
+            self.log(f"{key}: STOPPED after {time.time() - t0:.0f} s ({exc})")
             if time.time() - t0 > 1:
                 self.reload()
         except Exception as exc:  # the reason goes into the table; the other methods still run
-            skipped[name] = f"{type(exc).__name__}: {exc}"
-            self.log(f"{name}: SKIPPED after {time.time() - t0:.0f} s ({skipped[name][:300]})")
+            skipped[key] = f"{type(exc).__name__}: {exc}"
+            self.log(f"{key}: SKIPPED after {time.time() - t0:.0f} s ({skipped[key][:300]})")
             traceback.print_exc()
         merged = _merge(results, skipped)  # after every method, so a run cut short keeps what it measured
         (self.me / folder).mkdir(exist_ok=True)
@@ -241,8 +260,15 @@ class Worker:
                 (self.out / "ablation_plan.json").write_text(json.dumps(self.ablation_plan()))
                 self.ablation()
             else:
-                self.one(job, self.args.levels, self.main, self.main_skipped, "main")
+                name, levels = split_job(job, self.args.levels)
+                self.one(name, levels, self.main, self.main_skipped, "main", key=job)
         self.logfile.close()
+
+
+def _level_done(job, done):
+    """Whether a one-level job (``name@level``) has its row."""
+    name, _, level = job.rpartition("@")
+    return bool(name) and (name, round(float(level), 9)) in done
 
 
 def merge(folder) -> None:
@@ -283,9 +309,11 @@ def merge(folder) -> None:
         levels = sorted({r["level"] for d in loaded for r in d["rows"] if r.get("level") is not None})
         settings["levels"] = levels or settings["levels"]  # the rows' levels (a cache's targets are whole-run savings)
         if part == "main":
+            done = {(r["method"], round(r["level"], 9)) for d in loaded for r in d["rows"] if r.get("level") is not None}
             settings["not_run"] = {j: ("started but not finished before the call's time limit" if j in claimed
                                        else "not started before the call's time limit")
-                                   for j in planned if j != ABLATION_JOB and j not in ran}
+                                   for j in planned if j != ABLATION_JOB and j not in ran
+                                   and not _level_done(j, done)}
         elif ABLATION_JOB in planned:
             from timeripple.eval.ablation_methods import ABLATION_METHODS
 
@@ -339,6 +367,11 @@ def main(argv=None):
     r.add_argument("--capture-layers", type=int, default=None)
     r.add_argument("--no-tensor", action="store_true")
     r.add_argument("--tol", type=float, default=0.005)
+    r.add_argument("--search-runs", type=int, default=None,
+                   help="runs used while searching a knob (the first ones; every row is then measured on all "
+                        "runs); default all. Fewer is cheaper on a CPU")
+    r.add_argument("--split-levels", action="store_true",
+                   help="one job per method and level (`name@level`): a run cut short keeps the levels it finished")
     r.add_argument("--deadline", type=float, default=0.0, help="unix time after which no new job is started")
     r.add_argument("--job-timeout", type=float, default=0.0, help="seconds one job (method) may run (0: no limit)")
     r.add_argument("--stop-at", type=float, default=0.0, help="unix time at which a running job is stopped")
@@ -363,7 +396,7 @@ def main(argv=None):
 
         for module in args.imports:
             importlib.import_module(module)
-        job_list = jobs(args.methods)
+        job_list = jobs(args.methods, args.levels if args.split_levels else None)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "jobs.json").is_file():
