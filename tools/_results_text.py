@@ -57,8 +57,8 @@ def calls_lines(res):
         procs = f"{workers} evaluation process{'es' if workers != 1 else ''}"
         if c.get("device_type") == "cpu":
             where = (f"**the CPU** ({procs}, {c.get('threads')} thread each; its rows are CPU-measured: quality "
-                     "figures of the same model and runs, equal to a GPU's up to float rounding; its timed figures "
-                     "are not comparable and not shown), dense "
+                     "figures of the same model and runs, expected to equal a GPU's up to float rounding; its timed "
+                     "figures are not comparable and not shown), dense "
                      f"{c.get('dense_seconds_per_video') or float('nan'):.1f} s per video on the CPU")
         else:
             where = (f"{c.get('device')}, {procs} on the GPU, dense "
@@ -85,8 +85,8 @@ def limits(main, abl, e2e):
     if any(c.get("device_type") == "cpu" for c in (main or {}).get("settings", {}).get("calls") or []):
         out.append("- Rows of a CPU call are CPU-measured at the GPU calls' settings (same model, prompts, seeds, "
                    "steps, levels, tolerance, captured calls): their PSNR / SSIM / adherence / attention MSE compare "
-                   "with the dense videos and exact attention computed on the CPU in the same call, which equal the "
-                   "GPU's up to float rounding. Their timed speedups are not shown (a CPU is not the GPU the other "
+                   "with the dense videos and exact attention computed on the CPU in the same call, expected to equal "
+                   "the GPU's up to float rounding (not checked: no row is measured on both devices). Their timed speedups are not shown (a CPU is not the GPU the other "
                    "rows were timed on), and they are left out of the timed-speedup plot.")
     if untimed:
         out.append(f"- Speed rows not timed in any call ({len(untimed)}, the calls' time limits): {'; '.join(untimed)}.")
