@@ -177,6 +177,11 @@ def test_cpu_call_joins_with_its_device_and_no_timed_figures(tools, tmp_path):  
     assert "call 3 (CPU): " in text and "**the CPU** (1 evaluation process, 1 thread each" in text
     assert "The command of call 3 (CPU) (on a CPU" in text and "run --device cpu" in text
     assert "on NVIDIA H200 and the CPU" in text and "Fig. 7: reuse has an order of magnitude" in text
+    late = json.loads(json.dumps(slow))
+    late["settings"]["not_run"] = {"skip@0.75": "started", "tr+fbc@0.5": "not started", "tr+fbc@0.75": "stopped"}
+    nr = rj.join([json.loads((gpu / "main" / "results.json").read_text()), late], ["call 1", "call 3"])
+    assert nr["settings"]["not_run"] == {"skip@0.75": "call 3: started",  # skip has a row: the level is named
+                                         "tr+fbc": "call 3: not started (at 50.0%); call 3: stopped (at 75.0%)"}
     other = json.loads(json.dumps(slow))
     other["settings"]["seeds"] = [0]
     with pytest.raises(ValueError, match="seeds"):  # another device is fine, other runs are not

@@ -75,6 +75,9 @@ def join(results, labels=None):
     for k, res in given:
         for part, out in (("skipped", skipped), ("not_run", not_run)):
             for m, why in (res["settings"].get(part) or {}).items():
+                name, _, level = m.rpartition("@")  # a one-level job of a method no call measured: the method's
+                if name and name not in measured:
+                    m, why = name, f"{why} (at {float(level):.1%})"
                 if m not in measured:
                     why = f"{labels[k]}: {why}" if len(given) > 1 else why  # one call: its reason as it is
                     out[m] = f"{out[m]}; {why}" if m in out else why
