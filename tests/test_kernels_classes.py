@@ -288,6 +288,7 @@ def test_masked_keys_of_different_counts_per_batch_row_are_refused():
 def test_pooled_budget_plan_takes_the_class_path(monkeypatch):
     # the bundled configs' plan: per-head kept keys differ (budget pooled over the heads)
     monkeypatch.setattr(cl, "MIN_CLASS_KEYS", 1)
+    monkeypatch.setattr(cl, "PAD_LIMIT", 10.0)  # a tiny grid's demotion is heavy; the rule is tested apart
     grid, B, H, D = (4, 6, 8), 1, 3, 32
     q, k, v = (smooth(B, H, grid, D) for _ in range(3))
     opts = dict(grid=grid, threshold=0.5, mode="token", pair_savings=0.5, key_share="auto", budget_scope="call",
@@ -308,3 +309,21 @@ def test_pooled_budget_plan_takes_the_class_path(monkeypatch):
     want = token_attention_ref(q.double(), k.double(), v.double(), q_src, k_src, key_repr="mean")
     assert (out.double() - want).abs().max() < 1e-5
     assert got.shape == q.shape and torch.isfinite(got).all()
+
+
+def test_demotion_with_masked_padding_keys_matches_reference(monkeypatch):
+    # HunyuanVideo's padded text keys: the same number masked in every row, chain plan on the video part
+    monkeypatch.setattr(cl, "MIN_CLASS_KEYS", 1)
+    monkeypatch.setattr(cl, "PAD_LIMIT", 10.0)
+    B, H, N, D, text = 2, 3, 80, 64, 12
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(B, H, N, D, generator=g).to(DEVICE) for _ in range(3))
+    q_src, k_src = random_token_plan(B, H, N, 0.5, text_len=text, device=DEVICE, generator=g)
+    bias = torch.zeros(B, N, device=DEVICE)
+    bias[:, -4:] = float("-inf")
+    lay = cl.class_layout(q_src, k_src, bias)
+    assert lay.reason is None and lay.demoted
+    got = token_attention(q, k, v, q_src, k_src, key_bias=bias, key_repr="mean", method="classes")
+    want = token_attention_ref(q.double(), k.double(), v.double(), q_src, k_src, key_bias=bias.double(),
+                               key_repr="mean")
+    assert (got.double() - want).abs().max() < 1e-5
