@@ -182,6 +182,12 @@ def test_cpu_call_joins_with_its_device_and_no_timed_figures(tools, tmp_path):  
     nr = rj.join([json.loads((gpu / "main" / "results.json").read_text()), late], ["call 1", "call 3"])
     assert nr["settings"]["not_run"] == {"skip@0.75": "call 3: started",  # skip has a row: the level is named
                                          "tr+fbc": "call 3: not started (at 50.0%); call 3: stopped (at 75.0%)"}
+    redo = json.loads(json.dumps(slow))  # a later call measures a level an earlier one did not finish
+    redo["rows"], redo["tensor"] = [_row("skip", 0.75, 15.0)], []
+    redone = rj.join([json.loads((gpu / "main" / "results.json").read_text()), late, redo],
+                     ["call 1", "call 3", "call 4"])
+    assert "skip@0.75" not in redone["settings"]["not_run"]
+    assert redone["settings"]["not_run"]["tr+fbc"].startswith("call 3: not started (at 50.0%)")
     other = json.loads(json.dumps(slow))
     other["settings"]["seeds"] = [0]
     with pytest.raises(ValueError, match="seeds"):  # another device is fine, other runs are not

@@ -71,11 +71,14 @@ def join(results, labels=None):
                       "workers": res["settings"].get("workers"), "methods": list(dict.fromkeys(mine)),
                       "dense_seconds_per_video": res["dense"].get("seconds_per_video")})
     measured = {r["method"] for r in rows}
+    measured_at = {(r["method"], _level(r)) for r in rows}
     skipped, not_run = {}, {}
     for k, res in given:
         for part, out in (("skipped", skipped), ("not_run", not_run)):
             for m, why in (res["settings"].get(part) or {}).items():
                 name, _, level = m.rpartition("@")  # a one-level job of a method no call measured: the method's
+                if name and (name, round(float(level), 9)) in measured_at:
+                    continue  # another call measured this method at this level
                 if name and name not in measured:
                     m, why = name, f"{why} (at {float(level):.1%})"
                 if m not in measured:
