@@ -33,7 +33,7 @@ import math
 import torch
 import triton
 
-from .class_kernels import combine_finish_kernel, combine_many_kernel, pack_demoted_kernel, pair_mean_kernel
+from .class_kernels import combine_classes_kernel, pack_demoted_kernel, pair_mean_kernel
 from .token_attention_compact import PAD_LIMIT, gather_rows_kernel, merge_values_kernel
 from .token_attention_triton import pack_kept, row_cumsum
 from .triton_common import interpreting
@@ -357,19 +357,11 @@ def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_
         if lay.valid is not None and len(results) == 1:  # one class: the LSE is not read, poison o
             o, lse, w = results[0]
             results[0] = (o + torch.where(lay.valid, 0.0, float("nan")).to(o.dtype), lse, w)
-        grid = (triton.cdiv(N, BLOCK), B * nh)
-        if len(results) > 2:
-            slots = results + [results[0]] * (MAX_FUSED_CLASSES - len(results))  # unused slots: never read
-            combine_many_kernel[grid](
-                *[t for o, lse, _ in slots for t in (o, lse)], *[w for _, _, w in slots], lay.q_src, lay.rank_q,
-                out, out.stride(0), out.stride(1), out.stride(2), H, nh, h0, N, mq, NC=len(results), HEAD_DIM=D,
-                DH=DP, BLOCK_S=BLOCK, num_warps=4,
-            )
-        else:
-            (o1, l1, w1), (o2, l2, w2) = results[0], results[-1]
-            combine_finish_kernel[grid](
-                o1, l1, o2, l2, lay.q_src, lay.rank_q, out, out.stride(0), out.stride(1), out.stride(2),
-                H, nh, h0, N, mq, w1, w2, HAS2=len(results) == 2, HEAD_DIM=D, DH=DP, BLOCK_S=BLOCK, num_warps=4,
-            )
+        slots = results + [results[0]] * (MAX_FUSED_CLASSES - len(results))  # unused slots: never read
+        combine_classes_kernel[(triton.cdiv(N, BLOCK), B * nh)](
+            *[t for o, lse, _ in slots for t in (o, lse)], *[w for _, _, w in slots], lay.q_src, lay.rank_q,
+            out, out.stride(0), out.stride(1), out.stride(2), H, nh, h0, N, mq, NC=len(results), HEAD_DIM=D,
+            DH=DP, BLOCK_S=BLOCK, num_warps=4,
+        )
         del results
     return out

@@ -1,47 +1,9 @@
-"""Triton kernels of the count-class path (``class_attention.py``): the log-sum-exp combine of one, two or up
-to eight classes with the copy of every output row, the mean row of a key pair, and the packing of demoted
+"""Triton kernels of the count-class path (``class_attention.py``): the log-sum-exp combine of one to eight
+classes with the copy of every output row, the mean row of a key pair, and the packing of demoted
 key lists. Launchers and their contracts are in ``class_attention.py``."""
 
 import triton
 import triton.language as tl
-
-
-@triton.jit
-def combine_finish_kernel(
-    O1, L1, O2, L2, Q_SRC, RANK_Q, OUT, stride_ob, stride_oh, stride_on, H, HC, H0, N, MQ, LOGW1, LOGW2,
-    HAS2: tl.constexpr, HEAD_DIM: tl.constexpr, DH: tl.constexpr, BLOCK_S: tl.constexpr,
-):
-    """Every row of ``OUT`` for the chunk's heads from its kept source's compacted row ``r``: one class
-    (``o1``), or two combined through their log-sum-exps ``l + log w`` (rows with no key get zeros)."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // HC
-    h = H0 + bh % HC
-    offs_i = pid * BLOCK_S + tl.arange(0, BLOCK_S)                   # (S,) token index
-    offs_d = tl.arange(0, DH)
-    ok = offs_i < N
-    ok2 = ok[:, None] & (offs_d[None, :] < HEAD_DIM)
-    row = (b.to(tl.int64) * H + h) * N                               # row of the (B, H, N) layout
-    src = tl.load(Q_SRC + row + offs_i, mask=ok, other=0)
-    rank = tl.minimum(tl.load(RANK_Q + row + src, mask=ok, other=0), MQ - 1)  # in range even on a bad plan
-    r = bh.to(tl.int64) * MQ + rank                                  # (S,) compacted row
-    o = tl.load(O1 + r[:, None] * HEAD_DIM + offs_d[None, :], mask=ok2, other=0.0).to(tl.float32)
-    if HAS2:
-        l1 = tl.load(L1 + r, mask=ok, other=float("-inf")) + LOGW1
-        l2 = tl.load(L2 + r, mask=ok, other=float("-inf")) + LOGW2
-        m = tl.maximum(l1, l2)
-        m_safe = tl.where(m == float("-inf"), 0.0, m)
-        w1 = tl.exp(l1 - m_safe)
-        w2 = tl.exp(l2 - m_safe)
-        den = w1 + w2
-        o2 = tl.load(O2 + r[:, None] * HEAD_DIM + offs_d[None, :], mask=ok2, other=0.0).to(tl.float32)
-        # no key at all: zeros; a NaN log-sum-exp (a poisoned plan, non-finite input): NaN
-        o = tl.where(den[:, None] > 0.0,
-                     (o * w1[:, None] + o2 * w2[:, None]) / tl.where(den > 0.0, den, 1.0)[:, None], 0.0)
-        o = o + (den - den)[:, None]  # 0, or NaN where den is NaN
-    o_base = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-    tl.store(o_base + offs_i[:, None].to(tl.int64) * stride_on + offs_d[None, :], o.to(OUT.dtype.element_ty),
-             mask=ok2)
 
 
 @triton.jit
@@ -57,13 +19,15 @@ def _online_class(O, L, LOGW, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM: tl.cons
 
 
 @triton.jit
-def combine_many_kernel(
+def combine_classes_kernel(
     O0, L0, O1, L1, O2, L2, O3, L3, O4, L4, O5, L5, O6, L6, O7, L7,
     W0, W1, W2, W3, W4, W5, W6, W7, Q_SRC, RANK_Q, OUT, stride_ob, stride_oh, stride_on, H, HC, H0, N, MQ,
     NC: tl.constexpr, HEAD_DIM: tl.constexpr, DH: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    """:func:`combine_finish_kernel` for ``NC`` (3 to 8) classes: ``Σ_c w_c e^{lse_c} o_c / Σ_c w_c e^{lse_c}``
-    in one pass (online rescaling), zeros where no class has a key, NaN where a log-sum-exp is NaN."""
+    """Every row of ``OUT`` for the chunk's heads from its kept source's compacted row ``r``: one class's
+    ``o`` (``NC == 1``, its log-sum-exp not read), or ``Σ_c w_c e^{lse_c} o_c / Σ_c w_c e^{lse_c}`` over ``NC``
+    (2 to 8) classes in one pass (online rescaling; ``W`` holds ``log w``): zeros where no class has a key,
+    NaN where a log-sum-exp is NaN (a poisoned plan, non-finite input). Slots past ``NC`` are not read."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // HC
@@ -76,24 +40,28 @@ def combine_many_kernel(
     src = tl.load(Q_SRC + row + offs_i, mask=ok, other=0)
     rank = tl.minimum(tl.load(RANK_Q + row + src, mask=ok, other=0), MQ - 1)  # in range even on a bad plan
     r = bh.to(tl.int64) * MQ + rank                                  # (S,) compacted row
-    m = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
-    den = tl.zeros([BLOCK_S], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_S, DH], dtype=tl.float32)
-    m, den, acc = _online_class(O0, L0, W0, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
-    m, den, acc = _online_class(O1, L1, W1, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
-    m, den, acc = _online_class(O2, L2, W2, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
-    if NC > 3:
-        m, den, acc = _online_class(O3, L3, W3, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
-    if NC > 4:
-        m, den, acc = _online_class(O4, L4, W4, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
-    if NC > 5:
-        m, den, acc = _online_class(O5, L5, W5, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
-    if NC > 6:
-        m, den, acc = _online_class(O6, L6, W6, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
-    if NC > 7:
-        m, den, acc = _online_class(O7, L7, W7, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
-    o = tl.where(den[:, None] > 0.0, acc / tl.where(den > 0.0, den, 1.0)[:, None], 0.0)
-    o = o + (den - den)[:, None]  # 0, or NaN where a log-sum-exp was NaN
+    if NC == 1:
+        o = tl.load(O0 + r[:, None] * HEAD_DIM + offs_d[None, :], mask=ok2, other=0.0).to(tl.float32)
+    else:
+        m = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
+        den = tl.zeros([BLOCK_S], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_S, DH], dtype=tl.float32)
+        m, den, acc = _online_class(O0, L0, W0, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
+        m, den, acc = _online_class(O1, L1, W1, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
+        if NC > 2:
+            m, den, acc = _online_class(O2, L2, W2, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
+        if NC > 3:
+            m, den, acc = _online_class(O3, L3, W3, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
+        if NC > 4:
+            m, den, acc = _online_class(O4, L4, W4, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
+        if NC > 5:
+            m, den, acc = _online_class(O5, L5, W5, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
+        if NC > 6:
+            m, den, acc = _online_class(O6, L6, W6, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
+        if NC > 7:
+            m, den, acc = _online_class(O7, L7, W7, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
+        o = tl.where(den[:, None] > 0.0, acc / tl.where(den > 0.0, den, 1.0)[:, None], 0.0)
+        o = o + (den - den)[:, None]  # 0, or NaN where a log-sum-exp was NaN
     o_base = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
     tl.store(o_base + offs_i[:, None].to(tl.int64) * stride_on + offs_d[None, :], o.to(OUT.dtype.element_ty),
              mask=ok2)
