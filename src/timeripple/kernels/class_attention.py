@@ -124,6 +124,7 @@ class ClassLayout:
         B, H, N = q_src.shape
         self.reason = None
         self.valid = None
+        self._early = None  # layout pieces enqueued before the host sync (the sync path only)
         ar = torch.arange(N, dtype=q_src.dtype, device=q_src.device)
         kept_q = q_src == ar
         lq = kept_q.sum(-1, dtype=torch.int32)                          # (B, H)
@@ -214,7 +215,7 @@ class ClassLayout:
     def _finish(self, lq, kept_q, label, count, k_src, q_src):
         B, H, N = q_src.shape
         self.lq = lq.reshape(B * H).contiguous()
-        early = getattr(self, "_early", None)
+        early = self._early
         self.rank_q = row_cumsum(kept_q, 1) if early is None else early[0]  # (B, H, N) rank among kept queries
         self.idx_q = None if self.all_q else pack_kept(kept_q, self.rank_q).contiguous()
         if self.demoted:  # one concatenated key list (class 1, then ascending counts), one launch
