@@ -154,10 +154,11 @@ def test_per_head_key_mask_matches_reference_and_each_head_alone(mask_kind):
     out, stats, ref, _ = _plan_and_out(q, k, v, attn_mask=mask, **kw)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     assert stats.qk_savings_mean > 0.05
-    for h in range(H):  # exact: each head as if it ran alone with its own key mask
+    for h in range(H):  # each head as if it ran alone with its own key mask (up to the float32 rounding of a
+        # batched matmul against one head's: BLAS may block the two differently; bit equality is not promised)
         alone = timeripple.ripple_attention(q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], mode="token",
                                             attn_mask=mask[:, h : h + 1], **kw)
-        assert torch.equal(out[:, h : h + 1], alone)
+        torch.testing.assert_close(out[:, h : h + 1], alone, rtol=0, atol=1e-6)
 
 
 def test_key_mask_repeated_per_head_equals_the_shared_mask():

@@ -327,3 +327,32 @@ def test_demotion_with_masked_padding_keys_matches_reference(monkeypatch):
     want = token_attention_ref(q.double(), k.double(), v.double(), q_src, k_src, key_bias=bias.double(),
                                key_repr="mean")
     assert (got.double() - want).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("key_repr", ["source", "mean"])
+def test_keys_merged_before_the_sync_and_strided_class_outputs_give_the_same_result(key_repr, monkeypatch):
+    monkeypatch.setattr(cl, "MIN_CLASS_KEYS", 1)
+    monkeypatch.setattr(cl, "PAD_LIMIT", 10.0)  # the tiny plan's demotion is heavy; the rule is tested apart
+    B, H, N, D = 1, 3, 80, 32
+    g = torch.Generator().manual_seed(5)
+    # (B, H, N, D) views of a (B, N, H, D) tensor, as diffusers' processors hand q, k, v over
+    q, k, v = (torch.randn(B, N, H, D, generator=g).to(DEVICE).transpose(1, 2) for _ in range(3))
+    q_src, k_src = random_token_plan(B, H, N, 0.5, device=DEVICE, generator=g)
+    q_src, k_src = q_src.int(), k_src.int()
+    lay = cl.class_layout(q_src, k_src, prepare=(k, v, key_repr))
+    assert lay.reason is None and lay.prepared is not None and len(lay.classes) >= 2 and not lay.all_q
+    kw = dict(scale=D ** -0.5, key_repr=key_repr)
+    built = cl.token_attention_classes(q, k, v, q_src, k_src, layout=lay, **kw)
+    after = cl.token_attention_classes(q, k, v, q_src, k_src, layout=cl.class_layout(q_src, k_src), **kw)
+    assert torch.equal(built, after)  # merged before the sync or after it: the same kernels, the same rows
+    want = token_attention_ref(q.double(), k.double(), v.double(), q_src, k_src, key_repr=key_repr)
+    assert (built.double() - want).abs().max() < 1e-5
+    real = cl.sdpa_lse
+
+    def strided(*args):  # every class's o in a (B, M, H, D) layout, as SDPA returns it for a transposed q
+        o, lse = real(*args)
+        return o.transpose(1, 2).contiguous().transpose(1, 2), lse
+
+    monkeypatch.setattr(cl, "sdpa_lse", strided)
+    assert torch.equal(cl.token_attention_classes(q, k, v, q_src, k_src, layout=lay, **kw), built)
+    assert cl._shared_strides([(o, o[..., 0], 0.0) for o in (built, built.transpose(1, 2))])[1][0].is_contiguous()

@@ -63,7 +63,16 @@ def trace_summary(prof):
             cur_e = max(cur_e, e)
     busy += cur_e - cur_s
     wall = spans[-1][1] - spans[0][0]
-    syncs = sum(e.name() in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize") for e in cpu)
+    sync_events = [e for e in cpu if e.name() in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
+                                                  "cudaEventSynchronize")]
+    syncs = len(sync_events)
+    ops = [e for e in cpu if e.name().startswith("aten::") and e.duration_ns() > 0]
+    where = {}
+    for se in sync_events:  # the innermost aten op around each sync: what asked for the host value
+        t = se.start_ns()
+        around = [e for e in ops if e.start_ns() <= t <= e.start_ns() + e.duration_ns()]
+        name = min(around, key=lambda e: e.duration_ns()).name() if around else "(no aten op)"
+        where[name] = where.get(name, 0) + 1
     launches = sum(e.name() in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
                    for e in cpu)
     # kernels launched inside the token path: their launch (runtime call) lies inside a token_attention range
@@ -104,7 +113,7 @@ def trace_summary(prof):
     top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:12]
     big_gaps = sorted(gaps, reverse=True)
     return dict(wall_ms=wall / 1e6, busy_ms=busy / 1e6, idle_ms=(wall - busy) / 1e6, syncs=syncs,
-                launches=launches, kernels=len(kernels), token_calls=len(ranges), token_gpu_ms=token_gpu / 1e6,
+                launches=launches, kernels=len(kernels), sync_ops=where, token_calls=len(ranges), token_gpu_ms=token_gpu / 1e6,
                 token_host_ms=host_token / 1e6, attn_host_ms=sum(attn) / 1e6, proc_launches=proc_launches, gaps_over_50us_ms=sum(g for g in gaps if g > 50_000) / 1e6,
                 n_gaps_over_50us=sum(g > 50_000 for g in gaps), largest_gaps_us=[round(g / 1e3) for g in big_gaps[:8]],
                 top=[(n, t / 1e6, c) for n, (t, c) in top], span_ms=span_ms,
@@ -189,7 +198,7 @@ def main():
                     s = trace_summary(prof)
                     line += (f" | profiled: wall {s['wall_ms']:.1f}, GPU busy {s['busy_ms']:.1f}, idle {s['idle_ms']:.1f} ms"
                              f" ({s['n_gaps_over_50us']} gaps > 50 us: {s['gaps_over_50us_ms']:.1f} ms; largest us "
-                             f"{s['largest_gaps_us']}); host syncs {s['syncs']}, launches {s['launches']}, kernels "
+                             f"{s['largest_gaps_us']}); host syncs {s['syncs']} {s['sync_ops']}, launches {s['launches']}, kernels "
                              f"{s['kernels']}; processors x{s['token_calls']}: GPU {s['token_gpu_ms']:.1f} ms, host "
                              f"{s['token_host_ms']:.1f} ms (token_attention op {s['attn_host_ms']:.1f} ms), {s['proc_launches']} launches")
                     print(line, flush=True)

@@ -99,7 +99,8 @@ def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="sour
 
                 if expected is not None:  # static sizes from the caller: no host sync
                     expected = (expected[0], {c + 1: n for c, n in enumerate(expected[1:])})
-                lay = cl.class_layout(q_src, k_src, key_bias, expected)  # the one host sync, unless expected
+                prepare = None if expected is not None else (k, v, key_repr)  # keys merged before the sync
+                lay = cl.class_layout(q_src, k_src, key_bias, expected, prepare)  # the one host sync, unless expected
                 if lay.reason is None:
                     return cl.token_attention_classes(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias,
                                                       key_repr=key_repr, layout=lay)

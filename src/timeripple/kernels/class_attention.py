@@ -96,7 +96,7 @@ def _demotion_tables(hmin: torch.Tensor, hmax: torch.Tensor, tokens: torch.Tenso
     """Per merge count (``(MAX_CLASS + 2,)`` int32, on the device, no host sync): ``sizes`` (keys per head of
     the classes ``c >= 2`` that run as their own SDPA call, else 0), ``offsets`` (where each such class
     starts in the concatenated key list; class 1 first) and ``slots`` (1, 2, ... in ascending count, 0 for
-    class 1 and for demoted counts).
+    class 1 and for demoted counts); and the list's length per head (0-d).
 
     A class ``c >= 2`` keeps as many keys as the head with the fewest has (``hmin``: every head has them).
     One that varies between heads and has fewer than ``MIN_CLASS_KEYS`` keys there joins class 1, and at most
@@ -113,18 +113,18 @@ def _demotion_tables(hmin: torch.Tensor, hmax: torch.Tensor, tokens: torch.Tenso
     n1 = tokens - (c * sizes).sum()
     offsets = (n1 + torch.cumsum(sizes, 0) - sizes).to(torch.int32)    # class 1 at 0, then ascending counts
     slots = torch.where(own, torch.cumsum(own.int(), 0), 0).to(torch.int32)
-    return sizes, offsets, slots
+    return sizes, offsets, slots, n1 + sizes.sum()
 
 
 class ClassLayout:
     """Per-class packed key lists of a token plan (for all heads), or the reason the class path cannot
     run it. Built with one host sync (class sizes and kept query lengths)."""
 
-    def __init__(self, q_src, k_src, key_bias=None, expected=None):
+    def __init__(self, q_src, k_src, key_bias=None, expected=None, prepare=None):
         B, H, N = q_src.shape
         self.reason = None
         self.valid = None
-        self._early = None  # layout pieces enqueued before the host sync (the sync path only)
+        self.prepared = None  # the merged keys and values of every class for all heads (sync path, `prepare`)
         ar = torch.arange(N, dtype=q_src.dtype, device=q_src.device)
         kept_q = q_src == ar
         lq = kept_q.sum(-1, dtype=torch.int32)                          # (B, H)
@@ -143,14 +143,28 @@ class ClassLayout:
         if expected is not None:  # sizes known on the host: no sync; the plan is checked on the device
             self._expected(expected, lq, hist, other_bias, kept_q, label, count, k_src, q_src)
             return
-        # work that needs no host value, enqueued before the sync (the GPU runs it while the host waits)
-        self._early = (row_cumsum(kept_q, 1), row_cumsum(count) - count,
-                       torch.argsort(k_src, dim=-1, stable=True).to(torch.int32))
+        # Everything that needs no host value is enqueued before the sync, so that the GPU runs it while the
+        # host waits and the host has only the SDPA calls and the combine to launch after it (in a model the
+        # GPU is idle from the sync until the next launch): the query ranks and list, the concatenated key
+        # list of every class with demotion, and (``prepare``) the merged keys and values, in buffers of N
+        # rows per head (a list never has more entries than tokens: each entry stands for >= 1 token).
         weights = torch.arange(MAX_CLASS + 2, device=q_src.device)
         weights[-1] = 0
         tokens = (hist.long() * weights).sum(1)                         # (B*H,) unmasked keys covered
         hmax_d, hmin_d = hist.amax(0), hist.amin(0)
-        self._tables = _demotion_tables(hmin_d, hmax_d, tokens.amax())  # (sizes, offsets, slots) per count
+        self._tables = _demotion_tables(hmin_d, hmax_d, tokens.amax())  # (sizes, offsets, slots, total)
+        self.lq = lq.reshape(B * H).contiguous()
+        self.rank_q = row_cumsum(kept_q, 1)                             # (B, H, N) rank among kept queries
+        self.idx_q = pack_kept(kept_q, self.rank_q).contiguous()
+        self.count, self.start = count, row_cumsum(count) - count       # groups are contiguous in perm
+        self.perm = torch.argsort(k_src, dim=-1, stable=True).to(torch.int32)
+        self.partner = None
+        self.idx_all = self._pack_demoted(label)
+        self.len_all = self._tables[3].to(torch.int32).expand(B * H).contiguous()
+        if prepare is not None:
+            k, v, key_repr = prepare
+            self.prepared = _class_keys(k, v, self, self.idx_all, self.len_all, N, 0, H, key_repr, plain=False,
+                                        block=16 if interpreting() else 64)
         extra = torch.stack([lq.amax(), lq.sum(), lk.amax(), (lq.long() * lk.long()).sum(), tokens.amax(),
                              tokens.amin()]).double()
         host = torch.cat([hmax_d.double(), self._tables[0].double(), extra, other_bias.double()])
@@ -161,36 +175,40 @@ class ClassLayout:
         # for the dispatcher's fallback (compaction / varlen): kept lengths and padded-pairs ratio
         self.lengths = (lq, lk, self.mq, mk)
         self.pad_ratio = B * H * self.mq * mk / max(real, 1)
+        self.reason = self._check(host, hmax, own_sizes, lq_sum, real, tok_max, tok_min, B * H)
+        if self.reason is not None:
+            self.prepared = None
+            return
+        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        if self.all_q:
+            self.idx_q = None
+        self.q_src = q_src.int().contiguous()
+
+    def _check(self, host, hmax, own_sizes, lq_sum, real, tok_max, tok_min, rows):
+        """The class list from the host values, or the reason the class path cannot run the plan."""
         if host[-1]:
-            self.reason = "a key bias other than 0 / -inf (a float attention mask)"
-            return
+            return "a key bias other than 0 / -inf (a float attention mask)"
         if hmax[MAX_CLASS + 1]:
-            self.reason = f"a key merges more than {MAX_CLASS} tokens"
-            return
+            return f"a key merges more than {MAX_CLASS} tokens"
         present = [c for c in range(1, MAX_CLASS + 1) if hmax[c] > 0]
         if not present:
-            self.reason = "every key is masked"
-            return
+            return "every key is masked"
         if tok_max != tok_min:
-            self.reason = "the numbers of unmasked keys differ between batch rows"
-            return
+            return "the numbers of unmasked keys differ between batch rows"
         own = {c: n for c, n in enumerate(own_sizes) if n > 0}
         n1 = tok_max - sum(c * n for c, n in own.items())  # class 1: singletons and the demoted keys' copies
         self.classes = ([1] if n1 > 0 else []) + sorted(own)
         self.sizes = ([n1] if n1 > 0 else []) + [own[c] for c in sorted(own)]
         self.demoted = any(hmax[c] > own.get(c, 0) for c in present if c > 1)
-        self.all_q = lq_sum == B * H * N  # every query kept in every head
+        self.all_q = lq_sum == rows * self.rank_q.shape[-1]  # every query kept in every head
         self.max_count = max(present)
         if self.demoted and not DEMOTE:
-            self.reason = "class sizes differ between heads (demotion is off)"
-            return
-        if B * H * self.mq > PAD_LIMIT * max(lq_sum, 1):
-            self.reason = "kept query lengths differ too much between heads"
-            return
-        if B * H * self.mq * sum(self.sizes) > PAD_LIMIT * max(real, 1):
-            self.reason = "class sizes differ too much between heads (demoted keys would add too many pairs)"
-            return
-        self._finish(lq, kept_q, label, count, k_src, q_src)
+            return "class sizes differ between heads (demotion is off)"
+        if rows * self.mq > PAD_LIMIT * max(lq_sum, 1):
+            return "kept query lengths differ too much between heads"
+        if rows * self.mq * sum(self.sizes) > PAD_LIMIT * max(real, 1):
+            return "class sizes differ too much between heads (demoted keys would add too many pairs)"
+        return None
 
     def _expected(self, expected, lq, hist, other_bias, kept_q, label, count, k_src, q_src):
         """Static sizes ``(mq, {count: size})`` from the caller (budget mode): ``valid`` is a 0-d device
@@ -213,48 +231,42 @@ class ClassLayout:
         self._finish(lq, kept_q, label, count, k_src, q_src)
 
     def _finish(self, lq, kept_q, label, count, k_src, q_src):
+        """The per-class key lists of a plan with static sizes (no host value is read: capturable)."""
         B, H, N = q_src.shape
         self.lq = lq.reshape(B * H).contiguous()
-        early = self._early
-        self.rank_q = row_cumsum(kept_q, 1) if early is None else early[0]  # (B, H, N) rank among kept queries
+        self.rank_q = row_cumsum(kept_q, 1)                             # (B, H, N) rank among kept queries
         self.idx_q = None if self.all_q else pack_kept(kept_q, self.rank_q).contiguous()
-        if self.demoted:  # one concatenated key list (class 1, then ascending counts), one launch
-            self.idx_all = self._pack_demoted(label)
-            self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
-            self.len_all = torch.full((B * H,), sum(self.sizes), dtype=torch.int32, device=q_src.device)
-        else:
-            self.idx = [pack_kept(label == c).contiguous() for c in self.classes]
-            self.lens = [torch.full((B * H,), n, dtype=torch.int32, device=q_src.device) for n in self.sizes]
+        self.idx = [pack_kept(label == c).contiguous() for c in self.classes]
+        self.lens = [torch.full((B * H,), n, dtype=torch.int32, device=q_src.device) for n in self.sizes]
         self.partner = None
         if self.max_count == 2:  # pairs: a merged key's partner is the largest index of its group
             ar = torch.arange(N, dtype=torch.int32, device=q_src.device).expand(B, H, N)
             self.partner = torch.zeros((B, H, N), dtype=torch.int32, device=q_src.device).scatter_reduce_(
                 2, k_src.long(), ar, "amax", include_self=False).contiguous()
         elif self.max_count > 2:  # larger groups: contiguous in perm (what the merge kernel reads)
-            self.count = count
-            self.start, self.perm = (row_cumsum(count) - count, torch.argsort(k_src, dim=-1, stable=True).to(
-                torch.int32)) if early is None else early[1:]
-        self._early = None
+            self.count, self.start = count, row_cumsum(count) - count
+            self.perm = torch.argsort(k_src, dim=-1, stable=True).to(torch.int32)
         self.q_src = q_src.int().contiguous()
 
     def _pack_demoted(self, label):
-        """:func:`pack_demoted_kernel`: int32 ``(B, H, N)``, zero past ``sum(sizes)`` (valid token indices,
-        as ``pack_kept``)."""
+        """:func:`pack_demoted_kernel` for every possible class (enqueued before the host knows which exist):
+        int32 ``(B, H, N)``, zero past the list's length (valid token indices, as ``pack_kept``)."""
         B, H, N = label.shape
-        sizes, offsets, slots = self._tables
+        sizes, offsets, slots, _ = self._tables
         out = torch.zeros((B, H, N), dtype=torch.int32, device=label.device)
-        ns = len(self.classes) - (self.classes[0] == 1)
-        pack_demoted_kernel[(B * H,)](label.contiguous(), sizes, offsets, slots, out, N, NS=ns,
-                                       MAXC=self.max_count, BLOCK=64 if interpreting() else 1024, num_warps=4)
+        pack_demoted_kernel[(B * H,)](label.contiguous(), sizes, offsets, slots, out, N, NS=MAX_FUSED_CLASSES - 1,
+                                       BLOCK=64 if interpreting() else 1024, num_warps=4)
         return out
 
 
-def class_layout(q_src, k_src, key_bias=None, expected=None) -> ClassLayout:
+def class_layout(q_src, k_src, key_bias=None, expected=None, prepare=None) -> ClassLayout:
     """The :class:`ClassLayout` of a plan; ``.reason`` is None when the class path can run it.
 
     ``expected`` (optional): ``(kept queries per head, {merge count: keys per head})`` known on the
-    host (budget mode, :func:`expected_class_sizes`): no host sync, checked on the device."""
-    return ClassLayout(q_src.int().contiguous(), k_src.int().contiguous(), key_bias, expected)
+    host (budget mode, :func:`expected_class_sizes`): no host sync, checked on the device.
+    ``prepare`` (optional, without ``expected``): ``(k, v, key_repr)``: the classes' merged keys and values
+    are built before the layout's host sync (what :func:`token_attention_classes` would build after it)."""
+    return ClassLayout(q_src.int().contiguous(), k_src.int().contiguous(), key_bias, expected, prepare)
 
 
 def expected_class_sizes(n_tokens, n_video, eligible_q, budget_q, pairs, key_budget):
@@ -295,6 +307,17 @@ def _class_keys(k, v, lay, idx, lens, n, h0, nh, key_repr, *, plain, block):
     return kc, vc
 
 
+def _shared_strides(results):
+    """The classes' ``(o, lse, log w)`` with one set of strides for every ``o`` and every ``lse`` (rows
+    contiguous), as the combine kernel reads them: as returned when they agree (SDPA gives every class the
+    layout of the one ``q``, e.g. a transposed view: no copy), else contiguous copies."""
+    o0, l0, _ = results[0]
+    if all(o.stride() == o0.stride() and o.stride(-1) == 1 and lse.stride() == l0.stride() and lse.stride(-1) == 1
+           for o, lse, _ in results):
+        return results
+    return [(o.contiguous(), lse.contiguous(), w) for o, lse, w in results]
+
+
 def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_repr="source", layout=None,
                             chunk_share=None):
     """Token attention (contract of ``reference.token_attention_ref``) by count classes, bias-free.
@@ -316,14 +339,16 @@ def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_
     out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     if N == 0:
         return out
-    lay = class_layout(q_src, k_src, key_bias) if layout is None else layout
+    lay = class_layout(q_src, k_src, key_bias, prepare=(k, v, key_repr)) if layout is None else layout
     if lay.reason is not None:
         raise value_error("token plan", "count classes", f"the class path cannot run it: {lay.reason}",
                           "call timeripple.kernels.token_attention, which picks a path that can")
     mq, sizes = lay.mq, lay.sizes
     chunk_share = CLASS_CHUNK_SHARE if chunk_share is None else chunk_share
     all_q = lay.all_q  # every query kept (keys-only reuse): attend with q itself, no gathered copy
-    per_head = B * (mq * D * (len(sizes) + (not all_q)) + sum(sizes) * 2 * D) * q.element_size()
+    listed = lay.valid is None  # the sync path: every class's keys in one list, each class a view of it
+    built = lay.prepared is not None  # ... whose keys and values were built before the sync (all heads)
+    per_head = B * (mq * D * (len(sizes) + (not all_q)) + (not built) * sum(sizes) * 2 * D) * q.element_size()
     budget = max(chunk_share * B * H * N * D * q.element_size(), CLASS_CHUNK_FLOOR)
     hc = max(1, min(H, int(budget // max(per_head, 1))))
     hc = -(-H // -(-H // hc))  # the same number of chunks, as even as possible
@@ -341,9 +366,12 @@ def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_
                 HEAD_DIM=D, DOUT=D, DP=DP, BLOCK_R=BLOCK, num_warps=4,
             )
         results, kall, vall = [], None, None
-        if lay.demoted:  # every class's keys in one list: one gather / merge for all, each class a view
-            kall, vall = _class_keys(k, v, lay, lay.idx_all, lay.len_all, sum(sizes), h0, nh, key_repr,
-                                     plain=lay.max_count == 1, block=BLOCK)
+        if listed:
+            if built:
+                kall, vall = (x[:, h0 : h0 + nh] for x in lay.prepared)
+            else:
+                kall, vall = _class_keys(k, v, lay, lay.idx_all, lay.len_all, sum(sizes), h0, nh, key_repr,
+                                         plain=lay.max_count == 1, block=BLOCK)
             per_class = [(c, kall[:, :, o : o + n], vall[:, :, o : o + n])
                          for c, n, o in zip(lay.classes, sizes, lay.offsets)]
         else:
@@ -353,16 +381,18 @@ def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_
             o, lse = sdpa_lse(qc, kc, vc, scale)  # (B, nh, Mq, D), (B, nh, Mq)
             if lay.valid is not None and not results:  # static sizes that the plan does not have: NaN out
                 lse = lse + torch.where(lay.valid, 0.0, float("nan"))
-            results.append((o.contiguous(), lse.contiguous(), math.log(c)))
+            results.append((o, lse, math.log(c)))
         del qc, per_class, kall, vall
         if lay.valid is not None and len(results) == 1:  # one class: the LSE is not read, poison o
             o, lse, w = results[0]
             results[0] = (o + torch.where(lay.valid, 0.0, float("nan")).to(o.dtype), lse, w)
-        slots = results + [results[0]] * (MAX_FUSED_CLASSES - len(results))  # unused slots: never read
+        results = _shared_strides(results)
+        (o0, l0, _), slots = results[0], results + [results[0]] * (MAX_FUSED_CLASSES - len(results))
         combine_classes_kernel[(triton.cdiv(N, BLOCK), B * nh)](
             *[t for o, lse, _ in slots for t in (o, lse)], *[w for _, _, w in slots], lay.q_src, lay.rank_q,
-            out, out.stride(0), out.stride(1), out.stride(2), H, nh, h0, N, mq, NC=len(results), HEAD_DIM=D,
-            DH=DP, BLOCK_S=BLOCK, num_warps=4,
+            out, out.stride(0), out.stride(1), out.stride(2), o0.stride(0), o0.stride(1), o0.stride(2),
+            l0.stride(0), l0.stride(1), H, nh, h0, N, mq, NC=len(results), HEAD_DIM=D, DH=DP, BLOCK_S=BLOCK,
+            num_warps=4,
         )
         del results
     return out

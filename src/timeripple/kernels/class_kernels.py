@@ -7,27 +7,31 @@ import triton.language as tl
 
 
 @triton.jit
-def _online_class(O, L, LOGW, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM: tl.constexpr):
-    """Fold one class's rows ``(o, lse + log w)`` into the running ``(max, weight sum, weighted o)``."""
-    lw = tl.load(L + r, mask=ok, other=float("-inf")) + LOGW
+def _online_class(O, L, LOGW, ro, rl, offs_d, ok, ok2, m, den, acc):
+    """Fold one class's rows ``(o, lse + log w)`` into the running ``(max, weight sum, weighted o)``
+    (``ro``/``rl``: element offsets of the rows in ``o`` and in the log-sum-exp)."""
+    lw = tl.load(L + rl, mask=ok, other=float("-inf")) + LOGW
     m_new = tl.maximum(m, lw)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     keep = tl.exp(m - m_safe)                                        # rescale of what was summed
     w = tl.exp(lw - m_safe)
-    o = tl.load(O + r[:, None] * HEAD_DIM + offs_d[None, :], mask=ok2, other=0.0).to(tl.float32)
+    o = tl.load(O + ro[:, None] + offs_d[None, :], mask=ok2, other=0.0).to(tl.float32)
     return m_new, den * keep + w, acc * keep[:, None] + o * w[:, None]
 
 
 @triton.jit
 def combine_classes_kernel(
     O0, L0, O1, L1, O2, L2, O3, L3, O4, L4, O5, L5, O6, L6, O7, L7,
-    W0, W1, W2, W3, W4, W5, W6, W7, Q_SRC, RANK_Q, OUT, stride_ob, stride_oh, stride_on, H, HC, H0, N, MQ,
+    W0, W1, W2, W3, W4, W5, W6, W7, Q_SRC, RANK_Q, OUT, stride_ob, stride_oh, stride_on,
+    stride_cb, stride_ch, stride_cm, stride_lb, stride_lh, H, HC, H0, N, MQ,
     NC: tl.constexpr, HEAD_DIM: tl.constexpr, DH: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     """Every row of ``OUT`` for the chunk's heads from its kept source's compacted row ``r``: one class's
     ``o`` (``NC == 1``, its log-sum-exp not read), or ``Σ_c w_c e^{lse_c} o_c / Σ_c w_c e^{lse_c}`` over ``NC``
     (2 to 8) classes in one pass (online rescaling; ``W`` holds ``log w``): zeros where no class has a key,
-    NaN where a log-sum-exp is NaN (a poisoned plan, non-finite input). Slots past ``NC`` are not read."""
+    NaN where a log-sum-exp is NaN (a poisoned plan, non-finite input). Slots past ``NC`` are not read. The
+    classes' ``o`` ``(B, HC, MQ, D)`` share the strides ``stride_c*`` (as SDPA returns them, e.g. of a
+    transposed ``q``: no copy), their log-sum-exps ``(B, HC, MQ)`` the strides ``stride_l*`` (rows contiguous)."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // HC
@@ -39,27 +43,29 @@ def combine_classes_kernel(
     row = (b.to(tl.int64) * H + h) * N                               # row of the (B, H, N) layout
     src = tl.load(Q_SRC + row + offs_i, mask=ok, other=0)
     rank = tl.minimum(tl.load(RANK_Q + row + src, mask=ok, other=0), MQ - 1)  # in range even on a bad plan
-    r = bh.to(tl.int64) * MQ + rank                                  # (S,) compacted row
+    hh = (bh % HC).to(tl.int64)
+    ro = b.to(tl.int64) * stride_cb + hh * stride_ch + rank.to(tl.int64) * stride_cm  # (S,) compacted row of o
+    rl = b.to(tl.int64) * stride_lb + hh * stride_lh + rank                           # ... of the lse
     if NC == 1:
-        o = tl.load(O0 + r[:, None] * HEAD_DIM + offs_d[None, :], mask=ok2, other=0.0).to(tl.float32)
+        o = tl.load(O0 + ro[:, None] + offs_d[None, :], mask=ok2, other=0.0).to(tl.float32)
     else:
         m = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
         den = tl.zeros([BLOCK_S], dtype=tl.float32)
         acc = tl.zeros([BLOCK_S, DH], dtype=tl.float32)
-        m, den, acc = _online_class(O0, L0, W0, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
-        m, den, acc = _online_class(O1, L1, W1, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
+        m, den, acc = _online_class(O0, L0, W0, ro, rl, offs_d, ok, ok2, m, den, acc)
+        m, den, acc = _online_class(O1, L1, W1, ro, rl, offs_d, ok, ok2, m, den, acc)
         if NC > 2:
-            m, den, acc = _online_class(O2, L2, W2, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
+            m, den, acc = _online_class(O2, L2, W2, ro, rl, offs_d, ok, ok2, m, den, acc)
         if NC > 3:
-            m, den, acc = _online_class(O3, L3, W3, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
+            m, den, acc = _online_class(O3, L3, W3, ro, rl, offs_d, ok, ok2, m, den, acc)
         if NC > 4:
-            m, den, acc = _online_class(O4, L4, W4, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
+            m, den, acc = _online_class(O4, L4, W4, ro, rl, offs_d, ok, ok2, m, den, acc)
         if NC > 5:
-            m, den, acc = _online_class(O5, L5, W5, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
+            m, den, acc = _online_class(O5, L5, W5, ro, rl, offs_d, ok, ok2, m, den, acc)
         if NC > 6:
-            m, den, acc = _online_class(O6, L6, W6, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
+            m, den, acc = _online_class(O6, L6, W6, ro, rl, offs_d, ok, ok2, m, den, acc)
         if NC > 7:
-            m, den, acc = _online_class(O7, L7, W7, r, offs_d, ok, ok2, m, den, acc, HEAD_DIM)
+            m, den, acc = _online_class(O7, L7, W7, ro, rl, offs_d, ok, ok2, m, den, acc)
         o = tl.where(den[:, None] > 0.0, acc / tl.where(den > 0.0, den, 1.0)[:, None], 0.0)
         o = o + (den - den)[:, None]  # 0, or NaN where a log-sum-exp was NaN
     o_base = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
@@ -93,13 +99,12 @@ def pair_mean_kernel(
 
 
 @triton.jit
-def pack_demoted_kernel(LABEL, SIZES, OFFSETS, SLOTS, OUT, N, NS: tl.constexpr, MAXC: tl.constexpr,
-                         BLOCK: tl.constexpr):
+def pack_demoted_kernel(LABEL, SIZES, OFFSETS, SLOTS, OUT, N, NS: tl.constexpr, BLOCK: tl.constexpr):
     """The concatenated key list of one (b, h) row with demotion (one program per row, walking the row in
     blocks with running counts): a key of count ``c`` with a class of its own (``SIZES[c] > 0``, slot
     ``SLOTS[c]`` of ``NS``) goes to ``OFFSETS[c] + rank`` while its rank among the row's count-c keys is
     below ``SIZES[c]``; every other kept key (``LABEL > 0``) goes to class 1 at the front, ``LABEL`` copies
-    of it. Token order inside each class."""
+    of it. Token order inside each class. ``NS`` may exceed the slots in use (they hold no key)."""
     row = tl.program_id(0).to(tl.int64) * N
     slot_ids = tl.arange(0, 8)
     carries = tl.zeros([8], dtype=tl.int32)                           # keys of each slot seen so far
@@ -122,6 +127,6 @@ def pack_demoted_kernel(LABEL, SIZES, OFFSETS, SLOTS, OUT, N, NS: tl.constexpr, 
         tl.store(OUT + row + base + rank, offs, mask=own)
         mult = tl.where(own | ~ok, 0, lab)                            # copies of each key in class 1
         pos = carry1 + tl.cumsum(mult, axis=0) - mult
-        for t in tl.static_range(MAXC):
+        for t in range(0, tl.max(mult, axis=0)):
             tl.store(OUT + row + pos + t, offs, mask=mult > t)
         carry1 += tl.sum(mult, axis=0)
