@@ -74,8 +74,16 @@ def limits(main, abl, e2e):
                      | set((abl or {}).get("settings", {}).get("not_run") or {}))
     timed = {(res["model"], r["label"]) for res in e2e for r in res["rows"]
              if isinstance(r.get("ms"), (int, float)) and math.isfinite(r["ms"])}
-    untimed = sorted({f"{res.get('model_label', res['label'])}: {r['label']}" for res in e2e for r in res["rows"]
-                      if "time limit" in (r.get("note") or "") and (res["model"], r["label"]) not in timed})
+    why = {}  # (model label, row) -> the reason of each call that did not time it (time limit, or a failure)
+    for res in e2e:
+        for r in res["rows"]:
+            note = r.get("note") or ""
+            if (res["model"], r["label"]) in timed or not ("time limit" in note or note.startswith("FAILED")):
+                continue
+            short = ". ".join(note.split(". ")[:2])  # e.g. the error and what it asked for
+            why.setdefault((res.get("model_label", res["label"]), r["label"]), []).append(
+                f"{res['call']}: {short}" if res.get("call") else short)
+    untimed = [f"{model}: {label} ({'; '.join(reasons)})" for (model, label), reasons in sorted(why.items())]
     if missing:
         out.append(f"- **Not measured in any call** ({len(missing)}; `name@level`: that level only): "
                    f"{', '.join(f'`{m}`' for m in missing)}. The calls ran under a time budget (the reasons, per "
@@ -89,7 +97,7 @@ def limits(main, abl, e2e):
                    "the GPU's up to float rounding (not checked: no row is measured on both devices). Their timed speedups are not shown (a CPU is not the GPU the other "
                    "rows were timed on), and they are left out of the timed-speedup plot.")
     if untimed:
-        out.append(f"- Speed rows not timed in any call ({len(untimed)}, the calls' time limits): {'; '.join(untimed)}.")
+        out.append(f"- Speed rows not timed in any call ({len(untimed)}; why, per call): {'; '.join(untimed)}.")
     calls = (main or {}).get("settings", {}).get("calls") or []
     if any((c.get("workers") or 1) > 1 for c in calls):
         out.append("- Evaluation processes sharing one GPU do not add throughput (the GPU time-slices between "
