@@ -241,3 +241,25 @@ def test_render_tr_svg_above_its_target_and_a_failed_speed_row(tools, tmp_path):
     ch = next(c for c in v if "faster than stock" in c)
     assert v[ch] == "**supported**" and "`drop_padded_text`" in text and "1.18x" in text
     assert "| HunyuanVideo (call 2) | svg 70% flex | - | - | - | - | - |" in text
+
+
+def test_meta_marks_suspect_rows(tools, tmp_path):  # noqa: F811
+    """A call's meta.json ``suspect`` ({"method@level": why}) marks those rows and tensor entries with ‡ in every
+    table, and the limits list them with the reason and the call; other levels of the method stay unmarked."""
+    md, _ = tools
+    levels = [0.5, 0.875]
+    gpu, gpu3 = tmp_path / "runs" / "gpu", tmp_path / "runs" / "gpu3"
+    _write(gpu, "main", _result([_row("channel", 0.5, 45.0), _row("channel", 0.875, 30.0)],
+                                [_tensor("channel", 0.875, 1e-4)], levels))
+    _write(gpu3, "main", _result([_row("token-fidelity-pairs", 0.5, 31.0), _row("token-fidelity-pairs", 0.875, 11.9)],
+                                 [_tensor("token-fidelity-pairs", 0.875, 0.3)], levels))
+    (gpu3 / "meta.json").write_text(json.dumps({"call": "call 5", "suspect": {
+        "token-fidelity-pairs@0.875": "broken on the GPU at this level"}}))
+    out = md.render([gpu, gpu3], tmp_path / "docs" / "results.md", tmp_path / "docs" / "eval_results.md")
+    text = out.read_text()
+    assert "| token-fidelity-pairs (units) | 31.0 dB / 0.900 (50.0%) | 11.9 dB / 0.900 (87.5%) ‡ |" in text
+    assert "| token-fidelity-pairs | 87.5% | 87.5% reusing steps | k 1 | 87.5% | 65.6% | 11.9 (8.9) ‡ |" in text
+    assert "| token-fidelity-pairs | - | 3.00e-01 (3e+03x, 87.5%) ‡ |" in text
+    assert ("**‡ Suspect rows** (1; figures of a known defect, not of the method's quality; their tensor-level "
+            "entries too): `token-fidelity-pairs` at 87.5% (call 5): broken on the GPU at this level.") in text
+    assert "87.5%) ‡ |" in (tmp_path / "docs" / "eval_results.md").read_text()

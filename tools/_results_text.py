@@ -90,6 +90,12 @@ def limits(main, abl, e2e):
                    "call, are listed under each table: not started before the call's end, or stopped at the "
                    "method's own time limit); they are listed, never dropped. A CPU stand-in at reduced settings "
                    "(2 videos, 10 steps) of most of them is in [results_cpu_quick.md](results_cpu_quick.md).")
+    labels = {c.get("index", k + 1): c["call"] for k, c in enumerate((main or {}).get("settings", {}).get("calls") or [])}
+    suspect = [f"`{r['method']}` at {r['level']:.1%} ({labels.get(r.get('call'), 'call ' + str(r.get('call')))}): "
+               f"{r['suspect']}" for r in (main or {}).get("rows", []) if r.get("suspect")]
+    if suspect:
+        out.append(f"- **‡ Suspect rows** ({len(suspect)}; figures of a known defect, not of the method's quality; "
+                   f"their tensor-level entries too): {'; '.join(suspect)}.")
     if any(c.get("device_type") == "cpu" for c in (main or {}).get("settings", {}).get("calls") or []):
         out.append("- Rows of a CPU call are CPU-measured at the GPU calls' settings (same model, prompts, seeds, "
                    "steps, levels, tolerance, captured calls): their PSNR / SSIM / adherence / attention MSE compare "
