@@ -197,3 +197,21 @@ def test_ripple_svg_count_without_pair_tensors_equals_the_pair_count(text_positi
     expected = (1 - computed / (n * n * 16)).mean(0)
     assert torch.allclose(stats.qk_savings, expected, rtol=0, atol=1e-12)
     assert stats.details["tr_only"] == pytest.approx(1 - (a @ b.transpose(-1, -2)).sum().item() / (4 * n * n * 16))
+
+
+@pytest.mark.parametrize("block", [1, 37, 64 * 64])
+def test_masks_built_in_row_blocks_equal_the_whole_construction(monkeypatch, block):
+    """The masks are built a block of query rows at a time (bounded temporaries at full size: a whole int64
+    (Nv, Nv) difference is 33.8 GiB at HunyuanVideo's 67,320 video tokens); every block size gives the
+    same mask as the one-shot formula."""
+    grid = (4, 3, 5)
+    frame, pos = masks.video_index(grid)
+    df = (frame[:, None] - frame[None, :]).abs()
+    dp = (pos[:, None] - pos[None, :]).abs()
+    monkeypatch.setattr(masks, "_BLOCK_ELEMENTS", block)
+    for r, e in ((0, -1), (0, 3), (1, 0), (2, 14)):
+        expected = (df <= r) | ((df == r + 1) & (dp <= e)) if e >= 0 else df <= r
+        got = masks.spatial_mask(grid, r, e, n=60 + 7, text_len=7, text_position="before")
+        assert torch.equal(got[7:, 7:], expected) and got[:7].all() and got[:, :7].all()
+    for e in (0, 2, 14):
+        assert torch.equal(masks.temporal_mask(grid, e, n=60), dp <= e)
