@@ -263,3 +263,4 @@ def test_meta_marks_suspect_rows(tools, tmp_path):  # noqa: F811
     assert ("**‡ Suspect rows** (1; figures of a known defect, not of the method's quality; their tensor-level "
             "entries too): `token-fidelity-pairs` at 87.5% (call 5): broken on the GPU at this level.") in text
     assert "87.5%) ‡ |" in (tmp_path / "docs" / "eval_results.md").read_text()
+    assert "`token-fidelity-pairs` ‡ 0 |" in (tmp_path / "docs" / "eval_results.md").read_text()  # adherence line

@@ -176,10 +176,11 @@ def _issue9_checks(main, row_at, tensor_at):
     for lv in levels:
         best = [r for r in (row_at(main, m, lv) for m in token) if r and r.get("adherence")]
         if best:
-            lost = {r["method"]: sum((r["adherence"].get("lost") or {}).get(c, 0) for c in ("colour", "shape",
-                                                                                           "direction")) for r in best}
+            lost = {r["method"] + (" ‡" if r.get("suspect") else ""): sum(
+                (r["adherence"].get("lost") or {}).get(c, 0) for c in ("colour", "shape", "direction")) for r in best}
             lines.append(f"| adherence of the dense videos kept at {lv:.1%} (criteria lost over 16 runs) | "
-                         + ", ".join(f"`{m}` {n}" for m, n in lost.items()) + " |")
+                         + ", ".join(f"`{m.removesuffix(' ‡')}`{' ‡' if m.endswith(' ‡') else ''} {n}"
+                                     for m, n in lost.items()) + " |")
     return lines
 
 
