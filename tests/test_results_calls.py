@@ -264,3 +264,5 @@ def test_meta_marks_suspect_rows(tools, tmp_path):  # noqa: F811
             "entries too): `token-fidelity-pairs` at 87.5% (call 5): broken on the GPU at this level.") in text
     assert "87.5%) ‡ |" in (tmp_path / "docs" / "eval_results.md").read_text()
     assert "`token-fidelity-pairs` ‡ 0 |" in (tmp_path / "docs" / "eval_results.md").read_text()  # adherence line
+    raw = (tmp_path / "docs" / "results" / "runs" / "gpu3" / "main" / "results.json").read_text()
+    assert "suspect" not in raw  # the raw figures stay as the run wrote them; the mark lives in meta.json

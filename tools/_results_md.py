@@ -274,8 +274,10 @@ def _slim(res):
     res["dense"].pop("adherence_per_run", None)
     for r in res["rows"]:
         (r.get("adherence") or {}).pop("per_run", None)
+        r.pop("suspect", None)  # meta.json's mark, not a figure of the run
     for e in res.get("tensor", []):
         e.pop("per_call", None)
+        e.pop("suspect", None)
     return res
 
 
