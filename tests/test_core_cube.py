@@ -43,6 +43,17 @@ def test_cube_path_support_rule():
     assert not channel_mode.cube_path_supported((5, 4, 8), 3)  # 5 % 3 == 2: a partial window of size 2
 
 
+def test_cube_path_on_the_cpu_only():
+    """On an accelerator the cube path is launch-bound (~K³ small ops per side: window 8 took over 40 s for
+    one tiny-model evaluation on an H200); the per-element source path is used there instead."""
+    assert channel_mode.cube_path_preferred("cpu", (9, 16, 16), 8)
+    assert channel_mode.cube_path_preferred(torch.device("cpu"), (9, 16, 16), 2)
+    for device in ("cuda", "cuda:0", "meta"):
+        assert not channel_mode.cube_path_preferred(device, (9, 16, 16), 2)
+        assert not channel_mode.cube_path_preferred(device, (9, 16, 16), 8)
+    assert not channel_mode.cube_path_preferred("cpu", (5, 4, 8), 3)  # not supported: a partial window of size 2
+
+
 @pytest.mark.parametrize("text_position", ["before", "after"])
 def test_ripple_attention_same_with_and_without_cube_path(monkeypatch, text_position):
     grid, text = (3, 4, 5), 6

@@ -166,3 +166,52 @@ def test_ripple_svg_composes_the_two_counts():
         a, b = (via_q[0, h] < 0).double(), (via_k[0, h] < 0).double()  # (64, 16)
         computed = sum((m * torch.outer(a[:, c], b[:, c])).sum() for c in range(16)) + 4 * 64 * 16
         assert s_both.qk_savings[h].item() == pytest.approx(1 - computed.item() / (64 * 64 * 16))
+
+
+@pytest.mark.parametrize("text_position", ["before", "after"])
+def test_ripple_svg_count_without_pair_tensors_equals_the_pair_count(text_position):
+    """The count multiplies each (N, N) mask with the computed-channel map; it equals the pair-by-pair count
+    (the (B, H, N, N) tensor of computed channels per pair), per head, with text tokens and a batch of 2."""
+    from timeripple.attention import channel_reuse
+    from timeripple.options import normalize_thresholds
+    from timeripple import sequence
+
+    q, k, v = _heads_with_structure(text_len=5)
+    q, k, v = (torch.cat([x, x.flip(1)]) for x in (q, k, v))  # (2, 2, N, 16): the heads' roles swapped
+    if text_position == "before":
+        q, k, v = (torch.cat([x[:, :, 64:], x[:, :, :64]], 2) for x in (q, k, v))
+    kw = dict(grid=GRID, sparsity=0.5, num_sampled=4, text_len=5, text_position=text_position)
+    _, stats = ripple_svg_attention(q, k, v, threshold=0.2, return_stats=True, **kw)
+    q_t, k_t, _, _, via_q, via_k = channel_reuse(q, k, grid=GRID, thresholds=normalize_thresholds(0.2, "tyx"),
+                                                 text_len=5, text_position=text_position, window=2,
+                                                 priority=("t", "y", "x"), channel_alpha=None)
+    plan = svg_plan(q_t, k_t, v, attn_mask=None, scale=0.25, **kw)
+    assert 0 < plan.choice.double().mean() < 1, "both masks must be chosen somewhere"
+    start = sequence.split_video(q, 5, text_position)[1]
+    n = q.shape[2]
+    a = torch.ones(2, 2, n, 16, dtype=torch.float64)
+    b = a.clone()
+    a[:, :, start : start + 64] = (via_q < 0).double()
+    b[:, :, start : start + 64] = (via_k < 0).double()
+    computed = ((a @ b.transpose(-1, -2)) * plan.head_masks()).sum(dim=(-1, -2)) + 4 * n * 16
+    expected = (1 - computed / (n * n * 16)).mean(0)
+    assert torch.allclose(stats.qk_savings, expected, rtol=0, atol=1e-12)
+    assert stats.details["tr_only"] == pytest.approx(1 - (a @ b.transpose(-1, -2)).sum().item() / (4 * n * n * 16))
+
+
+@pytest.mark.parametrize("block", [1, 37, 64 * 64])
+def test_masks_built_in_row_blocks_equal_the_whole_construction(monkeypatch, block):
+    """The masks are built a block of query rows at a time (bounded temporaries at full size: a whole int64
+    (Nv, Nv) difference is 33.8 GiB at HunyuanVideo's 67,320 video tokens); every block size gives the
+    same mask as the one-shot formula."""
+    grid = (4, 3, 5)
+    frame, pos = masks.video_index(grid)
+    df = (frame[:, None] - frame[None, :]).abs()
+    dp = (pos[:, None] - pos[None, :]).abs()
+    monkeypatch.setattr(masks, "_BLOCK_ELEMENTS", block)
+    for r, e in ((0, -1), (0, 3), (1, 0), (2, 14)):
+        expected = (df <= r) | ((df == r + 1) & (dp <= e)) if e >= 0 else df <= r
+        got = masks.spatial_mask(grid, r, e, n=60 + 7, text_len=7, text_position="before")
+        assert torch.equal(got[7:, 7:], expected) and got[:7].all() and got[:, :7].all()
+    for e in (0, 2, 14):
+        assert torch.equal(masks.temporal_mask(grid, e, n=60), dp <= e)

@@ -192,3 +192,77 @@ def test_cpu_call_joins_with_its_device_and_no_timed_figures(tools, tmp_path):  
     other["settings"]["seeds"] = [0]
     with pytest.raises(ValueError, match="seeds"):  # another device is fine, other runs are not
         rj.join([joined, other])
+
+
+def test_render_tr_svg_above_its_target_and_a_failed_speed_row(tools, tmp_path):  # noqa: F811
+    """tr-svg cannot save as little as 50% (SVG's masks alone save more): no same-savings verdict there; at 75%
+    it is compared. A speed row that failed in one call and hit the time limit in another is listed with both
+    reasons, and rows without a speedup show ``-`` (not ``-x``)."""
+    md, _ = tools
+    levels = [0.5, 0.75]
+    rows = [_row("channel", 0.5, 45.0), _row("channel", 0.75, 36.0), _row("svg", 0.75, 17.0),
+            dict(_row("tr-svg", 0.5, 19.4), savings_reusing=0.67, converged=False),  # saved more than asked
+            _row("tr-svg", 0.75, 19.4)]
+    run, run2 = tmp_path / "runs" / "gpu", tmp_path / "runs" / "gpu3"
+    _write(run, "main", _result(rows[:3], [], levels))
+    _write(run2, "main", _result(rows[3:], [], levels))
+    first = _e2e()
+    first[0]["rows"] = [r for r in first[0]["rows"] if r["label"] != "svg 70% flex"] + [
+        dict(label="svg 70% flex", ms=float("nan"), savings=float("nan"), peak_gib=None,
+             note="not timed: the call's time limit came first")]
+    later = [dict(first[0], rows=[dict(label="stock", ms=990.0, savings=0.0, peak_gib=20.0),
+                                  dict(label="channel (bundled θ)", ms=800.0, savings=0.8, peak_gib=20.0),
+                                  dict(label="fbc skip", ms=50.0, savings=1.0, peak_gib=22.0),
+                                  dict(label="pab skip", ms=300.0, savings=1.0, peak_gib=40.0),
+                                  dict(label="svg 70% flex", ms=float("nan"), savings=float("nan"), peak_gib=None,
+                                       note="FAILED OutOfMemoryError('CUDA out of memory. Tried to allocate 33.77 "
+                                            "GiB. GPU 0 has a total capacity of 139.80 GiB')")])]
+    (run / "e2e.json").write_text(json.dumps(first))
+    (run2 / "e2e.json").write_text(json.dumps(later))
+    out = md.render([run, run2], tmp_path / "docs" / "results.md", tmp_path / "docs" / "eval_results.md",
+                    [run / "e2e.json", run2 / "e2e.json"])
+    text = out.read_text()
+    v = _verdicts(text)
+    at50 = [c for c in v if c.startswith("TR + SVG (50.0%)")]
+    assert len(at50) == 1 and v[at50[0]] == "**not measurable here**"
+    assert "tr-svg cannot save as little as 50.0% (SVG's 70% masks alone save more: it reached 67.0%)" in text
+    assert v[next(c for c in v if c.startswith("TR + SVG (75.0%): adding"))] == "**not supported**"
+    assert v[next(c for c in v if c.startswith("TR + SVG (75.0%): the combination"))] == "**supported**"
+    line = next(x for x in text.splitlines() if x.startswith("- Speed rows not timed in any call"))
+    assert "(1; why, per call)" in line and "HunyuanVideo: svg 70% flex (call 1: not timed: the call's time limit " \
+        "came first; call 2: FAILED OutOfMemoryError('CUDA out of memory. Tried to allocate 33.77 GiB)" in line
+    assert "-x" not in text
+    # PAB timed after FBC: FBC left at most its own peak (+2 GiB), so PAB's own is at least +18 GiB
+    mem = next(c for c in v if "adds little runtime memory" in c)
+    assert v[mem] == "**supported**"
+    assert ("PAB's reusing step +20.00 GiB (NVIDIA H200, call 2, timed after fbc skip (at most +2.00 GiB of it left "
+            "by that row: PAB's own at least +18.00 GiB))") in text
+    # HunyuanVideo's channel row is faster than stock: the evidence says it is the padded text keys, not reuse
+    ch = next(c for c in v if "faster than stock" in c)
+    assert v[ch] == "**supported**" and "`drop_padded_text`" in text and "1.18x" in text
+    assert "| HunyuanVideo (call 2) | svg 70% flex | - | - | - | - | - |" in text
+
+
+def test_meta_marks_suspect_rows(tools, tmp_path):  # noqa: F811
+    """A call's meta.json ``suspect`` ({"method@level": why}) marks those rows and tensor entries with ‡ in every
+    table, and the limits list them with the reason and the call; other levels of the method stay unmarked."""
+    md, _ = tools
+    levels = [0.5, 0.875]
+    gpu, gpu3 = tmp_path / "runs" / "gpu", tmp_path / "runs" / "gpu3"
+    _write(gpu, "main", _result([_row("channel", 0.5, 45.0), _row("channel", 0.875, 30.0)],
+                                [_tensor("channel", 0.875, 1e-4)], levels))
+    _write(gpu3, "main", _result([_row("token-fidelity-pairs", 0.5, 31.0), _row("token-fidelity-pairs", 0.875, 11.9)],
+                                 [_tensor("token-fidelity-pairs", 0.875, 0.3)], levels))
+    (gpu3 / "meta.json").write_text(json.dumps({"call": "call 5", "suspect": {
+        "token-fidelity-pairs@0.875": "broken on the GPU at this level"}}))
+    out = md.render([gpu, gpu3], tmp_path / "docs" / "results.md", tmp_path / "docs" / "eval_results.md")
+    text = out.read_text()
+    assert "| token-fidelity-pairs (units) | 31.0 dB / 0.900 (50.0%) | 11.9 dB / 0.900 (87.5%) ‡ |" in text
+    assert "| token-fidelity-pairs | 87.5% | 87.5% reusing steps | k 1 | 87.5% | 65.6% | 11.9 (8.9) ‡ |" in text
+    assert "| token-fidelity-pairs | - | 3.00e-01 (3e+03x, 87.5%) ‡ |" in text
+    assert ("**‡ Suspect rows** (1; figures of a known defect, not of the method's quality; their tensor-level "
+            "entries too): `token-fidelity-pairs` at 87.5% (call 5): broken on the GPU at this level.") in text
+    assert "87.5%) ‡ |" in (tmp_path / "docs" / "eval_results.md").read_text()
+    assert "`token-fidelity-pairs` ‡ 0 |" in (tmp_path / "docs" / "eval_results.md").read_text()  # adherence line
+    raw = (tmp_path / "docs" / "results" / "runs" / "gpu3" / "main" / "results.json").read_text()
+    assert "suspect" not in raw  # the raw figures stay as the run wrote them; the mark lives in meta.json

@@ -63,6 +63,14 @@ def compose(res):
     return out
 
 
+def _x(value):
+    """A speedup cell: ``1.23x``, or ``-`` where there is none."""
+    from _results_md import f
+
+    cell = f(value, ".2f")
+    return cell if cell == "-" else f"{cell}x"
+
+
 def e2e_table(results):
     from _results_md import f
 
@@ -81,8 +89,8 @@ def e2e_table(results):
             mem = "-" if c.get("peak_gib") is None or base is None else f"{c['peak_gib'] - base:+.1f} GiB"
             if mem != "-" and c["label"] in after:
                 mem += " (after a cache row)"
-            out.append(f"| {res['label']} | {c['label']} | {f(c['ms'], '.0f')} | {mem} | {f(c['step'], '.2f')}x | "
-                       f"{f(c['composed'], '.2f')}x | {f(c['theory'], '.2f')}x | {c['ceiling']:.2f}x | "
+            out.append(f"| {res['label']} | {c['label']} | {f(c['ms'], '.0f')} | {mem} | {_x(c['step'])} | "
+                       f"{_x(c['composed'])} | {_x(c['theory'])} | {c['ceiling']:.2f}x | "
                        f"{f(c['savings'], '.1%')} | {c.get('note', '')} |")
         for k, why in res.get("not_timed", {}).items():
             out.append(f"| {res['label']} | {k} | | | | | | {comp[0]['ceiling']:.2f}x | | not timed: {why} |")

@@ -66,7 +66,7 @@ def join(results, labels=None):
                 tensor.append(dict(e, call=k + 1, **where))
         for m in res["methods"]:
             methods.setdefault(m["name"], m)
-        calls.append({"call": labels[k], "date_utc": env.get("date_utc"), "device": where["device_name"],
+        calls.append({"call": labels[k], "index": k + 1, "date_utc": env.get("date_utc"), "device": where["device_name"],
                       "device_type": where["device"], "threads": env.get("threads"),
                       "workers": res["settings"].get("workers"), "methods": list(dict.fromkeys(mine)),
                       "dense_seconds_per_video": res["dense"].get("seconds_per_video")})

@@ -88,6 +88,21 @@ def _timed(row):
     return f"{f(row.get('speedup_timed'), '.2f')}x"
 
 
+def _suspect(x):
+    """`` ‡`` on a row (or tensor entry) that its call's meta.json marks as suspect (``suspect``: a known defect)."""
+    return " ‡" if x.get("suspect") else ""
+
+
+def mark_suspect(res, suspect):
+    """Mark the rows and tensor entries of one call named in its meta.json's ``suspect`` (``{"method@level":
+    why}``); the mark and the reason travel with the row through the join."""
+    for key, why in (suspect or {}).items():
+        name, _, level = key.rpartition("@")
+        for x in res["rows"] + res.get("tensor", []):
+            if x["method"] == name and _same(x.get("level", x["target"]), float(level)):
+                x["suspect"] = why
+
+
 def quality_table(res, methods):
     out = ["| method | level | matched on (target) | knob | savings, reusing steps | savings, whole run | "
            "PSNR mean (min) dB | SSIM | adherence all (lost c/s/d) | timed speedup (tiny model) | call |",
@@ -97,7 +112,7 @@ def quality_table(res, methods):
             mark = "" if r.get("converged", True) else " †"
             knob = "-" if r.get("knob") is None else f"{r['knob_name']} {r['knob']:.4g}"
             out.append(f"| {m} | {f(r.get('level'), '.1%')} | {_matched(r)} | {knob} | {f(r['savings_reusing'], '.1%')} | "
-                       f"{f(r['savings_total'], '.1%')}{mark} | {f(r['psnr_mean'], '.1f')} ({f(r['psnr_min'], '.1f')}) | "
+                       f"{f(r['savings_total'], '.1%')}{mark} | {f(r['psnr_mean'], '.1f')} ({f(r['psnr_min'], '.1f')}){_suspect(r)} | "
                        f"{f(r['ssim_mean'], '.3f')} | {_adh(r)} | {_timed(r)} | {r.get('call', 1)} |")
     return out
 
@@ -118,7 +133,7 @@ def summary_table(res, levels, with_mse=False):
                 mark = "" if r.get("converged", True) else " †"
                 sav = r["savings_reusing"] if r.get("matched_on", "savings_reusing") == "savings_reusing" else r["savings_total"]
                 where = "" if r.get("matched_on", "savings_reusing") == "savings_reusing" else " whole run"
-                cell = f"{f(r['psnr_mean'], '.1f')} dB / {f(r['ssim_mean'], '.3f')} ({f(sav, '.1%')}{where}){mark}"
+                cell = f"{f(r['psnr_mean'], '.1f')} dB / {f(r['ssim_mean'], '.3f')} ({f(sav, '.1%')}{where}){mark}{_suspect(r)}"
                 e = tensor_at(res, m, lv) if with_mse else None
                 if e is not None:
                     cell += f"; MSE {f(e['mse'], '.2e')}"
@@ -137,7 +152,7 @@ def tensor_table(res, levels):
             for lv in levels:
                 e = tensor_at(res, m, lv)
                 cells.append("-" if e is None else f"{f(e['mse'], '.2e')} ({f(e.get('mse_vs_channel'), '.3g')}x, "
-                             f"{f(e['savings'], '.1%')}){'' if e.get('all_converged', True) else ' †'}")
+                             f"{f(e['savings'], '.1%')}){'' if e.get('all_converged', True) else ' †'}{_suspect(e)}")
             if any(c != "-" for c in cells):
                 out.append(f"| {m} | " + " | ".join(cells) + " |")
     return out
@@ -259,8 +274,10 @@ def _slim(res):
     res["dense"].pop("adherence_per_run", None)
     for r in res["rows"]:
         (r.get("adherence") or {}).pop("per_run", None)
+        r.pop("suspect", None)  # meta.json's mark, not a figure of the run
     for e in res.get("tensor", []):
         e.pop("per_call", None)
+        e.pop("suspect", None)
     return res
 
 
@@ -293,6 +310,8 @@ def render(runs, out_path, eval_out, e2e_paths=(), command="", note=""):
         for res, (_, meta) in zip(part, calls):
             if res and meta.get("see_also"):
                 res["see_also"] = meta["see_also"]
+            if res:
+                mark_suspect(res, meta.get("suspect"))
     main, abl = join(parts["main"], labels), join(parts["ablation"], labels)
     e2e = _e2e_blocks(e2e_paths, calls)
     out_path = Path(out_path)

@@ -74,14 +74,28 @@ def limits(main, abl, e2e):
                      | set((abl or {}).get("settings", {}).get("not_run") or {}))
     timed = {(res["model"], r["label"]) for res in e2e for r in res["rows"]
              if isinstance(r.get("ms"), (int, float)) and math.isfinite(r["ms"])}
-    untimed = sorted({f"{res.get('model_label', res['label'])}: {r['label']}" for res in e2e for r in res["rows"]
-                      if "time limit" in (r.get("note") or "") and (res["model"], r["label"]) not in timed})
+    why = {}  # (model label, row) -> the reason of each call that did not time it (time limit, or a failure)
+    for res in e2e:
+        for r in res["rows"]:
+            note = r.get("note") or ""
+            if (res["model"], r["label"]) in timed or not ("time limit" in note or note.startswith("FAILED")):
+                continue
+            short = ". ".join(note.split(". ")[:2])  # e.g. the error and what it asked for
+            why.setdefault((res.get("model_label", res["label"]), r["label"]), []).append(
+                f"{res['call']}: {short}" if res.get("call") else short)
+    untimed = [f"{model}: {label} ({'; '.join(reasons)})" for (model, label), reasons in sorted(why.items())]
     if missing:
         out.append(f"- **Not measured in any call** ({len(missing)}; `name@level`: that level only): "
                    f"{', '.join(f'`{m}`' for m in missing)}. The calls ran under a time budget (the reasons, per "
                    "call, are listed under each table: not started before the call's end, or stopped at the "
                    "method's own time limit); they are listed, never dropped. A CPU stand-in at reduced settings "
                    "(2 videos, 10 steps) of most of them is in [results_cpu_quick.md](results_cpu_quick.md).")
+    labels = {c.get("index", k + 1): c["call"] for k, c in enumerate((main or {}).get("settings", {}).get("calls") or [])}
+    suspect = [f"`{r['method']}` at {r['level']:.1%} ({labels.get(r.get('call'), 'call ' + str(r.get('call')))}): "
+               f"{r['suspect']}" for r in (main or {}).get("rows", []) if r.get("suspect")]
+    if suspect:
+        out.append(f"- **‡ Suspect rows** ({len(suspect)}; figures of a known defect, not of the method's quality; "
+                   f"their tensor-level entries too): {'; '.join(suspect)}.")
     if any(c.get("device_type") == "cpu" for c in (main or {}).get("settings", {}).get("calls") or []):
         out.append("- Rows of a CPU call are CPU-measured at the GPU calls' settings (same model, prompts, seeds, "
                    "steps, levels, tolerance, captured calls): their PSNR / SSIM / adherence / attention MSE compare "
@@ -89,7 +103,7 @@ def limits(main, abl, e2e):
                    "the GPU's up to float rounding (not checked: no row is measured on both devices). Their timed speedups are not shown (a CPU is not the GPU the other "
                    "rows were timed on), and they are left out of the timed-speedup plot.")
     if untimed:
-        out.append(f"- Speed rows not timed in any call ({len(untimed)}, the calls' time limits): {'; '.join(untimed)}.")
+        out.append(f"- Speed rows not timed in any call ({len(untimed)}; why, per call): {'; '.join(untimed)}.")
     calls = (main or {}).get("settings", {}).get("calls") or []
     if any((c.get("workers") or 1) > 1 for c in calls):
         out.append("- Evaluation processes sharing one GPU do not add throughput (the GPU time-slices between "
@@ -162,10 +176,11 @@ def _issue9_checks(main, row_at, tensor_at):
     for lv in levels:
         best = [r for r in (row_at(main, m, lv) for m in token) if r and r.get("adherence")]
         if best:
-            lost = {r["method"]: sum((r["adherence"].get("lost") or {}).get(c, 0) for c in ("colour", "shape",
-                                                                                           "direction")) for r in best}
+            lost = {r["method"] + (" ‡" if r.get("suspect") else ""): sum(
+                (r["adherence"].get("lost") or {}).get(c, 0) for c in ("colour", "shape", "direction")) for r in best}
             lines.append(f"| adherence of the dense videos kept at {lv:.1%} (criteria lost over 16 runs) | "
-                         + ", ".join(f"`{m}` {n}" for m, n in lost.items()) + " |")
+                         + ", ".join(f"`{m.removesuffix(' ‡')}`{' ‡' if m.endswith(' ‡') else ''} {n}"
+                                     for m, n in lost.items()) + " |")
     return lines
 
 

@@ -193,7 +193,7 @@ def ripple_attention(
         if not return_stats:
             return out
         qk_savings, frac_q, frac_k = _stats_from_counts(counts, N, math.prod(grid), axes)
-    elif channel_alpha is None and channel_mode.cube_path_supported(grid, window):  # CPU / no Triton: window cubes
+    elif channel_alpha is None and channel_mode.cube_path_preferred(q.device, grid, window):  # CPU: window cubes
         sides = []
         for x in (q, k):
             video, start = sequence.split_video(x, text_len, text_position)  # (B, H, Nv, D)

@@ -104,20 +104,41 @@ def keep_text(video_mask: torch.Tensor, n: int, text_len: int, text_position: st
     return full
 
 
+# query rows per block of a mask's construction: its int64 (rows, Nv) temporaries stay near 2 GiB (one block
+# for the tiny model; at HunyuanVideo's 67,320 video tokens a whole (Nv, Nv) int64 difference is 33.8 GiB)
+_BLOCK_ELEMENTS = 2**28
+
+
+def _pairwise(nv: int, device, rule) -> torch.Tensor:
+    """``(Nv, Nv)`` bool from ``rule(rows)`` (``rows`` a slice of query indices -> ``(len, Nv)`` bool), built in
+    blocks of rows so that the temporaries are bounded."""
+    step = max(1, _BLOCK_ELEMENTS // max(nv, 1))
+    if step >= nv:
+        return rule(slice(0, nv))
+    out = torch.empty(nv, nv, dtype=torch.bool, device=device)
+    for i in range(0, nv, step):
+        out[i : i + step] = rule(slice(i, i + step))
+    return out
+
+
 def spatial_mask(grid, r: int, e: int, *, n: int, text_len: int = 0, text_position: str = "after",
                  device=None) -> torch.Tensor:
     """``(N, N)`` bool spatial mask (see the module docstring)."""
     frame, pos = video_index(grid, device)
-    df = (frame[:, None] - frame[None, :]).abs()
-    video = df <= r
-    if e >= 0:
-        video |= (df == r + 1) & ((pos[:, None] - pos[None, :]).abs() <= e)
-    return keep_text(video, n, text_len, text_position)
+
+    def rule(rows):
+        df = (frame[rows, None] - frame[None, :]).abs()
+        video = df <= r
+        if e >= 0:
+            video |= (df == r + 1) & ((pos[rows, None] - pos[None, :]).abs() <= e)
+        return video
+
+    return keep_text(_pairwise(frame.numel(), frame.device, rule), n, text_len, text_position)
 
 
 def temporal_mask(grid, e: int, *, n: int, text_len: int = 0, text_position: str = "after",
                   device=None) -> torch.Tensor:
     """``(N, N)`` bool temporal mask (see the module docstring)."""
     _, pos = video_index(grid, device)
-    video = (pos[:, None] - pos[None, :]).abs() <= e
+    video = _pairwise(pos.numel(), pos.device, lambda rows: (pos[rows, None] - pos[None, :]).abs() <= e)
     return keep_text(video, n, text_len, text_position)

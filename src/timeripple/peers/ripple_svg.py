@@ -10,9 +10,10 @@ computed iff the pair ``(i, j)`` is inside the chosen mask and neither ``q[i, c]
 reused, plus SVG's ``num_sampled`` profiled rows of ``D`` products each. So the two savings compose
 multiplicatively where they are independent, and the count says exactly what they add up to.
 
-This is a counted reference, not a fast path: the attention is one masked SDPA over ``q̃``, ``k̃``, and the
-count builds a ``(B, H, N, N)`` float tensor (the computed channels of every pair), so it is meant for
-the tiny model and captured calls (``N`` of a few thousand), not for full-size video models.
+This is a counted reference, not a fast path: the attention is SVG's (masked SDPA, or FlexAttention on
+CUDA) over ``q̃``, ``k̃``, and the count multiplies each ``(N, N)`` mask with the ``(B, H, N, D)`` map of
+computed key channels, so it is meant for the tiny model and captured calls (``N`` of a few thousand),
+not for full-size video models.
 """
 
 from __future__ import annotations
@@ -97,11 +98,14 @@ def ripple_svg_attention(
         return out
     start = sequence.split_video(q, text_len, text_position)[1]
     a, b = _computed(via_q, N, start), _computed(via_k, N, start)  # (B, H, N, D)
-    channels = a @ b.transpose(-1, -2)  # (B, H, N, N): computed channels of each pair
-    computed = (channels * plan.head_masks()).sum(dim=(-1, -2)).double() + plan.rows.numel() * N * D
+    # products inside each mask, sum_ijc m_ij a_ic b_jc = sum_ic a_ic (m b)_ic: no (B, H, N, N) tensor (the
+    # two masks are (N, N), shared by every head); every term is an integer <= N, exact in float32
+    inside = [(a * (m.to(a.dtype) @ b)).sum(dim=(-1, -2), dtype=torch.float64) for m in (plan.m_s, plan.m_t)]
+    computed = torch.where(plan.choice, inside[1], inside[0]) + plan.rows.numel() * N * D  # (B, H)
     total = float(N * N * D)
     savings = (1.0 - computed / total).mean(0).cpu()
-    tr_only = float(1.0 - channels.sum(dim=(-1, -2)).double().mean() / total)
+    reused_free = (a.sum(-2, dtype=torch.float64) * b.sum(-2, dtype=torch.float64)).sum(-1)  # (B, H): no mask
+    tr_only = float(1.0 - reused_free.mean() / total)
     svg_only = float(1.0 - plan.kept_pairs().mean() / (N * N))
     stats = PeerCallStats(qk_savings=savings, qk_products=B * H * N * N * D, mode="ripple_svg",
                           details={**plan.details(), "backend": used, "tr_only": tr_only, "svg_only": svg_only})
