@@ -356,3 +356,39 @@ def test_keys_merged_before_the_sync_and_strided_class_outputs_give_the_same_res
     monkeypatch.setattr(cl, "sdpa_lse", strided)
     assert torch.equal(cl.token_attention_classes(q, k, v, q_src, k_src, layout=lay, **kw), built)
     assert cl._shared_strides([(o, o[..., 0], 0.0) for o in (built, built.transpose(1, 2))])[1][0].is_contiguous()
+
+
+def test_head_groups_cut_where_kept_counts_grow_past_the_spread():
+    from timeripple.kernels.head_groups import head_groups
+
+    kept_k = [100, 4000, 110, 4200, 124, 126]
+    assert head_groups([10] * 6, kept_k) == [[0, 2, 4], [5], [1, 3]]  # 126 > 1.25 x 100 starts a group
+    assert head_groups([10, 10, 100], [5, 5, 5]) == [[0, 1], [2]]  # kept queries cut groups too
+    assert head_groups([7], [7]) == [[0]]
+
+
+@pytest.mark.parametrize("key_repr", ["source", "mean"])
+def test_heads_too_unlike_for_one_layout_run_per_group_of_alike_heads(key_repr, monkeypatch):
+    B, H, N, D = 1, 4, 64, 32
+    g = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(B, H, N, D, generator=g).to(DEVICE) for _ in range(3))
+    q_src = torch.arange(N, dtype=torch.int32, device=DEVICE).expand(B, H, N).contiguous()  # keys only
+    k_src = q_src.clone()
+    k_src[0, :3, : N - 4] = torch.arange(N - 4, dtype=torch.int32, device=DEVICE) // 4 * 4  # heads 0-2: groups of 4
+    assert "too many pairs" in cl.class_layout(q_src, k_src).reason  # one layout: 4 x 64 entries for 121 keys
+    layouts = []
+    real = cl.token_attention_classes
+    monkeypatch.setattr(cl, "token_attention_classes", lambda *a, **kw: layouts.append(kw["layout"]) or real(*a, **kw))
+    got = token_attention(q, k, v, q_src, k_src, key_repr=key_repr, method="classes")
+    want = token_attention_ref(q.double(), k.double(), v.double(), q_src, k_src, key_repr=key_repr)
+    assert (got.double() - want).abs().max() < 1e-5
+    assert [lay.classes for lay in layouts] == [[1, 4], [1]]  # heads 0-2 (15 keys of count 4, 4 singles), head 3
+    # a key mask of several batch rows does not follow its rows into groups: compaction, as before
+    layouts.clear()
+    q2, k2, v2, qs2, ks2 = (torch.cat([x, x]) for x in (q, k, v, q_src, k_src))
+    bias = torch.zeros(2, N, device=DEVICE)
+    bias[:, -1] = float("-inf")
+    assert "too many pairs" in cl.class_layout(qs2, ks2, bias).reason
+    got = token_attention(q2, k2, v2, qs2, ks2, key_bias=bias, key_repr=key_repr, method="classes")
+    want = token_attention_ref(q2.double(), k2.double(), v2.double(), qs2, ks2, key_bias=bias, key_repr=key_repr)
+    assert (got.double() - want).abs().max() < 1e-5 and not layouts

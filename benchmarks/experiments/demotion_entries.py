@@ -9,6 +9,8 @@ the kept queries and keys, the classes (count, fewest, most keys per head), and 
 
 * demotion (what the class path runs today) and
 * padding every class to its largest head with keys that add nothing (an alternative, not implemented),
+* demotion inside each group of alike heads (``kernels/head_groups.py``: what runs when one layout would add
+  more than ``PAD_LIMIT`` x the real pairs),
 
 each against the mean real keys per head. Inputs: i.i.d. Gaussian q/k/v (like the random-weight transformers
 of ``bench_e2e.py``) and grid-smooth ones with per-head scales 0.5 .. 2 (heads that differ).
@@ -71,13 +73,23 @@ def report(q_src, k_src):
     own = (c >= 2) & (hmin > 0) & ((hmin == hmax) | (hmin >= class_attention.MIN_CLASS_KEYS))
     sizes = torch.where(own, hmin, 0)
     demoted = int(N - (c * sizes).sum() + sizes.sum())
+    from timeripple.kernels.head_groups import head_groups
+
+    groups = head_groups([N] * H, real.int().tolist())
+    grouped = 0
+    for g in groups:  # the same rule inside each group
+        gmin, gmax = hist[g].amin(0), hist[g].amax(0)
+        gown = (c >= 2) & (gmin > 0) & ((gmin == gmax) | (gmin >= class_attention.MIN_CLASS_KEYS))
+        gs = torch.where(gown, gmin, 0)
+        grouped += len(g) * int(N - (c * gs).sum() + gs.sum())
     padded = int(hmax[1:].sum())
     print(f"  kept queries per head {(q_src == ar).sum(-1)[0].tolist()}")
     print(f"  kept keys per head {real.int().tolist()}, mean {real.mean():.0f}")
     print("  classes (count, fewest, most keys per head):",
           [(int(i), int(hmin[i]), int(hmax[i])) for i in range(1, S) if hmax[i] > 0])
     print(f"  entries per head: demotion {demoted} ({demoted / real.mean():.2f}x), "
-          f"padding to the largest head {padded} ({padded / real.mean():.2f}x)")
+          f"padding to the largest head {padded} ({padded / real.mean():.2f}x), "
+          f"demotion per group of alike heads {grouped / H:.0f} ({grouped / real.sum():.2f}x; {len(groups)} groups)")
 
 
 def main():

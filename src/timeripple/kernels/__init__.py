@@ -72,9 +72,10 @@ METHODS = ("auto", "classes", "compact", "triton", "reference")
 
 
 def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="source", method="auto", expected=None,
-                          kept=None):
+                          kept=None, group=True):
     if method == "reference":
         return token_attention_ref(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr)
+    from .head_groups import GROUPABLE, grouped_token_attention
     from .triton_common import interpreting
 
     lengths = None
@@ -104,6 +105,12 @@ def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="sour
                 if lay.reason is None:
                     return cl.token_attention_classes(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias,
                                                       key_repr=key_repr, layout=lay)
+                if group and lay.reason.startswith(GROUPABLE):  # heads too unlike for one layout: per group
+                    out = grouped_token_attention(
+                        lambda *x: _token_attention_impl(*x, scale, key_bias, key_repr, method, group=False),
+                        q, k, v, q_src, k_src, key_bias, lay.lengths)
+                    if out is not None:
+                        return out
                 if method == "classes":
                     cl._warn_once(f"the count-class path cannot run this plan ({lay.reason}); using compaction")
                 lengths, ratio = lay.lengths, lay.pad_ratio
