@@ -35,8 +35,19 @@ def family(request):
     return request.param, pipe, inputs, generate(pipe, inputs)
 
 
-def test_threshold_zero_is_bit_identical_to_stock(family):
-    _, pipe, inputs, stock = family
+def test_threshold_zero_is_bit_identical_to_stock(family, monkeypatch):
+    name, pipe, inputs, stock = family
+    if name == "hunyuan_video":  # dropping the padded text keys is lossless, not bit-identical (another SDPA
+        # call over fewer keys; its rounding depends on the CPU's kernels): equal up to float32 rounding
+        handle = timeripple.apply_timeripple(pipe, config(0.0, 0.0, dense_last_step=False, ramp_start_step=0))
+        try:
+            dropped = generate(pipe, inputs)
+        finally:
+            timeripple.remove_timeripple(pipe)
+        torch.testing.assert_close(dropped, stock, rtol=1e-4, atol=1e-5)
+        from timeripple.diffusers.processors.hunyuan_video import HunyuanVideoTimeRippleAttnProcessor as proc
+
+        monkeypatch.setattr(proc, "drop_padded_text", False)  # the stock masked call: bit-identical
     handle = timeripple.apply_timeripple(pipe, config(0.0, 0.0, dense_last_step=False, ramp_start_step=0))
     try:
         out = generate(pipe, inputs)
