@@ -139,19 +139,27 @@ def test_key_padding_mask_drops_keys_from_every_class():
     assert "differ" in cl.class_layout(q_src, k_src, bias).reason
 
 
-def test_forced_classes_fall_back_with_one_warning(caplog):
+def test_forced_classes_run_unlike_heads_per_group_and_fall_back_with_one_warning(caplog, monkeypatch):
     B, H, N, D = 1, 2, 40, 64
     q, k, v = (torch.randn(B, H, N, D, device=DEVICE) for _ in range(3))
-    keep = torch.tensor([[0.3, 0.8]])  # class sizes differ between heads: the class path cannot run it
+    keep = torch.tensor([[0.3, 0.8]])  # class sizes differ between heads: one layout cannot run it
     q_src, k_src = random_token_plan(B, H, N, keep, device=DEVICE)
     reason = cl.class_layout(q_src, k_src).reason
     assert reason is not None and "differ" in reason
     with pytest.raises(ValueError, match="class path cannot run"):
         cl.token_attention_classes(q, k, v, q_src.int(), k_src.int(), scale=D ** -0.5)
-    with caplog.at_level(logging.WARNING, logger="timeripple"):
+    monkeypatch.setattr(cl, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="timeripple"):  # heads apart: one layout per head group
         got = token_attention(q, k, v, q_src, k_src, method="classes")
-    assert any("count-class path cannot run" in r.getMessage() for r in caplog.records)
+    assert not any("count-class path cannot run" in r.getMessage() for r in caplog.records)
     assert_close_to_reference(got, q, k, v, q_src, k_src)
+    bias = torch.randn(B, N, device=DEVICE)  # a float key bias: no class constant, grouping cannot help
+    assert "bias" in cl.class_layout(q_src, k_src, bias).reason
+    with caplog.at_level(logging.WARNING, logger="timeripple"):
+        for _ in range(2):
+            got = token_attention(q, k, v, q_src, k_src, key_bias=bias, method="classes")
+    assert sum("count-class path cannot run" in r.getMessage() for r in caplog.records) == 1
+    assert_close_to_reference(got, q, k, v, q_src, k_src, key_bias=bias)
 
 
 def test_float_key_bias_is_not_a_class_constant():

@@ -54,6 +54,30 @@ def test_compact_key_bias_masks_and_chunks(variant, chunk_share):
     assert_close_to_reference(got, q, k, v, q_src, k_src, key_bias=key_bias)
 
 
+@pytest.mark.parametrize("variant", ca.VARIANTS)
+def test_compact_reads_sdpa_output_through_its_strides(variant, monkeypatch):
+    """CUDA's flash and memory-efficient SDPA return a (B, M, nh, dv) buffer seen as (B, nh, M, dv);
+    with several heads in one chunk, reading it as contiguous mixed heads (the GPU-only 87.5% defect).
+    The stand-in SDPA returns the same values in that layout, so the result must not change."""
+    sdpa = ca.F.scaled_dot_product_attention
+
+    def transposed_sdpa(*args, **kw):
+        o = sdpa(*args, **kw)
+        return o.transpose(1, 2).contiguous().transpose(1, 2)  # same values, CUDA's (B, M, nh, dv) memory
+
+    B, H, N, D = 2, 6, 37, 64
+    q, k, v = (torch.randn(B, H, N, D, dtype=torch.bfloat16, device=DEVICE) for _ in range(3))
+    q_src, k_src = random_token_plan(B, H, N, 0.25, text_len=4, device=DEVICE)
+    ar = torch.arange(N, device=DEVICE)
+    mq, mk = int((q_src == ar).sum(-1).max()), int((k_src == ar).sum(-1).max())
+    assert ca.heads_per_chunk(B, H, N, D, mq, mk, 2, D + 8, 1.0) >= 2  # several heads share a chunk
+    want = run_compact(q, k, v, q_src, k_src, variant=variant, chunk_share=1.0)
+    monkeypatch.setattr(ca.F, "scaled_dot_product_attention", transposed_sdpa)
+    got = run_compact(q, k, v, q_src, k_src, variant=variant, chunk_share=1.0)
+    assert torch.equal(got, want)
+    assert_close_to_reference(got, q, k, v, q_src, k_src)
+
+
 def test_compact_every_key_masked_gives_zeros_and_nothing_reused_is_dense():
     q, k, v = (torch.randn(1, 2, 20, 64, device=DEVICE) for _ in range(3))
     q_src, k_src = random_token_plan(1, 2, 20, 0.5, device=DEVICE)
@@ -139,6 +163,19 @@ def test_cuda_compact_large_shapes(variant, head_dim):
     key_bias[:, -30:] = float("-inf")
     got = run_compact(q, k, v, q_src, k_src, key_bias, variant=variant, chunk_share=0.05)
     assert_close_to_reference(got, q, k, v, q_src, k_src, key_bias=key_bias)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [48, 128])
+def test_cuda_compact_several_heads_per_chunk(dtype, head_dim):
+    """Several heads in one chunk, on the real CUDA SDPA backends (the tiny model's fp32 d=48 case
+    broke at 87.5% when the output layout of SDPA was read as contiguous)."""
+    B, H, N = 2, 6, 1500
+    q, k, v = (torch.randn(B, H, N, head_dim, dtype=dtype, device="cuda") for _ in range(3))
+    q_src, k_src = random_token_plan(B, H, N, 0.125, text_len=20, device="cuda")
+    got = run_compact(q, k, v, q_src, k_src, chunk_share=1.0)
+    assert_close_to_reference(got, q, k, v, q_src, k_src)
 
 
 @requires_cuda

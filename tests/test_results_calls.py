@@ -266,3 +266,31 @@ def test_meta_marks_suspect_rows(tools, tmp_path):  # noqa: F811
     assert "`token-fidelity-pairs` ‡ 0 |" in (tmp_path / "docs" / "eval_results.md").read_text()  # adherence line
     raw = (tmp_path / "docs" / "results" / "runs" / "gpu3" / "main" / "results.json").read_text()
     assert "suspect" not in raw  # the raw figures stay as the run wrote them; the mark lives in meta.json
+
+
+def test_meta_superseded_rows_give_way_to_a_later_call(tools, tmp_path):  # noqa: F811
+    """A call's meta.json ``superseded`` ({"method@level": why}) leaves those rows to a later call that re-measured
+    them (the join otherwise keeps the first call's); the limits name the old figure, why, and the call shown.
+    A superseded row that no later call measured stays, and the raw JSON of the call keeps every row."""
+    md, _ = tools
+    levels = [0.5, 0.875]
+    gpu3, gpu4 = tmp_path / "runs" / "gpu3", tmp_path / "runs" / "gpu4"
+    _write(gpu3, "main", _result([_row("token-fidelity-pairs", 0.5, 31.0), _row("token-fidelity-pairs", 0.875, 11.9),
+                                  _row("token-fidelity-auto-head", 0.875, 11.7)],
+                                 [_tensor("token-fidelity-pairs", 0.875, 0.3)], levels))
+    (gpu3 / "meta.json").write_text(json.dumps({"call": "call 5", "superseded": {
+        "token-fidelity-pairs@0.875": "a compaction defect", "token-fidelity-auto-head@0.875": "the same defect"}}))
+    _write(gpu4, "main", _result([_row("token-fidelity-pairs", 0.875, 27.4)],
+                                 [_tensor("token-fidelity-pairs", 0.875, 5e-3)], levels))
+    (gpu4 / "meta.json").write_text(json.dumps({"call": "call 6"}))
+    out = md.render([gpu3, gpu4], tmp_path / "docs" / "results.md", tmp_path / "docs" / "eval_results.md")
+    text = out.read_text()
+    assert "| token-fidelity-pairs (units) | 31.0 dB / 0.900 (50.0%) | 27.4 dB / 0.900 (87.5%) |" in text
+    assert "| token-fidelity-pairs | 87.5% | 87.5% reusing steps | k 1 | 87.5% | 65.6% | 27.4 (24.4) |" in text
+    assert "11.9" not in text.split("## What these runs do not show")[0]
+    assert "| token-fidelity-pairs | - | 5.00e-03 (-x, 87.5%) |" in text and "3.00e-01" not in text
+    assert ("**Re-measured rows** (1; an earlier call's figures of a defect since fixed, kept in its stored JSON): "
+            "`token-fidelity-pairs` at 87.5%: call 5's 11.9 dB was a compaction defect; the row shown is call 6's.") in text
+    assert "| token-fidelity-auto-head (units) | - | 11.7 dB / 0.900 (87.5%) |" in text  # not re-measured: it stays
+    raw = json.loads((tmp_path / "docs" / "results" / "runs" / "gpu3" / "main" / "results.json").read_text())
+    assert len(raw["rows"]) == 3

@@ -103,6 +103,24 @@ def mark_suspect(res, suspect):
                 x["suspect"] = why
 
 
+def drop_superseded(res, superseded, call):
+    """A copy of one call's result without the rows and tensor entries named in its meta.json's ``superseded``
+    (``{"method@level": why}``: figures of a defect since fixed, re-measured by a later call), so that the join
+    takes the later call's; the raw figures stay in the call's stored JSON. Returns ``(copy, dropped)`` with
+    one ``{"method", "level", "call", "psnr_mean", "why"}`` per dropped row."""
+    if not superseded:
+        return res, []
+    res, dropped = json.loads(json.dumps(res)), []
+    for key, why in superseded.items():
+        name, _, level = key.rpartition("@")
+        hit = lambda x: x["method"] == name and _same(x.get("level", x["target"]), float(level))  # noqa: E731
+        dropped += [dict(method=name, level=float(level), call=call, psnr_mean=r.get("psnr_mean"), why=why)
+                    for r in res["rows"] if hit(r)]
+        res["rows"] = [r for r in res["rows"] if not hit(r)]
+        res["tensor"] = [e for e in res.get("tensor", []) if not hit(e)]
+    return res, dropped
+
+
 def quality_table(res, methods):
     out = ["| method | level | matched on (target) | knob | savings, reusing steps | savings, whole run | "
            "PSNR mean (min) dB | SSIM | adherence all (lost c/s/d) | timed speedup (tiny model) | call |",
@@ -312,7 +330,22 @@ def render(runs, out_path, eval_out, e2e_paths=(), command="", note=""):
                 res["see_also"] = meta["see_also"]
             if res:
                 mark_suspect(res, meta.get("suspect"))
-    main, abl = join(parts["main"], labels), join(parts["ablation"], labels)
+    joined, superseded = {}, []
+    for part, results in parts.items():  # meta.json's ``superseded``: left to a later call's figures
+        joined[part] = []
+        for k, (res, (_, meta)) in enumerate(zip(results, calls)):
+            later = {(r["method"], round(r["level"], 9)) for x in results[k + 1:] if x for r in x["rows"]
+                     if r.get("level") is not None}
+            wanted = {key: why for key, why in (meta.get("superseded") or {}).items()  # only if re-measured
+                      if (key.rpartition("@")[0], round(float(key.rpartition("@")[2]), 9)) in later}
+            kept, dropped = drop_superseded(res, wanted, meta["call"]) if res else (res, [])
+            joined[part].append(kept)
+            superseded += dropped
+    main, abl = join(joined["main"], labels), join(joined["ablation"], labels)
+    for res in (main, abl):
+        if res:
+            res["settings"]["superseded"] = [d for d in superseded if any(
+                r["method"] == d["method"] and _same(r.get("level"), d["level"]) for r in res["rows"])]
     e2e = _e2e_blocks(e2e_paths, calls)
     out_path = Path(out_path)
     figs = out_path.parent / "results"

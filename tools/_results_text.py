@@ -96,6 +96,16 @@ def limits(main, abl, e2e):
     if suspect:
         out.append(f"- **‡ Suspect rows** ({len(suspect)}; figures of a known defect, not of the method's quality; "
                    f"their tensor-level entries too): {'; '.join(suspect)}.")
+    redone = []
+    for d in (main or {}).get("settings", {}).get("superseded") or []:
+        new = next(r for r in main["rows"] if r["method"] == d["method"] and r.get("level") is not None
+                   and abs(r["level"] - d["level"]) < 1e-9)
+        old = f"{d['psnr_mean']:.1f} dB" if isinstance(d.get("psnr_mean"), (int, float)) else "its figures"
+        redone.append(f"`{d['method']}` at {d['level']:.1%}: {d['call']}'s {old} was {d['why']}; the row shown is "
+                      f"{labels.get(new.get('call'), 'call ' + str(new.get('call')))}'s")
+    if redone:
+        out.append(f"- **Re-measured rows** ({len(redone)}; an earlier call's figures of a defect since fixed, "
+                   f"kept in its stored JSON): {'; '.join(redone)}.")
     if any(c.get("device_type") == "cpu" for c in (main or {}).get("settings", {}).get("calls") or []):
         out.append("- Rows of a CPU call are CPU-measured at the GPU calls' settings (same model, prompts, seeds, "
                    "steps, levels, tolerance, captured calls): their PSNR / SSIM / adherence / attention MSE compare "

@@ -117,13 +117,15 @@ def merge_values_kernel(
 
 @triton.jit
 def _finish_kernel(
-    OA, Q_SRC, RANK_Q, OUT, VALID, stride_ob, stride_oh, stride_on, H, HC, H0, N, MQ,
-    DIVIDE: tl.constexpr, HAS_VALID: tl.constexpr, HEAD_DIM: tl.constexpr, DH: tl.constexpr, DA: tl.constexpr,
+    OA, Q_SRC, RANK_Q, OUT, VALID, stride_ab, stride_ah, stride_am, stride_ob, stride_oh, stride_on, H, HC, H0, N, MQ,
+    DIVIDE: tl.constexpr, HAS_VALID: tl.constexpr, HEAD_DIM: tl.constexpr, DH: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
     """Every row of ``OUT`` for the chunk's heads: ``out[i] = oa[rank(q_src[i])]`` (kept rows and reused
     rows alike); ``DIVIDE``: ``oa[:, :D] / oa[:, D]`` (0 when the weight sum is 0: every key masked).
-    ``HAS_VALID``: ``VALID`` is a 0-d bool; False (a plan without the caller's static sizes) gives NaN."""
+    ``HAS_VALID``: ``VALID`` is a 0-d bool; False (a plan without the caller's static sizes) gives NaN.
+    ``OA`` is read through its strides (``stride_a*``, last dim contiguous): CUDA's flash and
+    memory-efficient SDPA return a ``(B, M, nh, dv)`` buffer seen as ``(B, nh, M, dv)``."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // HC
@@ -135,7 +137,7 @@ def _finish_kernel(
     row = (b.to(tl.int64) * H + h) * N                               # row of the (B, H, N) layout
     src = tl.load(Q_SRC + row + offs_i, mask=ok, other=0)
     r = tl.minimum(tl.load(RANK_Q + row + src, mask=ok, other=0), MQ - 1)  # (S,) compacted row, in range
-    oa_rows = OA + (bh.to(tl.int64) * MQ + r) * DA                   # (S,) row pointers
+    oa_rows = OA + b.to(tl.int64) * stride_ab + (bh % HC).to(tl.int64) * stride_ah + r.to(tl.int64) * stride_am
     o = tl.load(oa_rows[:, None] + offs_d[None, :], mask=ok[:, None] & ok_d, other=0.0).to(tl.float32)
     if DIVIDE:
         den = tl.load(oa_rows + HEAD_DIM, mask=ok, other=1.0).to(tl.float32)
@@ -253,10 +255,12 @@ def token_attention_compact(q, k, v, q_src, k_src, *, scale, key_bias=None, vari
         else:
             oa = F.scaled_dot_product_attention(qc, kc, va, attn_mask=mask, scale=scale)  # (B, nh, Mq, dv)
         del qc, kc, va, mask
+        if oa.stride(-1) != 1:
+            oa = oa.contiguous()
         # -- every output row from its kept source's compacted row --
         _finish_kernel[(triton.cdiv(N, BLOCK_S), B * nh)](
-            oa, q_src, layout.rank_q, out, valid if valid is not None else out, out.stride(0), out.stride(1),
-            out.stride(2), H, nh, h0, N, mq, DIVIDE=weighted, HAS_VALID=valid is not None, HEAD_DIM=D, DH=triton.next_power_of_2(D), DA=dv, BLOCK_S=BLOCK_S, num_warps=4,
+            oa, q_src, layout.rank_q, out, valid if valid is not None else out, oa.stride(0), oa.stride(1),
+            oa.stride(2), out.stride(0), out.stride(1), out.stride(2), H, nh, h0, N, mq, DIVIDE=weighted, HAS_VALID=valid is not None, HEAD_DIM=D, DH=triton.next_power_of_2(D), BLOCK_S=BLOCK_S, num_warps=4,
         )
         del oa
     return out
