@@ -400,3 +400,41 @@ def test_heads_too_unlike_for_one_layout_run_per_group_of_alike_heads(key_repr, 
     got = token_attention(q2, k2, v2, qs2, ks2, key_bias=bias, key_repr=key_repr, method="classes")
     want = token_attention_ref(q2.double(), k2.double(), v2.double(), qs2, ks2, key_bias=bias, key_repr=key_repr)
     assert (got.double() - want).abs().max() < 1e-5 and not layouts
+
+
+def test_one_host_read_per_call_also_when_heads_are_grouped():
+    """The class path reads the host values of a plan once per call; grouping unlike heads reuses that read
+    (every row's kept counts travel in it) and builds each group's layout with no read of its own; the static
+    sizes of budget mode read nothing. The layouts built from known values equal those built by a read."""
+    from host_reads import count_host_reads
+
+    B, H, N, D = 1, 4, 64, 64
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(B, H, N, D, generator=g).to(DEVICE) for _ in range(3))
+    for keep in (0.5, torch.tensor([[0.2, 0.25, 0.9, 0.95]])):  # one layout / heads grouped
+        q_src, k_src = random_token_plan(B, H, N, keep, device=DEVICE, generator=g)
+        with count_host_reads() as reads:
+            got = token_attention(q, k, v, q_src, k_src, method="classes")
+        assert sum(reads.values()) == 1 and all("class_attention.py" in w for w in reads), dict(reads)
+        assert_close_to_reference(got, q, k, v, q_src, k_src)
+    lay = cl.class_layout(q_src, k_src)
+    rows = [2, 3]
+    sub = [x[:, rows].contiguous() for x in (q_src, k_src)]
+    known = {name: [lay.rows[name][r] for r in rows] for name in ("hist", "lq", "lk")}
+    with count_host_reads() as reads:
+        from_known = cl.class_layout(*sub, known=dict(known, other_bias=lay.rows["other_bias"]))
+    assert not reads, dict(reads)
+    read = cl.class_layout(*sub)
+    assert (from_known.reason, from_known.mq, from_known.lengths[2:]) == (read.reason, read.mq, read.lengths[2:])
+    if read.reason is None:
+        assert (from_known.classes, from_known.sizes) == (read.classes, read.sizes)
+        assert torch.equal(from_known.idx_all, read.idx_all)
+    x = smooth(1, 2, (4, 4, 4), D)
+    q_src, k_src = pairs_plan(x, x, (4, 4, 4), 0, 0.5, 1.0)  # budget mode: the same sizes in every head
+    ar = torch.arange(q_src.shape[-1], device=DEVICE)
+    count = torch.zeros(q_src.shape, dtype=torch.long, device=DEVICE).scatter_add_(
+        2, k_src.long(), torch.ones(q_src.shape, dtype=torch.long, device=DEVICE))
+    expected = (int((q_src[0, 0] == ar).sum()), {c: int((count[0, 0] == c).sum()) for c in (1, 2)})
+    with count_host_reads() as reads:
+        lay = cl.class_layout(q_src, k_src, expected=expected)
+    assert not reads and bool(lay.valid), dict(reads)

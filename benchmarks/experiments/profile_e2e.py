@@ -122,6 +122,7 @@ def trace_summary(prof):
 
 
 LAYOUTS = []
+GROUPS = []  # groups of alike heads per grouped call (kernels/head_groups.py)
 
 
 def _record_layouts():
@@ -138,6 +139,17 @@ def _record_layouts():
         return lay
 
     cl.class_layout = recorded
+
+    from timeripple.kernels import head_groups as hg
+
+    cut = hg.head_groups
+
+    def recorded_groups(*a, **kw):
+        groups = cut(*a, **kw)
+        GROUPS.append(len(groups))
+        return groups
+
+    hg.head_groups = recorded_groups
 
 
 def _mark_processors():
@@ -191,6 +203,7 @@ def main():
                 line = f"{plan}: {sec * 1e3:.1f} ms (timed, no profiler), finite {finite}"
                 if not args.no_profile:
                     LAYOUTS.clear()
+                    GROUPS.clear()
                     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
                     with profile(activities=acts) as prof:
                         bench_e2e.forward(model, fw, sched, step)
@@ -203,7 +216,8 @@ def main():
                              f"{s['token_host_ms']:.1f} ms (token_attention op {s['attn_host_ms']:.1f} ms), {s['proc_launches']} launches")
                     print(line, flush=True)
                     print(f"  processors' GPU spans {s['span_ms']:.1f} ms, kernels in them {s['in_span_ms']:.1f} ms; "
-                          f"layouts of layer 0: {LAYOUTS[:2]}")
+                          f"layouts of layer 0: {LAYOUTS[:2]}; grouped calls {len(GROUPS)} "
+                          f"(groups per call {sorted(set(GROUPS))})")
                     for n, t, c in s["in_span"]:
                         print(f"    {t:8.2f} ms  x{c:<5d} {n}")
                 else:

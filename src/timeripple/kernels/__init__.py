@@ -72,7 +72,7 @@ METHODS = ("auto", "classes", "compact", "triton", "reference")
 
 
 def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="source", method="auto", expected=None,
-                          kept=None, group=True):
+                          kept=None, group=True, known=None):
     if method == "reference":
         return token_attention_ref(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr)
     from .head_groups import GROUPABLE, grouped_token_attention
@@ -101,14 +101,16 @@ def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="sour
                 if expected is not None:  # static sizes from the caller: no host sync
                     expected = (expected[0], {c + 1: n for c, n in enumerate(expected[1:])})
                 prepare = None if expected is not None else (k, v, key_repr)  # keys merged before the sync
-                lay = cl.class_layout(q_src, k_src, key_bias, expected, prepare)  # the one host sync, unless expected
+                lay = cl.class_layout(q_src, k_src, key_bias, expected, prepare,  # the one host sync, unless
+                                      None if expected is not None else known)  # expected or known
                 if lay.reason is None:
                     return cl.token_attention_classes(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias,
                                                       key_repr=key_repr, layout=lay)
                 if group and lay.reason.startswith(GROUPABLE):  # heads too unlike for one layout: per group
                     out = grouped_token_attention(
-                        lambda *x: _token_attention_impl(*x, scale, key_bias, key_repr, method, group=False),
-                        q, k, v, q_src, k_src, key_bias, lay.lengths)
+                        lambda *x, known: _token_attention_impl(*x, scale, key_bias, key_repr, method, group=False,
+                                                                known=known),
+                        q, k, v, q_src, k_src, key_bias, lay)
                     if out is not None:
                         return out
                 if method == "classes":

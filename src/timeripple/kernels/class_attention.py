@@ -116,11 +116,25 @@ def _demotion_tables(hmin: torch.Tensor, hmax: torch.Tensor, tokens: torch.Tenso
     return sizes, offsets, slots, n1 + sizes.sum()
 
 
+def _host_values(known):
+    """The layout's host read, computed on the host from known per-row values (``ClassLayout.rows`` of a
+    layout whose read covered these rows): ``(host, tables)`` in the read's format, tables on the CPU."""
+    hist = torch.tensor(known["hist"], dtype=torch.int64)           # (rows, S)
+    lq, lk = torch.tensor(known["lq"], dtype=torch.int64), torch.tensor(known["lk"], dtype=torch.int64)
+    weights = torch.arange(MAX_CLASS + 2)
+    weights[-1] = 0
+    tokens = (hist * weights).sum(1)
+    tables = _demotion_tables(hist.amin(0), hist.amax(0), tokens.amax())
+    extra = torch.stack([lq.max(), lq.sum(), lk.max(), (lq * lk).sum(), tokens.max(), tokens.min()])
+    host = hist.amax(0).tolist() + tables[0].tolist() + extra.tolist() + [int(known["other_bias"])]
+    return host, tables
+
+
 class ClassLayout:
     """Per-class packed key lists of a token plan (for all heads), or the reason the class path cannot
     run it. Built with one host sync (class sizes and kept query lengths)."""
 
-    def __init__(self, q_src, k_src, key_bias=None, expected=None, prepare=None):
+    def __init__(self, q_src, k_src, key_bias=None, expected=None, prepare=None, known=None):
         B, H, N = q_src.shape
         self.reason = None
         self.valid = None
@@ -148,11 +162,15 @@ class ClassLayout:
         # GPU is idle from the sync until the next launch): the query ranks and list, the concatenated key
         # list of every class with demotion, and (``prepare``) the merged keys and values, in buffers of N
         # rows per head (a list never has more entries than tokens: each entry stands for >= 1 token).
-        weights = torch.arange(MAX_CLASS + 2, device=q_src.device)
-        weights[-1] = 0
-        tokens = (hist.long() * weights).sum(1)                         # (B*H,) unmasked keys covered
-        hmax_d, hmin_d = hist.amax(0), hist.amin(0)
-        self._tables = _demotion_tables(hmin_d, hmax_d, tokens.amax())  # (sizes, offsets, slots, total)
+        if known is None:
+            weights = torch.arange(MAX_CLASS + 2, device=q_src.device)
+            weights[-1] = 0
+            tokens = (hist.long() * weights).sum(1)                     # (B*H,) unmasked keys covered
+            hmax_d, hmin_d = hist.amax(0), hist.amin(0)
+            self._tables = _demotion_tables(hmin_d, hmax_d, tokens.amax())  # (sizes, offsets, slots, total)
+        else:  # every host value from an earlier read (a group of rows of a read layout): no sync here
+            host, tables = _host_values(known)
+            self._tables = tuple(t.to(q_src.device, non_blocking=True) for t in tables)
         self.lq = lq.reshape(B * H).contiguous()
         self.rank_q = row_cumsum(kept_q, 1)                             # (B, H, N) rank among kept queries
         self.idx_q = pack_kept(kept_q, self.rank_q).contiguous()
@@ -165,11 +183,20 @@ class ClassLayout:
             k, v, key_repr = prepare
             self.prepared = _class_keys(k, v, self, self.idx_all, self.len_all, N, 0, H, key_repr, plain=False,
                                         block=16 if interpreting() else 64)
-        extra = torch.stack([lq.amax(), lq.sum(), lk.amax(), (lq.long() * lk.long()).sum(), tokens.amax(),
-                             tokens.amin()]).double()
-        host = torch.cat([hmax_d.double(), self._tables[0].double(), extra, other_bias.double()])
-        host = [int(x) for x in host.tolist()]  # the one host sync
         S = MAX_CLASS + 2
+        if known is None:
+            extra = torch.stack([lq.amax(), lq.sum(), lk.amax(), (lq.long() * lk.long()).sum(), tokens.amax(),
+                                 tokens.amin()]).double()
+            rows = torch.cat([hist, lq.reshape(-1, 1), lk.reshape(-1, 1)], 1).double().reshape(-1)  # per (b, h)
+            host = torch.cat([hmax_d.double(), self._tables[0].double(), extra, other_bias.double(), rows])
+            host = [int(x) for x in host.tolist()]  # the one host sync
+            rows, host = host[2 * S + 7 :], host[: 2 * S + 7]
+            # per (batch, head) row: its histogram of merge counts, kept queries, kept keys (host values:
+            # grouping the heads, kernels/head_groups.py, needs no other read)
+            self.rows = dict(hist=[rows[r * (S + 2) : r * (S + 2) + S] for r in range(B * H)],
+                             lq=rows[S :: S + 2], lk=rows[S + 1 :: S + 2], other_bias=host[-1])
+        else:
+            self.rows = known
         hmax, own_sizes = host[:S], host[S : 2 * S]
         self.mq, lq_sum, mk, real, tok_max, tok_min = (int(x) for x in host[-7:-1])
         # for the dispatcher's fallback (compaction / varlen): kept lengths and padded-pairs ratio
@@ -259,14 +286,16 @@ class ClassLayout:
         return out
 
 
-def class_layout(q_src, k_src, key_bias=None, expected=None, prepare=None) -> ClassLayout:
+def class_layout(q_src, k_src, key_bias=None, expected=None, prepare=None, known=None) -> ClassLayout:
     """The :class:`ClassLayout` of a plan; ``.reason`` is None when the class path can run it.
 
     ``expected`` (optional): ``(kept queries per head, {merge count: keys per head})`` known on the
     host (budget mode, :func:`expected_class_sizes`): no host sync, checked on the device.
     ``prepare`` (optional, without ``expected``): ``(k, v, key_repr)``: the classes' merged keys and values
-    are built before the layout's host sync (what :func:`token_attention_classes` would build after it)."""
-    return ClassLayout(q_src.int().contiguous(), k_src.int().contiguous(), key_bias, expected, prepare)
+    are built before the layout's host sync (what :func:`token_attention_classes` would build after it).
+    ``known`` (optional, without ``expected``): the per-row host values of these rows from an earlier layout's
+    read (its ``rows``, subset to these rows): the layout is built with no host read."""
+    return ClassLayout(q_src.int().contiguous(), k_src.int().contiguous(), key_bias, expected, prepare, known)
 
 
 def expected_class_sizes(n_tokens, n_video, eligible_q, budget_q, pairs, key_budget):

@@ -7,7 +7,8 @@ and none of others (heads of different scales, BENCHMARKS.md "Issue 10, round 4"
 than ``PAD_LIMIT`` x the real pairs and the plan used to go to compaction, padded to the largest head: no time
 saved at all. Here the ``(batch, head)`` rows are sorted by their kept keys and cut into groups whose largest
 kept count is at most ``GROUP_SPREAD`` x the smallest; each group runs the dispatcher on its own rows (its
-own layout and host sync), and the rows are written back. Exact as every path: only the batching changes.
+own layout, built from the host values that the plan's one layout read already holds: no other host read),
+and the rows are written back. Exact as every path: only the batching changes.
 """
 
 from __future__ import annotations
@@ -34,25 +35,25 @@ def head_groups(kept_q: list[int], kept_k: list[int], spread: float = GROUP_SPRE
     return groups
 
 
-def grouped_token_attention(attend, q, k, v, q_src, k_src, key_bias, lengths):
-    """``attend(q, k, v, q_src, k_src)`` (the dispatcher, without grouping) once per group of alike
+def grouped_token_attention(attend, q, k, v, q_src, k_src, key_bias, layout):
+    """``attend(q, k, v, q_src, k_src, known=...)`` (the dispatcher, without grouping) once per group of alike
     ``(batch, head)`` rows, the rows of each group stacked as the heads of one batch row; ``None`` when the
     rows form one group (nothing to gain) or a key bias differs between batch rows (it could not follow
-    its rows). ``lengths``: the layout's ``(kept queries, kept keys, ...)`` device tensors ``(B, H)``: one host
-    sync reads them."""
+    its rows). ``layout``: the plan's :class:`ClassLayout`, whose one host read already holds every row's
+    kept counts (``layout.rows``); each group's layout is built from them (``known``): no other host read."""
     B, H, N, D = q.shape
     if key_bias is not None and (B > 1 or key_bias.dim() != 2):
         return None
-    lq, lk = lengths[0], lengths[1]
-    host = torch.stack([lq.reshape(-1), lk.reshape(-1)]).tolist()  # one host sync
-    groups = head_groups(host[0], host[1])
+    rows = layout.rows
+    groups = head_groups(rows["lq"], rows["lk"])
     if len(groups) < 2:
         return None
-    rows = lambda x: x.reshape(B * H, *x.shape[2:])  # noqa: E731  (a view where the layout allows, else a copy)
-    qf, kf, vf, qs, ks = (rows(x) for x in (q, k, v, q_src, k_src))
+    flat = lambda x: x.reshape(B * H, *x.shape[2:])  # noqa: E731  (a view where the layout allows, else a copy)
+    qf, kf, vf, qs, ks = (flat(x) for x in (q, k, v, q_src, k_src))
     out = torch.empty((B * H, N, v.shape[-1]), dtype=q.dtype, device=q.device)
     for group in groups:
-        idx = torch.tensor(group, dtype=torch.long, device=q.device)
+        idx = torch.tensor(group, dtype=torch.long).to(q.device, non_blocking=True)  # no stream sync
         part = [x.index_select(0, idx).unsqueeze(0) for x in (qf, kf, vf, qs, ks)]  # (1, G, N, ·)
-        out.index_copy_(0, idx, attend(*part)[0])
+        known = {name: [rows[name][i] for i in group] for name in ("hist", "lq", "lk")}
+        out.index_copy_(0, idx, attend(*part, known=dict(known, other_bias=rows["other_bias"]))[0])
     return out.reshape(B, H, N, v.shape[-1])
