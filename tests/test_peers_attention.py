@@ -215,3 +215,37 @@ def test_masks_built_in_row_blocks_equal_the_whole_construction(monkeypatch, blo
         assert torch.equal(got[7:, 7:], expected) and got[:7].all() and got[:, :7].all()
     for e in (0, 2, 14):
         assert torch.equal(masks.temporal_mask(grid, e, n=60), dp <= e)
+
+
+@pytest.mark.parametrize("text_len,text_position", [(0, "after"), (7, "before"), (5, "after")])
+def test_mask_rows_and_closed_form_pairs_equal_the_built_masks(text_len, text_position):
+    """SVG's plan reads only the sampled rows of its masks and counts their pairs in closed form (the full
+    (N, N) masks are 9.1 GB at HunyuanVideo); both agree with the masks themselves."""
+    grid = (4, 3, 5)
+    n = 60 + text_len
+    rows = torch.tensor([0, 3, 17, 59, 60, n - 1]) if text_len else torch.tensor([0, 3, 17, 59])
+    geo = dict(n=n, text_len=text_len, text_position=text_position)
+    for r, e in ((0, -1), (0, 3), (1, 0), (2, 14), (3, -1)):
+        full = masks.spatial_mask(grid, r, e, **geo)
+        assert torch.equal(masks.mask_rows("spatial", grid, (r, e), rows, **geo), full[rows])
+        assert masks.spatial_pairs(grid, r, e) + n * n - 60 * 60 == int(full.sum())
+    for e in (0, 2, 14):
+        full = masks.temporal_mask(grid, e, **geo)
+        assert torch.equal(masks.mask_rows("temporal", grid, (e,), rows, **geo), full[rows])
+        assert masks.temporal_pairs(grid, e) + n * n - 60 * 60 == int(full.sum())
+
+
+def test_svg_plan_builds_no_full_mask_until_one_is_read():
+    q, k, v = _heads_with_structure(text_len=6)
+    kw = dict(grid=GRID, sparsity=0.7, text_len=6, text_position="after", attn_mask=None, num_sampled=8, scale=0.25)
+    plan = svg_plan(q, k, v, **kw)
+    assert plan._masks == {}  # chosen from the sampled rows only; pairs in closed form
+    counted = plan.kept_pairs()
+    assert plan._masks == {}
+    built = torch.where(plan.choice, plan.m_t.sum().double(), plan.m_s.sum().double())
+    assert torch.equal(counted, built) and set(plan._masks) == {"s", "t"}
+    old = [plan.m_s, plan.m_t]  # the choice from the full masks' rows is the same
+    from timeripple.peers.svg import sample_rows, svg_choose_heads
+
+    rows = sample_rows(q.shape[2], 6, "after", 8, q.device)
+    assert torch.equal(svg_choose_heads(q, k, v, old, rows=rows, scale=0.25) == 1, plan.choice)

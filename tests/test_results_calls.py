@@ -294,3 +294,26 @@ def test_meta_superseded_rows_give_way_to_a_later_call(tools, tmp_path):  # noqa
     assert "| token-fidelity-auto-head (units) | - | 11.7 dB / 0.900 (87.5%) |" in text  # not re-measured: it stays
     raw = json.loads((tmp_path / "docs" / "results" / "runs" / "gpu3" / "main" / "results.json").read_text())
     assert len(raw["rows"]) == 3
+
+
+def test_meta_withdraws_a_speed_row_that_timed_our_defect(tools, tmp_path):  # noqa: F811
+    """A call's meta.json ``e2e_withdrawn`` ({"<model label>|<row>": why}) takes a timed row out of the tables,
+    plots and verdicts (listed as not timed, with its old figure and why); the stored raw JSON keeps it."""
+    md, _ = tools
+    run = tmp_path / "runs" / "gpu"
+    _write(run, "main", _result([_row("channel", 0.5, 45.0)], [], [0.5]))
+    (run / "e2e.json").write_text(json.dumps(_e2e()))
+    text = md.render([run], tmp_path / "docs" / "results.md", tmp_path / "docs" / "eval_results.md",
+                     [run / "e2e.json"]).read_text()
+    verdict = lambda t: t.split("highest speedup")[1].splitlines()[0]  # noqa: E731
+    assert "| HunyuanVideo | svg 70% flex | 700 |" in text and "**supported**" in verdict(text)
+    (run / "meta.json").write_text(json.dumps({"call": "call 1", "e2e_withdrawn": {
+        "HunyuanVideo|svg 70% flex": "the plan rebuilt two (N, N) masks every call"}}))
+    text = md.render([run], tmp_path / "docs" / "results.md", tmp_path / "docs" / "eval_results.md",
+                     [run / "e2e.json"]).read_text()
+    assert "| HunyuanVideo | svg 70% flex | 700 |" not in text
+    assert ("not timed: withdrawn (700 ms a step in call 1): the plan rebuilt two (N, N) masks every call |"
+            in text)
+    assert "**not measurable here**" in verdict(text)
+    stored = json.loads((tmp_path / "docs" / "results" / "runs" / "gpu" / "e2e.json").read_text())
+    assert any(r["label"] == "svg 70% flex" and r["ms"] == 700.0 for b in stored for r in b["rows"])

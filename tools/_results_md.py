@@ -103,6 +103,31 @@ def mark_suspect(res, suspect):
                 x["suspect"] = why
 
 
+def withdraw_e2e(e2e, calls):
+    """Copies of the speed blocks without the rows that their call's meta.json withdraws (``e2e_withdrawn``:
+    ``{"<model label>|<row>": why}``, a timing that measured a defect of ours rather than the method): each is
+    listed as not timed, with its old figure and why, and no table, plot or verdict uses it."""
+    withdrawn = {meta["call"]: meta.get("e2e_withdrawn") or {} for _, meta in calls}
+    out = []
+    for res in e2e:
+        gone = withdrawn.get(res["call"], {})
+        if not any(key.split("|")[0] == res["model_label"] for key in gone):
+            out.append(res)
+            continue
+        res = json.loads(json.dumps(res))
+        keep = []
+        for r in res["rows"]:
+            why = gone.get(f"{res['model_label']}|{r['label']}")
+            if why is None:
+                keep.append(r)
+            else:
+                was = f"{r['ms']:.0f} ms a step" if isinstance(r.get("ms"), (int, float)) else "its figure"
+                res.setdefault("not_timed", {})[r["label"]] = f"withdrawn ({was} in {res['call']}): {why}"
+        res["rows"] = keep
+        out.append(res)
+    return out
+
+
 def drop_superseded(res, superseded, call):
     """A copy of one call's result without the rows and tensor entries named in its meta.json's ``superseded``
     (``{"method@level": why}``: figures of a defect since fixed, re-measured by a later call), so that the join
@@ -361,6 +386,7 @@ def render(runs, out_path, eval_out, e2e_paths=(), command="", note=""):
             (store / "e2e.json").write_text(json.dumps(mine, indent=1) + "\n")
         store.mkdir(parents=True, exist_ok=True)
         (store / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    e2e = withdraw_e2e(e2e, calls)  # after the raw figures are stored: withdrawn rows stay in them
     run = calls[0][0]
     made = plots(main, e2e, figs, run) if main else {}
     levels = main["settings"]["levels"] if main else []

@@ -25,7 +25,7 @@ from .._validation import value_error
 
 __all__ = [
     "video_span", "video_index", "window_pairs", "spatial_params", "temporal_params",
-    "spatial_mask", "temporal_mask", "keep_text",
+    "spatial_mask", "temporal_mask", "keep_text", "mask_rows", "spatial_pairs", "temporal_pairs",
 ]
 
 
@@ -121,9 +121,8 @@ def _pairwise(nv: int, device, rule) -> torch.Tensor:
     return out
 
 
-def spatial_mask(grid, r: int, e: int, *, n: int, text_len: int = 0, text_position: str = "after",
-                 device=None) -> torch.Tensor:
-    """``(N, N)`` bool spatial mask (see the module docstring)."""
+def _spatial_rule(grid, r: int, e: int, device):
+    """``rule(rows) -> (len(rows), Nv)`` bool of the spatial mask's video part (``rows``: slice or index tensor)."""
     frame, pos = video_index(grid, device)
 
     def rule(rows):
@@ -133,12 +132,50 @@ def spatial_mask(grid, r: int, e: int, *, n: int, text_len: int = 0, text_positi
             video |= (df == r + 1) & ((pos[rows, None] - pos[None, :]).abs() <= e)
         return video
 
-    return keep_text(_pairwise(frame.numel(), frame.device, rule), n, text_len, text_position)
+    return rule, frame.numel()
+
+
+def _temporal_rule(grid, e: int, device):
+    _, pos = video_index(grid, device)
+    return (lambda rows: (pos[rows, None] - pos[None, :]).abs() <= e), pos.numel()
+
+
+def spatial_mask(grid, r: int, e: int, *, n: int, text_len: int = 0, text_position: str = "after",
+                 device=None) -> torch.Tensor:
+    """``(N, N)`` bool spatial mask (see the module docstring)."""
+    rule, nv = _spatial_rule(grid, r, e, device)
+    return keep_text(_pairwise(nv, device, rule), n, text_len, text_position)
 
 
 def temporal_mask(grid, e: int, *, n: int, text_len: int = 0, text_position: str = "after",
                   device=None) -> torch.Tensor:
     """``(N, N)`` bool temporal mask (see the module docstring)."""
-    _, pos = video_index(grid, device)
-    video = _pairwise(pos.numel(), pos.device, lambda rows: (pos[rows, None] - pos[None, :]).abs() <= e)
-    return keep_text(video, n, text_len, text_position)
+    rule, nv = _temporal_rule(grid, e, device)
+    return keep_text(_pairwise(nv, device, rule), n, text_len, text_position)
+
+
+def mask_rows(kind: str, grid, params, rows: torch.Tensor, *, n: int, text_len: int = 0,
+              text_position: str = "after") -> torch.Tensor:
+    """Rows ``rows`` (int64 joint-sequence query indices) of the ``(N, N)`` spatial (``params = (r, e)``) or
+    temporal (``params = (e,)``) mask, as ``(len(rows), N)`` bool, without building the mask."""
+    device = rows.device
+    rule, nv = _spatial_rule(grid, *params, device) if kind == "spatial" else _temporal_rule(grid, *params, device)
+    start, _ = video_span(n, text_len, text_position)
+    video = (rows >= start) & (rows < start + nv)
+    out = torch.ones(rows.numel(), n, dtype=torch.bool, device=device)  # text rows and columns: kept
+    out[:, start : start + nv] = rule((rows - start).clamp(0, nv - 1)) | ~video[:, None]
+    return out
+
+
+def spatial_pairs(grid, r: int, e: int) -> int:
+    """Video-video pairs of the spatial mask ``(r, e)``, in closed form."""
+    T, Hg, Wg = (int(g) for g in grid)
+    s = Hg * Wg
+    full = sum(_frame_pairs(T, d) for d in range(r + 1)) * s * s
+    return full + (_frame_pairs(T, r + 1) * window_pairs(s, e) if e >= 0 else 0)
+
+
+def temporal_pairs(grid, e: int) -> int:
+    """Video-video pairs of the temporal mask ``e``, in closed form."""
+    T, Hg, Wg = (int(g) for g in grid)
+    return T * T * window_pairs(Hg * Wg, e)

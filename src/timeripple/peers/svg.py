@@ -58,11 +58,12 @@ def _masked_probs(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1)
 
 
-def svg_choose_heads(q, k, v, candidates, *, rows, scale, attn_mask=None) -> torch.Tensor:
+def svg_choose_heads(q, k, v, candidates, *, rows, scale, attn_mask=None, sampled=False) -> torch.Tensor:
     """Index ``(B, H)`` of the candidate mask with the smallest output MSE on the sampled ``rows``.
 
     Args:
-        candidates (`list[torch.Tensor]`): ``(N, N)`` bool masks.
+        candidates (`list[torch.Tensor]`): ``(N, N)`` bool masks, or (``sampled=True``) only their ``rows``,
+            ``(len(rows), N)``.
         rows (`torch.Tensor`): int64 query indices whose exact attention rows are computed.
     """
     qs = q[:, :, rows].float()  # (B, H, m, D)
@@ -74,7 +75,7 @@ def svg_choose_heads(q, k, v, candidates, *, rows, scale, attn_mask=None) -> tor
     exact = torch.softmax(scores, dim=-1) @ vf  # (B, H, m, Dv)
     errors = []
     for keep in candidates:
-        approx = _masked_probs(scores, keep[rows]) @ vf
+        approx = _masked_probs(scores, keep if sampled else keep[rows]) @ vf
         errors.append((approx - exact).pow(2).mean(dim=(-1, -2)))  # (B, H)
     return torch.stack(errors).argmin(dim=0)  # (B, H)
 
@@ -167,20 +168,46 @@ def svg_attention(
 
 
 class SVGPlan:
-    """The per-call decision of :func:`svg_attention`: both masks, their sizes and each head's choice."""
+    """The per-call decision of :func:`svg_attention`: both masks' parameters and sizes, each head's choice.
 
-    def __init__(self, grid, n, text_len, text_position, r, e_s, e_t, m_s, m_t, rows, choice):
+    The ``(N, N)`` masks themselves (``m_s``, ``m_t``) are built only when read (the masked-SDPA path and the
+    counting of ``ripple_svg``): choosing the heads needs only the sampled rows, and the FlexAttention path its
+    block masks (at HunyuanVideo's 67,560 tokens the two masks are 9.1 GB of bool, rebuilt every call before)."""
+
+    def __init__(self, grid, n, text_len, text_position, r, e_s, e_t, rows, choice):
         self.grid, self.n, self.text_len, self.text_position = grid, n, text_len, text_position
         self.r, self.e_s, self.e_t = r, e_s, e_t
-        self.m_s, self.m_t, self.rows, self.choice = m_s, m_t, rows, choice  # choice: (B, H) True = temporal
+        self.rows, self.choice = rows, choice  # choice: (B, H) True = temporal
+        nv = n - text_len
+        text_pairs = n * n - nv * nv  # every text row and column is kept
+        self.pairs_s = masks.spatial_pairs(grid, r, e_s) + text_pairs
+        self.pairs_t = masks.temporal_pairs(grid, e_t) + text_pairs
+        self._masks = {}
+
+    def _geo(self):
+        return dict(n=self.n, text_len=self.text_len, text_position=self.text_position, device=self.rows.device)
+
+    @property
+    def m_s(self) -> torch.Tensor:
+        """``(N, N)`` bool spatial mask (built on first use)."""
+        if "s" not in self._masks:
+            self._masks["s"] = masks.spatial_mask(self.grid, self.r, self.e_s, **self._geo())
+        return self._masks["s"]
+
+    @property
+    def m_t(self) -> torch.Tensor:
+        """``(N, N)`` bool temporal mask (built on first use)."""
+        if "t" not in self._masks:
+            self._masks["t"] = masks.temporal_mask(self.grid, self.e_t, **self._geo())
+        return self._masks["t"]
 
     def head_masks(self) -> torch.Tensor:
         """``(B, H, N, N)`` bool: each head's chosen mask."""
         return torch.where(self.choice[:, :, None, None], self.m_t, self.m_s)
 
     def kept_pairs(self) -> torch.Tensor:
-        """``(B, H)`` float64: pairs each head computes."""
-        return torch.where(self.choice, self.m_t.sum().double(), self.m_s.sum().double())
+        """``(B, H)`` float64: pairs each head computes (closed-form counts of its mask)."""
+        return torch.where(self.choice, float(self.pairs_t), float(self.pairs_s)).double()
 
     def details(self) -> dict:
         return {"temporal_heads": float(self.choice.double().mean()), "spatial_r": self.r, "spatial_e": self.e_s,
@@ -188,17 +215,19 @@ class SVGPlan:
 
 
 def svg_plan(q, k, v, *, grid, sparsity, text_len, text_position, attn_mask, num_sampled, scale) -> SVGPlan:
-    """Size both masks for ``1 - sparsity`` and choose each head's mask from the sampled queries."""
+    """Size both masks for ``1 - sparsity`` and choose each head's mask from the sampled queries (only the
+    sampled rows of the masks are built)."""
     B, H, N, D = q.shape
     density = 1.0 - check_sparsity(sparsity)
     r, e_s, _ = masks.spatial_params(grid, density)
     e_t, _ = masks.temporal_params(grid, density)
-    geo = dict(n=N, text_len=text_len, text_position=text_position, device=q.device)
-    m_s = masks.spatial_mask(grid, r, e_s, **geo)
-    m_t = masks.temporal_mask(grid, e_t, **geo)
     rows = sample_rows(N, text_len, text_position, num_sampled, q.device)
-    choice = svg_choose_heads(q, k, v, [m_s, m_t], rows=rows, scale=scale, attn_mask=attn_mask) == 1  # (B, H)
-    return SVGPlan(tuple(grid), N, text_len, text_position, r, e_s, e_t, m_s, m_t, rows, choice)
+    geo = dict(n=N, text_len=text_len, text_position=text_position)
+    candidates = [masks.mask_rows("spatial", grid, (r, e_s), rows, **geo),
+                  masks.mask_rows("temporal", grid, (e_t,), rows, **geo)]
+    choice = svg_choose_heads(q, k, v, candidates, rows=rows, scale=scale, attn_mask=attn_mask,
+                              sampled=True) == 1  # (B, H)
+    return SVGPlan(tuple(grid), N, text_len, text_position, r, e_s, e_t, rows, choice)
 
 
 def svg_run(q, k, v, plan: SVGPlan, *, attn_mask=None, scale, backend="auto"):
