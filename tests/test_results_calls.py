@@ -314,6 +314,6 @@ def test_meta_withdraws_a_speed_row_that_timed_our_defect(tools, tmp_path):  # n
     assert "| HunyuanVideo | svg 70% flex | 700 |" not in text
     assert ("not timed: withdrawn (700 ms a step in call 1): the plan rebuilt two (N, N) masks every call |"
             in text)
-    assert "**not measurable here**" in verdict(text)
+    assert "**not measurable here**" in verdict(text) and "withdrawn" in verdict(text)
     stored = json.loads((tmp_path / "docs" / "results" / "runs" / "gpu" / "e2e.json").read_text())
     assert any(r["label"] == "svg 70% flex" and r["ms"] == 700.0 for b in stored for r in b["rows"])

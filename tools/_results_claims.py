@@ -174,7 +174,10 @@ def _speed(e2e, compose):
                         f"(50 steps composed, {_where(res)}; ceiling {best['ceiling']:.2f}x); caches: reusing-step "
                         "times only (their schedules differ), see the speed table"))
         else:
-            out.append((claim + ")", NA, "the SVG-style row (or every TimeRipple row) was not timed in any call"))
+            gone = [res for res in blocks if str((res.get("not_timed") or {}).get("svg 70% flex", "")).startswith("withdrawn")]
+            out.append((claim + ")", NA, "the SVG-style row (or every TimeRipple row) was not timed in any call"
+                        + (f"; {gone[-1]['call']}'s SVG timing is withdrawn (it timed a defect of our SVG plan, see "
+                           "the speed table) and not re-timed" if gone else "")))
         claim = f"Sec. 4: TimeRipple adds little runtime memory, PAB needs a cache ({name}; peak allocated in one forward)"
         pab = [(res, comp) for res, comp in comps if comp.get("pab skip", {}).get("peak_gib") is not None
                and comp.get("stock", {}).get("peak_gib") is not None][-1:]
