@@ -1,0 +1,41 @@
+"""Time and peak host memory of one SVG-style plan (``peers/svg.py: svg_plan``) at a full model's token count.
+
+    OMP_NUM_THREADS=1 python benchmarks/experiments/svg_plan_cost.py                      # HunyuanVideo 544x960 129f
+    OMP_NUM_THREADS=1 python benchmarks/experiments/svg_plan_cost.py --grid 21 30 52 --text 0   # Wan2.1 480p 81f
+
+The plan chooses each head's mask (spatial or temporal) from sampled query rows; before 75e9a0a it built both
+``(N, N)`` masks on every call. Run on the CPU (the masks' size, not the device, is what is measured); peak is
+the process's maximum resident set above its level before the call.
+"""
+
+import argparse
+import resource
+import time
+
+import torch
+
+from timeripple.peers.svg import svg_plan
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--grid", type=int, nargs=3, default=[33, 34, 60], help="latent token grid (T, H, W)")
+    ap.add_argument("--text", type=int, default=256, help="text tokens after the video")
+    ap.add_argument("--heads", type=int, default=2)
+    ap.add_argument("--sparsity", type=float, default=0.7)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    grid = tuple(args.grid)
+    N = grid[0] * grid[1] * grid[2] + args.text
+    q, k, v = (torch.randn(1, args.heads, N, 128, dtype=torch.bfloat16) for _ in range(3))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    plan = svg_plan(q, k, v, grid=grid, sparsity=args.sparsity, text_len=args.text, text_position="after",
+                    attn_mask=None, num_sampled=64, scale=128 ** -0.5)
+    dt = time.perf_counter() - t
+    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 2**20
+    print(f"grid {grid}, N {N}: svg_plan {dt:.2f} s, peak RSS +{peak:.2f} GiB, temporal heads {plan.choice.tolist()}")
+
+
+if __name__ == "__main__":
+    main()
