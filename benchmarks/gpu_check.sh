@@ -5,6 +5,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/card.txt"
 timeout ${BENCH_TIMEOUT:-300} python benchmarks/bench_attention.py --quick ${BENCH_ARGS:-} --out "$OUT/BENCHMARKS.md" \
   > "$OUT/bench.log" 2>&1
-timeout ${TEST_TIMEOUT:-200} python -m pytest -q -x -k "cuda" tests/test_kernels_compact.py tests/test_kernels_triton.py \
-  tests/test_kernels_reference.py tests/test_kernels_detect.py 2>&1 | tail -15 | tee "$OUT/tests.log"
+# every kernel test (CPU-shaped ones too: they run compiled here), spread over 8 workers when pytest-xdist is there
+par=$(python -c "import xdist" 2>/dev/null && echo "-n 8 -p xdist")
+timeout ${TEST_TIMEOUT:-300} python -m pytest -q $par tests/test_kernels*.py 2>&1 | tail -25 | tee "$OUT/tests.log"
 grep -E "^\| (SDPA default|token|fused|  )" "$OUT/bench.log" | cut -c1-110

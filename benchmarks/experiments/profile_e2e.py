@@ -12,6 +12,10 @@ profiler and reports, from the kernel trace:
   attention, epilogue) and the kernels with the most GPU time.
 
     python benchmarks/experiments/profile_e2e.py --models wan1.3b --plans bundled50 bundled75 pairs75
+
+``--sync-sources`` runs one more step under ``torch.cuda.set_sync_debug_mode("warn")`` and prints, per source
+line (the innermost frame of timeripple, else of diffusers, else the op's caller), how many synchronising CUDA
+calls it made: the place of every host sync of a step, not only their number.
 """
 
 from __future__ import annotations
@@ -152,6 +156,39 @@ def _record_layouts():
     hg.head_groups = recorded_groups
 
 
+def sync_sources(model, fw, sched, step):
+    """Counter of ``file:line`` -> synchronising CUDA calls made during one forward (CUDA only)."""
+    import collections
+    import traceback
+    import warnings
+
+    found = collections.Counter()
+    show = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return show(message, category, filename, lineno, file, line)
+        stack = traceback.extract_stack()[:-1]
+        pick = next((f for f in reversed(stack) if "/timeripple/" in f.filename), None) or \
+            next((f for f in reversed(stack) if "/diffusers/" in f.filename), None) or stack[-1]
+        found[f"{pick.filename.split('/site-packages/')[-1].split('/src/')[-1]}:{pick.lineno} ({pick.name})"] += 1
+
+    warnings.showwarning = record
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                bench_e2e.forward(model, fw, sched, step)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+            bench_e2e._sync()
+    finally:
+        warnings.showwarning = show
+    return found
+
+
 def _mark_processors():
     """Wrap the processors' self-attention core (``_attend``: plan, attention, epilogue) in a profiler range."""
     import timeripple
@@ -175,6 +212,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-profile", action="store_true", help="time only")
     ap.add_argument("--smoke", action="store_true", help="CPU, one layer, small latent: checks the script only")
+    ap.add_argument("--sync-sources", action="store_true", help="also where each host sync of a step comes from")
     args = ap.parse_args()
     bench_e2e.SMOKE = args.smoke
     cuda = not args.smoke
@@ -222,6 +260,11 @@ def main():
                         print(f"    {t:8.2f} ms  x{c:<5d} {n}")
                 else:
                     print(line, flush=True)
+                if args.sync_sources and cuda:
+                    found = sync_sources(model, fw, sched, step)
+                    print(f"  synchronising CUDA calls in one step: {sum(found.values())}")
+                    for where, n in found.most_common(12):
+                        print(f"    x{n:<5d} {where}")
             except Exception as exc:  # keep the other plans
                 print(f"{plan}: FAILED {exc!r:.300}", flush=True)
             finally:
