@@ -1,5 +1,6 @@
 """The peer attention functions on tensors: SVG-style masks, MInference-style patterns, TimeRipple + SVG."""
 
+import math
 import warnings
 
 import pytest
@@ -249,3 +250,28 @@ def test_svg_plan_builds_no_full_mask_until_one_is_read():
 
     rows = sample_rows(q.shape[2], 6, "after", 8, q.device)
     assert torch.equal(svg_choose_heads(q, k, v, old, rows=rows, scale=0.25) == 1, plan.choice)
+
+
+@pytest.mark.parametrize("grid,text_len,text_position", [((4, 6, 10), 7, "after"), ((3, 12, 12), 20, "before")])
+@pytest.mark.parametrize("block", [16, 32])
+def test_block_masks_by_rows_equal_create_block_mask(grid, text_len, text_position, block):
+    """SVG's block masks are built one block of query rows at a time (create_block_mask evaluates the whole
+    (N, N) grid: 36 GB int64 temporaries at HunyuanVideo); the partial and full blocks are the same."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from timeripple.peers.svg import _mods, block_mask_by_rows
+
+    n = math.prod(grid) + text_len
+    for density in (0.2, 0.5):
+        r, e_s, _ = masks.spatial_params(grid, density)
+        e_t, _ = masks.temporal_params(grid, density)
+        for mod in _mods(grid, n, text_len, text_position, (r, e_s, e_t)):
+            want = create_block_mask(mod, None, None, n, n, device="cpu", BLOCK_SIZE=block)
+            got = block_mask_by_rows(mod, n, "cpu", block)
+            assert torch.equal(got.to_dense(), want.to_dense())
+            for a, b in ((got.kv_num_blocks, want.kv_num_blocks), (got.full_kv_num_blocks, want.full_kv_num_blocks)):
+                assert torch.equal(a, b)
+            for idx_a, idx_b, num in ((got.kv_indices, want.kv_indices, want.kv_num_blocks),
+                                      (got.full_kv_indices, want.full_kv_indices, want.full_kv_num_blocks)):
+                for i, c in enumerate(num[0, 0].tolist()):
+                    assert torch.equal(idx_a[0, 0, i, :c].sort().values, idx_b[0, 0, i, :c].sort().values)

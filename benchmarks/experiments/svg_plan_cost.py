@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/experiments/svg_plan_cost.py                      # HunyuanVideo 544x960 129f
     OMP_NUM_THREADS=1 python benchmarks/experiments/svg_plan_cost.py --grid 21 30 52 --text 0   # Wan2.1 480p 81f
+    ... --flex: also the FlexAttention block masks (create_block_mask over the whole (N, N) grid before this round)
 
 The plan chooses each head's mask (spatial or temporal) from sampled query rows; before 75e9a0a it built both
 ``(N, N)`` masks on every call. Run on the CPU (the masks' size, not the device, is what is measured); peak is
@@ -23,6 +24,7 @@ def main():
     ap.add_argument("--text", type=int, default=256, help="text tokens after the video")
     ap.add_argument("--heads", type=int, default=2)
     ap.add_argument("--sparsity", type=float, default=0.7)
+    ap.add_argument("--flex", action="store_true", help="also build the FlexAttention block masks (cached per geometry)")
     args = ap.parse_args()
     torch.manual_seed(0)
     grid = tuple(args.grid)
@@ -35,6 +37,16 @@ def main():
     dt = time.perf_counter() - t
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 2**20
     print(f"grid {grid}, N {N}: svg_plan {dt:.2f} s, peak RSS +{peak:.2f} GiB, temporal heads {plan.choice.tolist()}")
+    if args.flex:
+        from timeripple.peers.svg import _flex_blocks
+
+        t = time.perf_counter()
+        bm_s, bm_t = _flex_blocks(grid, N, args.text, "after", plan.r, plan.e_s, plan.e_t, "cpu")
+        dt = time.perf_counter() - t
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 2**20
+        print(f"  block masks {dt:.2f} s, peak RSS +{peak:.2f} GiB; blocks kept (partial + full) spatial "
+              f"{int(bm_s.kv_num_blocks.sum() + bm_s.full_kv_num_blocks.sum())}, temporal "
+              f"{int(bm_t.kv_num_blocks.sum() + bm_t.full_kv_num_blocks.sum())} of {bm_s.kv_indices.shape[-1] ** 2}")
 
 
 if __name__ == "__main__":

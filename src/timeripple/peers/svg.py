@@ -290,14 +290,44 @@ def _mods(grid, n, text_len, text_position, params):
     return spatial_mod, temporal_mod
 
 
+FLEX_BLOCK = 128  # FlexAttention's default sparse block size
+
+
+def block_mask_by_rows(mask_mod, n: int, device, block: int = FLEX_BLOCK):
+    """The FlexAttention ``BlockMask`` of ``mask_mod`` over ``n`` x ``n``, evaluated one block of query rows at a
+    time: ``create_block_mask`` evaluates the whole ``(n, n)`` grid at once, whose int64 temporaries are
+    36 GB each at HunyuanVideo's 67,576 tokens. A key block is full when every pair in it is kept (never a
+    block cut by the end of the sequence), partial when some are; the kernel applies ``mask_mod`` in partial
+    blocks only."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    nb = -(-n // block)
+    ki = torch.arange(n, device=device)[None, :]
+    partial = torch.zeros(nb, nb, dtype=torch.bool, device=device)
+    full = torch.zeros(nb, nb, dtype=torch.bool, device=device)
+    for i in range(nb):
+        qi = torch.arange(i * block, min(n, (i + 1) * block), device=device)[:, None]
+        m = torch.nn.functional.pad(mask_mod(None, None, qi, ki), (0, nb * block - n))  # (rows, nb*block)
+        blocks = m.view(qi.shape[0], nb, block)
+        some = blocks.any(2).any(0)
+        every = blocks.all(2).all(0) & (qi.shape[0] == block)
+        every[-1] &= n % block == 0
+        full[i], partial[i] = every, some & ~every
+
+    def ordered(b):  # (nb, nb) -> counts (1, 1, nb), indices (1, 1, nb, nb): the kept blocks first, ascending
+        return (b.sum(-1, dtype=torch.int32)[None, None],
+                torch.argsort((~b).to(torch.int8), dim=-1, stable=True).to(torch.int32)[None, None])
+
+    return BlockMask.from_kv_blocks(*ordered(partial), *ordered(full), BLOCK_SIZE=block, mask_mod=mask_mod,
+                                    seq_lengths=(n, n))
+
+
 @functools.lru_cache(maxsize=16)
 def _flex_blocks(grid, n, text_len, text_position, r, e_s, e_t, device_str):
-    """The spatial and temporal block masks of one geometry and sparsity (built once, eagerly)."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
+    """The spatial and temporal block masks of one geometry and sparsity (built once, by blocks of rows)."""
     spatial_mod, temporal_mod = _mods(grid, n, text_len, text_position, (r, e_s, e_t))
-    kw = dict(B=None, H=None, Q_LEN=n, KV_LEN=n, device=torch.device(device_str))
-    return create_block_mask(spatial_mod, **kw), create_block_mask(temporal_mod, **kw)
+    device = torch.device(device_str)
+    return block_mask_by_rows(spatial_mod, n, device), block_mask_by_rows(temporal_mod, n, device)
 
 
 @functools.lru_cache(maxsize=16)
