@@ -396,9 +396,16 @@ def main(argv=None):
     parser.add_argument("--render", nargs="*", default=None, help="JSON files to render (no GPU needed)")
     parser.add_argument("--out", default="", help="markdown file whose end-to-end section is (re)written")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run that checks the script only")
+    parser.add_argument("--size-grid", type=int, default=0,
+                        help="class_attention.SIZE_GRID for the token rows (0: off). cuDNN's plan cache lives as "
+                             "long as the process: compare values in separate processes, --loop first")
     args = parser.parse_args(argv)
     global SMOKE
     SMOKE = args.smoke
+    if args.size_grid:
+        from timeripple.kernels import class_attention
+
+        class_attention.SIZE_GRID = args.size_grid
     if args.render is not None:
         results = [r for path in args.render for r in json.load(open(path))]
     else:

@@ -438,3 +438,29 @@ def test_one_host_read_per_call_also_when_heads_are_grouped():
     with count_host_reads() as reads:
         lay = cl.class_layout(q_src, k_src, expected=expected)
     assert not reads and bool(lay.valid), dict(reads)
+
+
+@pytest.mark.parametrize("grid_size", [8, 16])
+def test_size_grid_puts_every_class_call_on_the_grid_and_stays_exact(grid_size, monkeypatch):
+    """``SIZE_GRID``: classes c >= 2 keep a multiple of G keys (the rest demoted), so class 1 lands on
+    N mod G + a multiple of G, and kept query rows are padded to a multiple of G: every SDPA call has a shape
+    on the grid (cuDNN's plan cache is keyed on exact sizes); the result is the same plan's, exactly."""
+    B, H, N, D = 1, 4, 90, 64
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(B, H, N, D, generator=g).to(DEVICE) for _ in range(3))
+    x = smooth(1, H, (3, 5, 6), D)
+    q_src, k_src = build_token_plan(x, x, grid=(3, 5, 6), thresholds={"t": 0.6, "y": 0.6, "x": 0.6}, budget=0.4,
+                                    fused=False)[:2]
+    monkeypatch.setattr(cl, "MIN_CLASS_KEYS", 1)
+    monkeypatch.setattr(cl, "PAD_LIMIT", 100.0)
+    base = cl.class_layout(q_src, k_src)
+    assert base.reason is None and len(base.classes) >= 2
+    monkeypatch.setattr(cl, "SIZE_GRID", grid_size)
+    lay = cl.class_layout(q_src, k_src)
+    assert lay.reason is None
+    for c, n in zip(lay.classes, lay.sizes):
+        assert (n - (N if c == 1 else 0)) % grid_size == 0, (c, n)
+    assert lay.mq % grid_size == 0 or lay.mq == N
+    assert lay.sizes != base.sizes and sum(lay.sizes) >= sum(base.sizes)  # demotion only adds entries
+    got = cl.token_attention_classes(q, k, v, q_src.int(), k_src.int(), scale=D ** -0.5, layout=lay)
+    assert_close_to_reference(got, q, k, v, q_src, k_src)

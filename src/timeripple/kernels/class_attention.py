@@ -58,6 +58,13 @@ MAX_FUSED_CLASSES = 8
 MIN_CLASS_KEYS = 256
 # False: plans whose class sizes differ between heads go to compaction, as before demotion (benchmarks)
 DEMOTE = True
+# 0: off. G > 1: every SDPA call of the sync path gets sizes on a grid of G, so that calls repeat shapes.
+# PyTorch's cuDNN attention keys its plan cache on exact sizes and builds plans on every miss; the pooled
+# plan's class sizes change with every call. Classes c >= 2 keep a multiple of G keys (the rest demoted:
+# exact, each such key as c copies in class 1), which puts class 1 on N mod G + a multiple of G; kept query
+# rows are padded up to a multiple of G (padding rows are computed and never read). Costs entries
+# (at most (c - 1)(G - 1) per class and head, plus G - 1 query rows); not yet timed (BENCHMARKS.md round 5).
+SIZE_GRID = 0
 _warned: set = set()
 
 
@@ -109,7 +116,9 @@ def _demotion_tables(hmin: torch.Tensor, hmax: torch.Tensor, tokens: torch.Tenso
     if S - 3 > MAX_FUSED_CLASSES - 1:  # more possible classes than combine slots: keep the largest
         top = torch.topk(torch.where(own, c * hmin, -1), MAX_FUSED_CLASSES - 1).indices
         own &= torch.zeros_like(own).scatter_(0, top, True)
-    sizes = torch.where(own, hmin, 0).to(torch.int32)
+    kept = hmin if SIZE_GRID <= 1 else hmin // SIZE_GRID * SIZE_GRID  # on the grid: demote the remainder
+    own &= kept > 0
+    sizes = torch.where(own, kept, 0).to(torch.int32)
     n1 = tokens - (c * sizes).sum()
     offsets = (n1 + torch.cumsum(sizes, 0) - sizes).to(torch.int32)    # class 1 at 0, then ascending counts
     slots = torch.where(own, torch.cumsum(own.int(), 0), 0).to(torch.int32)
@@ -202,6 +211,8 @@ class ClassLayout:
         # for the dispatcher's fallback (compaction / varlen): kept lengths and padded-pairs ratio
         self.lengths = (lq, lk, self.mq, mk)
         self.pad_ratio = B * H * self.mq * mk / max(real, 1)
+        if SIZE_GRID > 1:  # padded query rows (row idx_q[0] again): a shape on the grid, never read back
+            self.mq = min(N, -(-self.mq // SIZE_GRID) * SIZE_GRID)
         self.reason = self._check(host, hmax, own_sizes, lq_sum, real, tok_max, tok_min, B * H)
         if self.reason is not None:
             self.prepared = None
