@@ -174,3 +174,34 @@ def test_key_mask_repeated_per_head_equals_the_shared_mask():
     assert torch.equal(repeated, base)
     with pytest.raises(ValueError, match=r"\(B, H, 1, N\)"):
         timeripple.ripple_attention(q, k, v, attn_mask=torch.zeros(B, H, N, N), **kw)
+
+
+def test_token_mode_runs_without_triton(tmp_path):
+    """The README's install (`pip install -e ".[video]"`, a CPU build of torch) has no Triton: the bundled token
+    mode must run on the plain torch path, never import Triton on the way (it once did: `interpreting()`)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["triton"] = None  # `import triton` raises ImportError, as on a machine without it
+        import torch, timeripple
+        from timeripple.kernels import token_attention
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(1, 2, 1, 32) + 0.3 * torch.randn(1, 2, 4 * 6 * 6, 32) for _ in range(3))
+        kw = timeripple.load_config("wan2.1").attention_kwargs(30, 50)
+        kw.pop("cuda_graph")
+        kw["key_share"] = 0.6
+        out, stats = timeripple.ripple_attention(q, k, v, grid=(4, 6, 6), return_stats=True, **kw)
+        assert torch.isfinite(out).all() and float(stats.pair_savings.mean()) > 0.3
+        src = torch.arange(144, dtype=torch.int32).expand(1, 2, 144).contiguous()
+        for method in ("auto", "classes"):
+            torch.testing.assert_close(token_attention(q, k, v, src, src, method=method),
+                                       torch.nn.functional.scaled_dot_product_attention(q, k, v))
+        print("ok", "triton" in sys.modules and sys.modules["triton"] is not None)
+    """)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "ok False"

@@ -24,6 +24,7 @@ Dispatch on CUDA with Triton importable (one host sync for the kept lengths and 
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -76,10 +77,10 @@ def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="sour
     if method == "reference":
         return token_attention_ref(q, k, v, q_src, k_src, scale=scale, key_bias=key_bias, key_repr=key_repr)
     from .head_groups import GROUPABLE, grouped_token_attention
-    from .triton_common import interpreting
 
     lengths = None
-    if q.is_cuda or (interpreting() and method != "auto"):
+    interpret = _TRITON_IMPORT_ERROR is None and os.environ.get("TRITON_INTERPRET", "0") == "1"  # no triton: False
+    if q.is_cuda or (interpret and method != "auto"):
         if _TRITON_IMPORT_ERROR is None and q.dtype in SUPPORTED_DTYPES:
             from . import token_attention_compact as ca
 
