@@ -69,6 +69,12 @@ def _warn_once(reason: str) -> None:
         logger.warning("timeripple token attention falls back to plain torch: %s", reason)
 
 
+def interpreting() -> bool:
+    """True when Triton runs in its interpreter (``TRITON_INTERPRET=1``): kernels then take CPU tensors.
+    Defined here, without importing Triton, so that the dispatcher can ask on a machine without it."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 METHODS = ("auto", "classes", "compact", "triton", "reference")
 
 
@@ -79,8 +85,7 @@ def _token_attention_impl(q, k, v, q_src, k_src, scale, key_bias, key_repr="sour
     from .head_groups import GROUPABLE, grouped_token_attention
 
     lengths = None
-    interpret = _TRITON_IMPORT_ERROR is None and os.environ.get("TRITON_INTERPRET", "0") == "1"  # no triton: False
-    if q.is_cuda or (interpret and method != "auto"):
+    if q.is_cuda or (_TRITON_IMPORT_ERROR is None and interpreting() and method != "auto"):
         if _TRITON_IMPORT_ERROR is None and q.dtype in SUPPORTED_DTYPES:
             from . import token_attention_compact as ca
 

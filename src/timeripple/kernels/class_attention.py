@@ -158,11 +158,12 @@ class ClassLayout:
         if key_bias is not None:                                        # masked keys join no class
             label = torch.where(torch.isfinite(key_bias)[:, None, :], count, 0)
         label = label.clamp_max(MAX_CLASS + 1)
-        hist = torch.zeros((B * H, MAX_CLASS + 2), dtype=torch.int32, device=q_src.device)
-        hist.scatter_add_(1, label.reshape(B * H, N).long(), torch.ones_like(label).reshape(B * H, N))
-        other_bias = torch.zeros(1, dtype=torch.int32, device=q_src.device)
-        if key_bias is not None:  # a float mask (not 0 / -inf) cannot move into a class constant
-            other_bias = ((key_bias != 0) & (key_bias != float("-inf"))).any().int().reshape(1)
+        if known is None:  # ``known`` holds the rows' histograms and the bias check already (host values)
+            hist = torch.zeros((B * H, MAX_CLASS + 2), dtype=torch.int32, device=q_src.device)
+            hist.scatter_add_(1, label.reshape(B * H, N).long(), torch.ones_like(label).reshape(B * H, N))
+            other_bias = torch.zeros(1, dtype=torch.int32, device=q_src.device)
+            if key_bias is not None:  # a float mask (not 0 / -inf) cannot move into a class constant
+                other_bias = ((key_bias != 0) & (key_bias != float("-inf"))).any().int().reshape(1)
         if expected is not None:  # sizes known on the host: no sync; the plan is checked on the device
             self._expected(expected, lq, hist, other_bias, kept_q, label, count, k_src, q_src)
             return

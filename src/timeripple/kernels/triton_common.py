@@ -4,15 +4,10 @@ token-attention paths)."""
 
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 
-
-def interpreting() -> bool:
-    """True when Triton runs in its interpreter (``TRITON_INTERPRET=1``): kernels then take CPU tensors."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from . import interpreting  # noqa: F401  (defined without Triton, so the dispatcher can ask without it)
 
 
 @triton.jit
