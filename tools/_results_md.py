@@ -93,13 +93,22 @@ def _suspect(x):
     return " ‡" if x.get("suspect") else ""
 
 
+def _named(key):
+    """``"method@level"`` (a meta.json key) -> ``(method, level)``."""
+    name, _, level = key.rpartition("@")
+    return name, float(level)
+
+
+def _is(x, name, level):
+    return x["method"] == name and _same(x.get("level", x.get("target")), level)
+
+
 def mark_suspect(res, suspect):
     """Mark the rows and tensor entries of one call named in its meta.json's ``suspect`` (``{"method@level":
     why}``); the mark and the reason travel with the row through the join."""
     for key, why in (suspect or {}).items():
-        name, _, level = key.rpartition("@")
         for x in res["rows"] + res.get("tensor", []):
-            if x["method"] == name and _same(x.get("level", x["target"]), float(level)):
+            if _is(x, *_named(key)):
                 x["suspect"] = why
 
 
@@ -128,21 +137,21 @@ def withdraw_e2e(e2e, calls):
     return out
 
 
-def drop_superseded(res, superseded, call):
+def drop_superseded(res, superseded, call, later):
     """A copy of one call's result without the rows and tensor entries named in its meta.json's ``superseded``
-    (``{"method@level": why}``: figures of a defect since fixed, re-measured by a later call), so that the join
-    takes the later call's; the raw figures stay in the call's stored JSON. Returns ``(copy, dropped)`` with
-    one ``{"method", "level", "call", "psnr_mean", "why"}`` per dropped row."""
-    if not superseded:
+    (``{"method@level": why}``: figures of a defect since fixed) that a later call re-measured (``later``: the
+    later calls' results), so that the join takes the later call's; the raw figures stay in the call's stored
+    JSON. Returns ``(copy, dropped)`` with one ``{"method", "level", "call", "psnr_mean", "why"}`` per dropped row."""
+    wanted = [(*_named(key), why) for key, why in (superseded or {}).items()]
+    wanted = [(n, lv, why) for n, lv, why in wanted if any(_is(r, n, lv) for x in later if x for r in x["rows"])]
+    if not res or not wanted:
         return res, []
     res, dropped = json.loads(json.dumps(res)), []
-    for key, why in superseded.items():
-        name, _, level = key.rpartition("@")
-        hit = lambda x: x["method"] == name and _same(x.get("level", x["target"]), float(level))  # noqa: E731
-        dropped += [dict(method=name, level=float(level), call=call, psnr_mean=r.get("psnr_mean"), why=why)
-                    for r in res["rows"] if hit(r)]
-        res["rows"] = [r for r in res["rows"] if not hit(r)]
-        res["tensor"] = [e for e in res.get("tensor", []) if not hit(e)]
+    for name, level, why in wanted:
+        dropped += [dict(method=name, level=level, call=call, psnr_mean=r.get("psnr_mean"), why=why)
+                    for r in res["rows"] if _is(r, name, level)]
+        res["rows"] = [r for r in res["rows"] if not _is(r, name, level)]
+        res["tensor"] = [e for e in res.get("tensor", []) if not _is(e, name, level)]
     return res, dropped
 
 
@@ -355,22 +364,14 @@ def render(runs, out_path, eval_out, e2e_paths=(), command="", note=""):
                 res["see_also"] = meta["see_also"]
             if res:
                 mark_suspect(res, meta.get("suspect"))
-    joined, superseded = {}, []
+    joined = {}
     for part, results in parts.items():  # meta.json's ``superseded``: left to a later call's figures
-        joined[part] = []
-        for k, (res, (_, meta)) in enumerate(zip(results, calls)):
-            later = {(r["method"], round(r["level"], 9)) for x in results[k + 1:] if x for r in x["rows"]
-                     if r.get("level") is not None}
-            wanted = {key: why for key, why in (meta.get("superseded") or {}).items()  # only if re-measured
-                      if (key.rpartition("@")[0], round(float(key.rpartition("@")[2]), 9)) in later}
-            kept, dropped = drop_superseded(res, wanted, meta["call"]) if res else (res, [])
-            joined[part].append(kept)
-            superseded += dropped
-    main, abl = join(joined["main"], labels), join(joined["ablation"], labels)
-    for res in (main, abl):
-        if res:
-            res["settings"]["superseded"] = [d for d in superseded if any(
-                r["method"] == d["method"] and _same(r.get("level"), d["level"]) for r in res["rows"])]
+        done = [drop_superseded(res, meta.get("superseded"), meta["call"], results[k + 1:])
+                for k, (res, (_, meta)) in enumerate(zip(results, calls))]
+        joined[part] = join([kept for kept, _ in done], labels)
+        if joined[part]:
+            joined[part]["settings"]["superseded"] = [d for _, dropped in done for d in dropped]
+    main, abl = joined["main"], joined["ablation"]
     e2e = _e2e_blocks(e2e_paths, calls)
     out_path = Path(out_path)
     figs = out_path.parent / "results"
