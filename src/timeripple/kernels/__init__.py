@@ -24,11 +24,11 @@ Dispatch on CUDA with Triton importable (one host sync for the kept lengths and 
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
 from .token_attention_torch import check_token_inputs, normalize_key_bias, token_attention_ref
+from .triton_env import interpreting
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +67,6 @@ def _warn_once(reason: str) -> None:
     if reason not in _warned:
         _warned.add(reason)
         logger.warning("timeripple token attention falls back to plain torch: %s", reason)
-
-
-def interpreting() -> bool:
-    """True when Triton runs in its interpreter (``TRITON_INTERPRET=1``): kernels then take CPU tensors.
-    Defined here, without importing Triton, so that the dispatcher can ask on a machine without it."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 METHODS = ("auto", "classes", "compact", "triton", "reference")

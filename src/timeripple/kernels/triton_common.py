@@ -7,7 +7,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import interpreting  # noqa: F401  (defined without Triton, so the dispatcher can ask without it)
+from .triton_env import interpreting  # noqa: F401  (re-exported for the kernel modules)
 
 
 @triton.jit
