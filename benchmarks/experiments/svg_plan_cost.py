@@ -2,11 +2,14 @@
 
     OMP_NUM_THREADS=1 python benchmarks/experiments/svg_plan_cost.py                      # HunyuanVideo 544x960 129f
     OMP_NUM_THREADS=1 python benchmarks/experiments/svg_plan_cost.py --grid 21 30 52 --text 0   # Wan2.1 480p 81f
-    ... --flex: also the FlexAttention block masks (create_block_mask over the whole (N, N) grid before this round)
+    ... --flex: also the FlexAttention block masks (built a block of query rows at a time)
+    OMP_NUM_THREADS=2 python benchmarks/experiments/svg_plan_cost.py --grid 11 30 52 --text 0 --create-block-mask
+                                                                  # what the block masks cost before (whole grid)
 
 The plan chooses each head's mask (spatial or temporal) from sampled query rows; before 75e9a0a it built both
 ``(N, N)`` masks on every call. Run on the CPU (the masks' size, not the device, is what is measured); peak is
 the process's maximum resident set above its level before the call.
+The "before" figures of BENCHMARKS.md ran this script with ``PYTHONPATH`` at an export of 33bb0a8's ``src``.
 """
 
 import argparse
@@ -25,12 +28,27 @@ def main():
     ap.add_argument("--heads", type=int, default=2)
     ap.add_argument("--sparsity", type=float, default=0.7)
     ap.add_argument("--flex", action="store_true", help="also build the FlexAttention block masks (cached per geometry)")
+    ap.add_argument("--create-block-mask", action="store_true",
+                    help="instead, torch's create_block_mask on the spatial mask alone (what _flex_blocks used before)")
     args = ap.parse_args()
     torch.manual_seed(0)
     grid = tuple(args.grid)
     N = grid[0] * grid[1] * grid[2] + args.text
     q, k, v = (torch.randn(1, args.heads, N, 128, dtype=torch.bfloat16) for _ in range(3))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if args.create_block_mask:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        from timeripple.peers import masks
+        from timeripple.peers.svg import _mods
+
+        r, e_s, _ = masks.spatial_params(grid, 1.0 - args.sparsity)
+        spatial_mod = _mods(grid, N, args.text, "after", (r, e_s, 0))[0]
+        t = time.perf_counter()
+        create_block_mask(spatial_mod, None, None, N, N, device="cpu")
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 2**20
+        print(f"grid {grid}, N {N}: create_block_mask (spatial) {time.perf_counter() - t:.2f} s, peak RSS +{peak:.2f} GiB")
+        return
     t = time.perf_counter()
     plan = svg_plan(q, k, v, grid=grid, sparsity=args.sparsity, text_len=args.text, text_position="after",
                     attn_mask=None, num_sampled=64, scale=128 ** -0.5)
