@@ -156,13 +156,15 @@ def test_cuda_large_shapes(dtype, head_dim):
 @requires_cuda
 def test_cuda_public_op_runs_triton_and_compiles(monkeypatch):
     q, k, v = (torch.randn(1, 2, 300, 128, dtype=torch.bfloat16, device="cuda") for _ in range(3))
-    # per-head lengths far apart: padding to the longest would cost > PAD_LIMIT, so the varlen kernel runs
+    # per-head lengths far apart. "auto" runs such plans per group of alike heads on the count-class path
+    # (kernels/head_groups.py); the varlen kernel is forced here, through the public op
     q_src, k_src = random_token_plan(1, 2, 300, torch.tensor([[0.95, 0.05]]), device="cuda")
     spy = _CountLaunches(token_attention_triton._token_attn_kernel)
     monkeypatch.setattr(token_attention_triton, "_token_attn_kernel", spy)
-    eager = token_attention(q, k, v, q_src, k_src)
+    eager = token_attention(q, k, v, q_src, k_src, method="triton")
     assert spy.launches == 1
-    compiled = torch.compile(token_attention, fullgraph=True)(q, k, v, q_src, k_src)
+    assert_close_to_reference(eager, q, k, v, q_src, k_src)
+    compiled = torch.compile(lambda *x: token_attention(*x, method="triton"), fullgraph=True)(q, k, v, q_src, k_src)
     assert torch.equal(eager, compiled)
 
 
