@@ -255,19 +255,21 @@ def run_model(name, args):
                   reuse_step=reuse_step, build_s=build_s, rows=rows,
                   card="CPU smoke run" if SMOKE else torch.cuda.get_device_name(),
                   torch=torch.__version__, date=str(datetime.date.today()), command=" ".join(sys.argv),
-                  repeats=args.repeats)
+                  repeats=args.repeats, size_buckets=args.size_buckets, size_grid=args.size_grid)
     if args.loop:
         result["loop"] = real_loop(model, fw, sched, cfg_name, grid, text_len, setting=args.setting,
-                                   graphs=args.graphs)
+                                   graphs=args.graphs, loop_targets=args.loop_targets)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return result
 
 
-def real_loop(model, fw, sched, cfg_name, grid, text_len, target=0.75, setting="budget", graphs=False):
+def real_loop(model, fw, sched, cfg_name, grid, text_len, target=0.75, setting="budget", graphs=False,
+              loop_targets=None):
     """A real 50-step loop (one call per step, scheduler.step on the latents): stock vs token pairs
-    (``setting="fidelity"``: vs the README's setting)."""
+    (``setting="fidelity"``: vs the README's setting; ``"bundled"``: vs the bundled config as a user gets it,
+    and with ``loop_targets`` also at those pair savings, pooled and per head)."""
     import timeripple
     from timeripple import detect, pairs
 
@@ -282,8 +284,13 @@ def real_loop(model, fw, sched, cfg_name, grid, text_len, target=0.75, setting="
         label = f"bundled default {cfg.pair_savings:.0%}"
     if graphs:
         cfg, label = cfg.replace(cuda_graph=True), label + ", cuda_graph"
+    runs = [("stock", None), (label, cfg)]
+    if setting == "bundled":
+        for p in loop_targets or ():
+            runs += [(f"bundled {p:.1%}", cfg.replace(pair_savings=p)),
+                     (f"bundled {p:.1%}, per head", cfg.replace(pair_savings=p, budget_scope="head"))]
     out = {}
-    for label, c in (("stock", None), (label, cfg)):
+    for label, c in runs:
         if c is not None:
             timeripple.apply_timeripple(model, c, scheduler=sched)
         latents = fw["hidden_states"].clone()
@@ -359,10 +366,11 @@ def render(results):
                          f"{'yes' if r['finite'] else 'NO'} |")
         if "loop" in res:
             loop = res["loop"]
-            (sl, s), (tl, t) = list(loop.items())
-            lines += ["", f"Real 50-step loop (one call per step, FlowMatch Euler): {sl} {s['s']:.1f} s, {tl} "
-                      f"{t['s']:.1f} s: **{s['s'] / t['s']:.2f}x** (pair savings over the run "
-                      f"{t.get('pair_savings', float('nan')):.1%}, counted; latents finite: {t['finite']})."]
+            (sl, s), *others = list(loop.items())
+            lines += ["", f"Real 50-step loop (one call per step, FlowMatch Euler): {sl} {s['s']:.1f} s; " + "; ".join(
+                f"{tl} {t['s']:.1f} s: **{s['s'] / t['s']:.2f}x** (pair savings over the run "
+                f"{t.get('pair_savings', float('nan')):.1%}, counted; latents finite: {t['finite']})" for tl, t in others)
+                + "."]
         lines.append("")
     lines.append(MARK_END)
     return "\n".join(lines)
@@ -399,13 +407,21 @@ def main(argv=None):
     parser.add_argument("--size-grid", type=int, default=0,
                         help="class_attention.SIZE_GRID for the token rows (0: off). cuDNN's plan cache lives as "
                              "long as the process: compare values in separate processes, --loop first")
+    parser.add_argument("--size-buckets", type=int, default=None,
+                        help="class_attention.SIZE_BUCKETS for the token rows (0: off; default: the library's)")
+    parser.add_argument("--loop-targets", nargs="*", type=float, default=[],
+                        help="with --setting bundled: the loop also runs the bundled config at these pair "
+                             "savings, pooled and per head")
     args = parser.parse_args(argv)
     global SMOKE
     SMOKE = args.smoke
-    if args.size_grid:
-        from timeripple.kernels import class_attention
+    from timeripple.kernels import class_attention
 
+    if args.size_grid:
         class_attention.SIZE_GRID = args.size_grid
+    if args.size_buckets is not None:
+        class_attention.SIZE_BUCKETS = args.size_buckets
+    args.size_buckets = class_attention.SIZE_BUCKETS  # recorded with the run
     if args.render is not None:
         results = [r for path in args.render for r in json.load(open(path))]
     else:

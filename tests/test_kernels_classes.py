@@ -215,7 +215,8 @@ def test_cuda_sdpa_lse_matches_float32():
     assert math.isfinite(float(lse.sum()))
 
 
-def test_static_sizes_skip_the_sync_and_wrong_sizes_give_nan():
+def test_static_sizes_skip_the_sync_and_wrong_sizes_give_nan(monkeypatch):
+    monkeypatch.setattr(cl, "SIZE_BUCKETS", 0)  # the host predicts the plan's real sizes (buckets pad them)
     grid, text_len, B, H, D = (4, 4, 6), 6, 1, 2, 64
     q, k, v = (smooth(B, H, grid, D, text_len) for _ in range(3))
     bq, bk = 0.5, 0.75
@@ -249,6 +250,80 @@ def test_demoted_key_stands_in_class_one_once_per_member(monkeypatch):
     monkeypatch.setattr(cl, "DEMOTE", False)  # the benchmarks' same-run baseline: compaction, as before
     assert "demotion is off" in cl.class_layout(q_src, k_src).reason
 
+
+
+def test_size_bucket_rounds_up_on_a_coarse_grid_the_same_on_every_device(monkeypatch):
+    monkeypatch.setattr(cl, "BUCKET_MIN_STEP", 64)
+    n = torch.arange(0, 70_000)
+    b = cl.size_bucket(n, 16)
+    assert b[0] == 0 and (b >= n).all() and (b[1:] % 64 == 0).all()
+    big = n >= 64 * 16  # above the smallest step: at most 1/16 more, 16 sizes per octave
+    assert (b[big] <= n[big] + n[big] // 16 + 1).all()
+    assert len(torch.unique(b[(n > 16384) & (n <= 32768)])) == 16  # 16 steps of 1,024 in the octave
+    assert torch.equal(cl.size_bucket(n, 0), n)  # off
+    assert b.tolist() == [cl.size_bucket_int(x, 16) for x in n.tolist()]  # the host's rule is the device's
+    if torch.cuda.is_available():
+        assert torch.equal(cl.size_bucket(n.cuda(), 16).cpu(), b)
+
+
+@pytest.mark.parametrize("plan", ["chains", "pairs-only"])
+def test_size_buckets_pad_with_zero_keys_and_stay_exact(plan, monkeypatch):
+    """``SIZE_BUCKETS``: every class is padded up to its size bucket with zero keys (score 0) and zero values;
+    the combine subtracts each padding key's e^0 from the class's denominator, so the result is the plan's.
+    ``pairs-only``: one class (every key merged in a pair), padded: it too goes through the combine."""
+    monkeypatch.setattr(cl, "MIN_CLASS_KEYS", 1)
+    monkeypatch.setattr(cl, "PAD_LIMIT", 10.0)
+    monkeypatch.setattr(cl, "BUCKET_MIN_STEP", 8)
+    B, H, N, D = 1, 3, 150, 64
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(B, H, N, D, generator=g).to(DEVICE) for _ in range(3))
+    q_src = torch.arange(N, dtype=torch.int32).expand(B, H, N).contiguous().to(DEVICE)
+    if plan == "chains":
+        _, k_src = random_token_plan(B, H, N, 0.55, device=DEVICE, generator=g)
+    else:
+        k_src = (torch.arange(N, dtype=torch.int32) // 2 * 2).expand(B, H, N).contiguous().to(DEVICE)
+    monkeypatch.setattr(cl, "SIZE_BUCKETS", 0)
+    base = cl.class_layout(q_src, k_src, prepare=(k, v, "source"))
+    monkeypatch.setattr(cl, "SIZE_BUCKETS", 4)
+    lay = cl.class_layout(q_src, k_src, prepare=(k, v, "source"))
+    assert lay.reason is None and lay.classes == base.classes and any(lay.pads)
+    assert [n - p for n, p in zip(lay.sizes, lay.pads)] == base.sizes
+    assert lay.sizes == [cl.size_bucket_int(n, 4) for n in base.sizes]
+    if plan == "pairs-only":
+        assert lay.classes == [2]
+    gap = lay.gap.cpu()
+    assert int(gap.sum()) == sum(lay.pads)
+    for x in lay.prepared:  # the padding rows of the key list are zero, every other row is base's
+        assert (x[:, :, gap] == 0).all()
+    want = token_attention_ref(q.double(), k.double(), v.double(), q_src, k_src)
+    for layout in (lay, None):  # keys and values built before the sync, or per call (no `prepare`)
+        got = cl.token_attention_classes(q, k, v, q_src.int(), k_src.int(), scale=D ** -0.5, layout=layout)
+        assert (got.double() - want).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("calls", [1, 2, 3])
+def test_class_calls_caps_the_sdpa_calls_keeping_the_largest_classes_exact(calls, monkeypatch):
+    """``CLASS_CALLS``: at most that many classes run as their own SDPA call; the kept ones are those that
+    cover the most tokens, the others are demoted (more entries), and the result stays the plan's."""
+    monkeypatch.setattr(cl, "MIN_CLASS_KEYS", 1)
+    monkeypatch.setattr(cl, "PAD_LIMIT", 10.0)
+    B, H, N, D = 1, 3, 96, 64
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(B, H, N, D, generator=g).to(DEVICE) for _ in range(3))
+    q_src = torch.arange(N, dtype=torch.int32).expand(B, H, N).contiguous().to(DEVICE)  # keys only
+    _, k_src = random_token_plan(B, H, N, 0.55, device=DEVICE, generator=g)
+    full = cl.class_layout(q_src, k_src)
+    assert full.reason is None and len(full.classes) > 3
+    monkeypatch.setattr(cl, "CLASS_CALLS", calls)
+    lay = cl.class_layout(q_src, k_src)
+    assert lay.reason is None and len(lay.classes) == calls and lay.classes[0] == 1
+    own = {c: n for c, n in zip(full.classes, full.sizes) if c > 1}
+    largest = sorted(own, key=lambda c: -c * own[c])[: calls - 1]
+    assert lay.classes[1:] == sorted(largest)
+    assert sum(lay.sizes) > sum(full.sizes)  # demoted keys stand in class 1 as c copies
+    got = cl.token_attention_classes(q, k, v, q_src.int(), k_src.int(), scale=D ** -0.5, layout=lay)
+    want = token_attention_ref(q.double(), k.double(), v.double(), q_src, k_src)
+    assert (got.double() - want).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("min_keys", [1, 256])

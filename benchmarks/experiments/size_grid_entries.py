@@ -31,12 +31,12 @@ def layout_sizes(q_src, k_src, grid_size):
     hist[:, 0] = 0
     c = torch.arange(S)
     tokens = (hist * c.clamp_max(S - 2)).sum(1)
-    saved = cl.SIZE_GRID
-    cl.SIZE_GRID = grid_size
+    saved = cl.SIZE_GRID, cl.SIZE_BUCKETS
+    cl.SIZE_GRID, cl.SIZE_BUCKETS = grid_size, 0  # the grid's demotion alone (buckets pad, they do not demote)
     try:
-        sizes = cl._demotion_tables(hist.amin(0), hist.amax(0), tokens.amax())[0]
+        sizes = cl._demotion_tables(hist.amin(0), hist.amax(0), tokens.amax(), count.shape[-1])[0]
     finally:
-        cl.SIZE_GRID = saved
+        cl.SIZE_GRID, cl.SIZE_BUCKETS = saved
     n1 = int(tokens.amax() - (c * sizes).sum())
     mq = int((q_src == ar).sum(-1).max())
     if grid_size > 1:

@@ -53,6 +53,10 @@ CLASS_CHUNK_FLOOR = 1 << 30
 MAX_CLASS = 64
 # at most this many classes run as their own SDPA call (the combine kernel's slots)
 MAX_FUSED_CLASSES = 8
+# at most this many SDPA calls per chunk on the sync path (1 <= CLASS_CALLS <= MAX_FUSED_CLASSES): the classes
+# c >= 2 that cover the most tokens keep their own call, the others are demoted (fewer, larger calls for more
+# entries; benchmarks/experiments/class_knobs.py times the trade)
+CLASS_CALLS = MAX_FUSED_CLASSES
 # a class whose size differs between heads gets its own call only with at least this many keys in every
 # head; below it, its keys join class 1 (each count-c key as c copies): one pass over q saved per class
 MIN_CLASS_KEYS = 256
@@ -65,6 +69,14 @@ DEMOTE = True
 # rows are padded up to a multiple of G (padding rows are computed and never read). Costs entries
 # (at most (c - 1)(G - 1) per class and head, plus G - 1 query rows); not yet timed (BENCHMARKS.md round 5).
 SIZE_GRID = 0
+# 0: off. B > 0 (a power of two): every class's keys and the kept query rows of the sync path are padded up to
+# a size bucket, B buckets per octave (never finer than BUCKET_MIN_STEP): calls repeat shapes, so cuDNN's
+# plan cache hits across steps and layers. A class's padding keys are zero vectors with zero values: each
+# adds exactly e^0 = 1 to the class's softmax denominator and nothing to its numerator, and the combine
+# subtracts that known count (exact up to the float32 rounding of the log-sum-exp). Costs at most 1/B of
+# the entries per class; a list that would outgrow its buffer (N rows a head) is not padded.
+SIZE_BUCKETS = 16
+BUCKET_MIN_STEP = 64
 _warned: set = set()
 
 
@@ -99,7 +111,47 @@ def sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
     return out.to(q.dtype), lse
 
 
-def _demotion_tables(hmin: torch.Tensor, hmax: torch.Tensor, tokens: torch.Tensor):
+def size_bucket(n: torch.Tensor, buckets: int | None = None) -> torch.Tensor:
+    """The bucket of each size (int64, same device; 0 stays 0): ``n`` rounded up to a multiple of
+    ``max(BUCKET_MIN_STEP, 2^floor(log2 n) / buckets)``, ``buckets`` (default ``SIZE_BUCKETS``) per octave;
+    ``n`` itself when buckets are off. Integer results on the host and the device alike."""
+    buckets = SIZE_BUCKETS if buckets is None else buckets
+    n = n.long()
+    if buckets <= 0:
+        return n
+    octave = torch.floor(torch.log2(n.clamp_min(1).double())).long()
+    shift = max(int(buckets).bit_length() - 1, 0)
+    step = torch.pow(2, (octave - shift).clamp_min(0)).clamp_min(BUCKET_MIN_STEP)
+    return torch.where(n > 0, (n + step - 1) // step * step, 0)
+
+
+def size_bucket_int(n: int, buckets: int | None = None) -> int:
+    """:func:`size_bucket` of one host integer, in integer arithmetic (the host's side of the same rule:
+    the layout's host values must give the sizes the device computed)."""
+    buckets = SIZE_BUCKETS if buckets is None else buckets
+    if buckets <= 0 or n <= 0:
+        return max(int(n), 0) if buckets > 0 else int(n)
+    shift = max(int(buckets).bit_length() - 1, 0)
+    step = max(BUCKET_MIN_STEP, 1 << max(int(n).bit_length() - 1 - shift, 0))
+    return -(-int(n) // step) * step
+
+
+def _padded_sizes(sizes: torch.Tensor, n1: torch.Tensor, capacity: int):
+    """``(padded own sizes, padded class-1 size)`` (int64, on the device: no host value): the buckets, or the
+    sizes themselves when the padded list would exceed ``capacity`` entries (:func:`_padded_sizes_host` on
+    the host)."""
+    padded, n1p = size_bucket(sizes), size_bucket(n1)
+    fits = n1p + padded.sum() <= capacity
+    return torch.where(fits, padded, sizes.long()), torch.where(fits, n1p, n1.long())
+
+
+def _padded_sizes_host(sizes: list[int], n1: int, capacity: int):
+    """:func:`_padded_sizes` on host integers."""
+    padded, n1p = [size_bucket_int(n) for n in sizes], size_bucket_int(n1)
+    return (padded, n1p) if n1p + sum(padded) <= capacity else (list(sizes), n1)
+
+
+def _demotion_tables(hmin: torch.Tensor, hmax: torch.Tensor, tokens: torch.Tensor, capacity: int):
     """Per merge count (``(MAX_CLASS + 2,)`` int32, on the device, no host sync): ``sizes`` (keys per head of
     the classes ``c >= 2`` that run as their own SDPA call, else 0), ``offsets`` (where each such class
     starts in the concatenated key list; class 1 first) and ``slots`` (1, 2, ... in ascending count, 0 for
@@ -107,25 +159,29 @@ def _demotion_tables(hmin: torch.Tensor, hmax: torch.Tensor, tokens: torch.Tenso
 
     A class ``c >= 2`` keeps as many keys as the head with the fewest has (``hmin``: every head has them).
     One that varies between heads and has fewer than ``MIN_CLASS_KEYS`` keys there joins class 1, and at most
-    ``MAX_FUSED_CLASSES - 1`` classes (the largest in tokens) keep their own call. A count-c key left out of
-    its class stands in class 1 as c copies of itself, so class 1 has ``tokens - Σ c·sizes_c`` keys in every
-    head and every class is one static-shape call (exact)."""
+    ``min(CLASS_CALLS, MAX_FUSED_CLASSES) - 1`` classes (the largest in tokens) keep their own call. A count-c
+    key left out of its class stands in class 1 as c copies of itself, so class 1 has ``tokens - Σ c·sizes_c``
+    keys in every head and every class is one static-shape call (exact).
+    With ``SIZE_BUCKETS``, the classes' regions of the list have their padded sizes (``offsets`` and the total
+    follow them); the last item holds class 1's real and padded sizes and the padded own sizes (the gaps)."""
     S = hmin.shape[0]
     c = torch.arange(S, device=hmin.device)
     own = (c >= 2) & (c < S - 1) & (hmin > 0) & ((hmin == hmax) | (hmin >= MIN_CLASS_KEYS))
-    if S - 3 > MAX_FUSED_CLASSES - 1:  # more possible classes than combine slots: keep the largest
-        top = torch.topk(torch.where(own, c * hmin, -1), MAX_FUSED_CLASSES - 1).indices
+    calls = max(1, min(CLASS_CALLS, MAX_FUSED_CLASSES))
+    if S - 3 > calls - 1:  # more possible classes than calls (or combine slots): keep the largest
+        top = torch.topk(torch.where(own, c * hmin, -1), calls - 1).indices
         own &= torch.zeros_like(own).scatter_(0, top, True)
     kept = hmin if SIZE_GRID <= 1 else hmin // SIZE_GRID * SIZE_GRID  # on the grid: demote the remainder
     own &= kept > 0
     sizes = torch.where(own, kept, 0).to(torch.int32)
     n1 = tokens - (c * sizes).sum()
-    offsets = (n1 + torch.cumsum(sizes, 0) - sizes).to(torch.int32)    # class 1 at 0, then ascending counts
+    padded, n1p = _padded_sizes(sizes, n1, capacity)                   # size buckets (sizes when off)
+    offsets = (n1p + torch.cumsum(padded, 0) - padded).to(torch.int32)  # class 1 at 0, then ascending counts
     slots = torch.where(own, torch.cumsum(own.int(), 0), 0).to(torch.int32)
-    return sizes, offsets, slots, n1 + sizes.sum()
+    return sizes, offsets, slots, n1p + padded.sum(), (n1, n1p, padded)
 
 
-def _host_values(known):
+def _host_values(known, capacity):
     """The layout's host read, computed on the host from known per-row values (``ClassLayout.rows`` of a
     layout whose read covered these rows): ``(host, tables)`` in the read's format, tables on the CPU."""
     hist = torch.tensor(known["hist"], dtype=torch.int64)           # (rows, S)
@@ -133,7 +189,7 @@ def _host_values(known):
     weights = torch.arange(MAX_CLASS + 2)
     weights[-1] = 0
     tokens = (hist * weights).sum(1)
-    tables = _demotion_tables(hist.amin(0), hist.amax(0), tokens.amax())
+    tables = _demotion_tables(hist.amin(0), hist.amax(0), tokens.amax(), capacity)
     extra = torch.stack([lq.max(), lq.sum(), lk.max(), (lq * lk).sum(), tokens.max(), tokens.min()])
     host = hist.amax(0).tolist() + tables[0].tolist() + extra.tolist() + [int(known["other_bias"])]
     return host, tables
@@ -148,6 +204,7 @@ class ClassLayout:
         self.reason = None
         self.valid = None
         self.prepared = None  # the merged keys and values of every class for all heads (sync path, `prepare`)
+        self.gap, self.pads = None, None  # padding rows of the key list and zero keys per class (SIZE_BUCKETS)
         ar = torch.arange(N, dtype=q_src.dtype, device=q_src.device)
         kept_q = q_src == ar
         lq = kept_q.sum(-1, dtype=torch.int32)                          # (B, H)
@@ -177,10 +234,11 @@ class ClassLayout:
             weights[-1] = 0
             tokens = (hist.long() * weights).sum(1)                     # (B*H,) unmasked keys covered
             hmax_d, hmin_d = hist.amax(0), hist.amin(0)
-            self._tables = _demotion_tables(hmin_d, hmax_d, tokens.amax())  # (sizes, offsets, slots, total)
+            self._tables = _demotion_tables(hmin_d, hmax_d, tokens.amax(), N)  # (sizes, offsets, slots, total, gaps)
         else:  # every host value from an earlier read (a group of rows of a read layout): no sync here
-            host, tables = _host_values(known)
-            self._tables = tuple(t.to(q_src.device, non_blocking=True) for t in tables)
+            host, tables = _host_values(known, N)
+            self._tables = tuple(t.to(q_src.device, non_blocking=True) for t in tables[:4]) + (
+                tuple(t.to(q_src.device, non_blocking=True) for t in tables[4]),)
         self.lq = lq.reshape(B * H).contiguous()
         self.rank_q = row_cumsum(kept_q, 1)                             # (B, H, N) rank among kept queries
         self.idx_q = pack_kept(kept_q, self.rank_q).contiguous()
@@ -189,10 +247,14 @@ class ClassLayout:
         self.partner = None
         self.idx_all = self._pack_demoted(label)
         self.len_all = self._tables[3].to(torch.int32).expand(B * H).contiguous()
+        self.gap = self._gap_mask(N) if SIZE_BUCKETS > 0 else None  # (N,) padding rows of the list
         if prepare is not None:
             k, v, key_repr = prepare
             self.prepared = _class_keys(k, v, self, self.idx_all, self.len_all, N, 0, H, key_repr, plain=False,
                                         block=16 if interpreting() else 64)
+            if self.gap is not None:  # padding keys: zero k (score exactly 0) and zero v
+                for x in self.prepared:
+                    x.masked_fill_(self.gap[:, None], 0)
         S = MAX_CLASS + 2
         if known is None:
             extra = torch.stack([lq.amax(), lq.sum(), lk.amax(), (lq.long() * lk.long()).sum(), tokens.amax(),
@@ -214,7 +276,10 @@ class ClassLayout:
         self.pad_ratio = B * H * self.mq * mk / max(real, 1)
         if SIZE_GRID > 1:  # padded query rows (row idx_q[0] again): a shape on the grid, never read back
             self.mq = min(N, -(-self.mq // SIZE_GRID) * SIZE_GRID)
-        self.reason = self._check(host, hmax, own_sizes, lq_sum, real, tok_max, tok_min, B * H)
+        mq_real = self.mq
+        if SIZE_BUCKETS > 0:  # ... and on a size bucket
+            self.mq = min(N, size_bucket_int(self.mq))
+        self.reason = self._check(host, hmax, own_sizes, lq_sum, real, tok_max, tok_min, B * H, mq_real)
         if self.reason is not None:
             self.prepared = None
             return
@@ -223,7 +288,7 @@ class ClassLayout:
             self.idx_q = None
         self.q_src = q_src.int().contiguous()
 
-    def _check(self, host, hmax, own_sizes, lq_sum, real, tok_max, tok_min, rows):
+    def _check(self, host, hmax, own_sizes, lq_sum, real, tok_max, tok_min, rows, mq_real):
         """The class list from the host values, or the reason the class path cannot run the plan."""
         if host[-1]:
             return "a key bias other than 0 / -inf (a float attention mask)"
@@ -237,15 +302,20 @@ class ClassLayout:
         own = {c: n for c, n in enumerate(own_sizes) if n > 0}
         n1 = tok_max - sum(c * n for c, n in own.items())  # class 1: singletons and the demoted keys' copies
         self.classes = ([1] if n1 > 0 else []) + sorted(own)
-        self.sizes = ([n1] if n1 > 0 else []) + [own[c] for c in sorted(own)]
+        real_sizes = ([n1] if n1 > 0 else []) + [own[c] for c in sorted(own)]
+        # the device's rule on the host values: each class's size bucket, unless the list would not fit
+        padded, n1p = _padded_sizes_host(own_sizes, n1, self.rank_q.shape[-1])
+        self.sizes = ([n1p] if n1 > 0 else []) + [padded[c] for c in sorted(own)]
+        self.pads = [p - n for p, n in zip(self.sizes, real_sizes)]   # zero keys per class (combine subtracts)
         self.demoted = any(hmax[c] > own.get(c, 0) for c in present if c > 1)
         self.all_q = lq_sum == rows * self.rank_q.shape[-1]  # every query kept in every head
         self.max_count = max(present)
         if self.demoted and not DEMOTE:
             return "class sizes differ between heads (demotion is off)"
-        if rows * self.mq > PAD_LIMIT * max(lq_sum, 1):
+        # how unlike the heads are, without the size buckets' padding (bounded, and no head's doing)
+        if rows * mq_real > PAD_LIMIT * max(lq_sum, 1):
             return "kept query lengths differ too much between heads"
-        if rows * self.mq * sum(self.sizes) > PAD_LIMIT * max(real, 1):
+        if rows * mq_real * sum(real_sizes) > PAD_LIMIT * max(real, 1):
             return "class sizes differ too much between heads (demoted keys would add too many pairs)"
         return None
 
@@ -256,6 +326,7 @@ class ClassLayout:
         self.mq, sizes = int(expected[0]), {int(c): int(n) for c, n in expected[1].items() if n > 0}
         self.classes = sorted(sizes)
         self.sizes = [sizes[c] for c in self.classes]
+        self.pads = [0] * len(self.sizes)
         slot = torch.arange(hist.shape[1], dtype=torch.int32, device=hist.device)
         want = torch.zeros_like(slot)
         for c, n in sizes.items():  # no `want[c] = n`: that copies a host scalar (breaks CUDA-graph capture)
@@ -287,11 +358,21 @@ class ClassLayout:
             self.perm = torch.argsort(k_src, dim=-1, stable=True).to(torch.int32)
         self.q_src = q_src.int().contiguous()
 
+    def _gap_mask(self, N):
+        """Bool ``(N,)`` on the device (no host value): the rows of the concatenated list that are a class's
+        padding up to its size bucket (the same rows in every head: every class has one size)."""
+        sizes, offsets = self._tables[0], self._tables[1]
+        n1, n1p, padded = self._tables[4]
+        starts = torch.cat([n1.reshape(1), offsets + sizes]).long()      # class 1's real end, then each class's
+        ends = torch.cat([n1p.reshape(1), offsets + padded]).long()      # ... padded end (equal: no gap)
+        pos = torch.arange(N, device=sizes.device)[:, None]
+        return ((pos >= starts) & (pos < ends)).any(1)
+
     def _pack_demoted(self, label):
         """:func:`pack_demoted_kernel` for every possible class (enqueued before the host knows which exist):
         int32 ``(B, H, N)``, zero past the list's length (valid token indices, as ``pack_kept``)."""
         B, H, N = label.shape
-        sizes, offsets, slots, _ = self._tables
+        sizes, offsets, slots = self._tables[:3]
         out = torch.zeros((B, H, N), dtype=torch.int32, device=label.device)
         pack_demoted_kernel[(B * H,)](label.contiguous(), sizes, offsets, slots, out, N, NS=MAX_FUSED_CLASSES - 1,
                                        BLOCK=64 if interpreting() else 1024, num_warps=4)
@@ -413,24 +494,33 @@ def token_attention_classes(q, k, v, q_src, k_src, *, scale, key_bias=None, key_
             else:
                 kall, vall = _class_keys(k, v, lay, lay.idx_all, lay.len_all, sum(sizes), h0, nh, key_repr,
                                          plain=lay.max_count == 1, block=BLOCK)
+                if lay.gap is not None and any(lay.pads):  # padding keys: zero k and v
+                    for x in (kall, vall):
+                        x.masked_fill_(lay.gap[: x.shape[2], None], 0)
             per_class = [(c, kall[:, :, o : o + n], vall[:, :, o : o + n])
                          for c, n, o in zip(lay.classes, sizes, lay.offsets)]
         else:
             per_class = [(c, *_class_keys(k, v, lay, idx, lens, n, h0, nh, key_repr, plain=c == 1, block=BLOCK))
                          for c, n, idx, lens in zip(lay.classes, sizes, lay.idx, lay.lens)]
+        pads = lay.pads or [0] * len(sizes)
         for c, kc, vc in per_class:
             o, lse = sdpa_lse(qc, kc, vc, scale)  # (B, nh, Mq, D), (B, nh, Mq)
             if lay.valid is not None and not results:  # static sizes that the plan does not have: NaN out
                 lse = lse + torch.where(lay.valid, 0.0, float("nan"))
             results.append((o, lse, math.log(c)))
+        if len(results) == 1 and pads[0]:  # one padded class: through the combine, which subtracts its pads
+            results.append((results[0][0], torch.full_like(results[0][1], float("-inf")), 0.0))
+            pads = [pads[0], 0]
         del qc, per_class, kall, vall
         if lay.valid is not None and len(results) == 1:  # one class: the LSE is not read, poison o
             o, lse, w = results[0]
             results[0] = (o + torch.where(lay.valid, 0.0, float("nan")).to(o.dtype), lse, w)
         results = _shared_strides(results)
         (o0, l0, _), slots = results[0], results + [results[0]] * (MAX_FUSED_CLASSES - len(results))
+        log_pads = [math.log(p) if p > 0 else float("-inf") for p in pads]
+        log_pads += [float("-inf")] * (MAX_FUSED_CLASSES - len(log_pads))
         combine_classes_kernel[(triton.cdiv(N, BLOCK), B * nh)](
-            *[t for o, lse, _ in slots for t in (o, lse)], *[w for _, _, w in slots], lay.q_src, lay.rank_q,
+            *[t for o, lse, _ in slots for t in (o, lse)], *[w for _, _, w in slots], *log_pads, lay.q_src, lay.rank_q,
             out, out.stride(0), out.stride(1), out.stride(2), o0.stride(0), o0.stride(1), o0.stride(2),
             l0.stride(0), l0.stride(1), H, nh, h0, N, mq, NC=len(results), HEAD_DIM=D, DH=DP, BLOCK_S=BLOCK,
             num_warps=4,

@@ -7,28 +7,34 @@ import triton.language as tl
 
 
 @triton.jit
-def _online_class(O, L, LOGW, ro, rl, offs_d, ok, ok2, m, den, acc):
+def _online_class(O, L, LOGW, LOGP, ro, rl, offs_d, ok, ok2, m, den, acc):
     """Fold one class's rows ``(o, lse + log w)`` into the running ``(max, weight sum, weighted o)``
-    (``ro``/``rl``: element offsets of the rows in ``o`` and in the log-sum-exp)."""
+    (``ro``/``rl``: element offsets of the rows in ``o`` and in the log-sum-exp). ``LOGP``: log of the
+    class's zero padding keys (``-inf``: none): each added ``e^0`` to its softmax denominator and nothing to
+    its numerator, so the weight sum takes ``w (e^lse - pads) / e^lse`` (clamped at 0) and ``o`` keeps ``w``."""
     lw = tl.load(L + rl, mask=ok, other=float("-inf")) + LOGW
     m_new = tl.maximum(m, lw)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     keep = tl.exp(m - m_safe)                                        # rescale of what was summed
     w = tl.exp(lw - m_safe)
+    wp = tl.where(ok, tl.exp(LOGW + LOGP - m_safe), 0.0)            # the padding's share of w
     o = tl.load(O + ro[:, None] + offs_d[None, :], mask=ok2, other=0.0).to(tl.float32)
-    return m_new, den * keep + w, acc * keep[:, None] + o * w[:, None]
+    dw = w - wp
+    dw = tl.where(dw < 0.0, 0.0, dw)                                 # rounding below 0; NaN stays NaN
+    return m_new, den * keep + dw, acc * keep[:, None] + o * w[:, None]
 
 
 @triton.jit
 def combine_classes_kernel(
     O0, L0, O1, L1, O2, L2, O3, L3, O4, L4, O5, L5, O6, L6, O7, L7,
-    W0, W1, W2, W3, W4, W5, W6, W7, Q_SRC, RANK_Q, OUT, stride_ob, stride_oh, stride_on,
+    W0, W1, W2, W3, W4, W5, W6, W7, P0, P1, P2, P3, P4, P5, P6, P7, Q_SRC, RANK_Q, OUT, stride_ob, stride_oh, stride_on,
     stride_cb, stride_ch, stride_cm, stride_lb, stride_lh, H, HC, H0, N, MQ,
     NC: tl.constexpr, HEAD_DIM: tl.constexpr, DH: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     """Every row of ``OUT`` for the chunk's heads from its kept source's compacted row ``r``: one class's
     ``o`` (``NC == 1``, its log-sum-exp not read), or ``Σ_c w_c e^{lse_c} o_c / Σ_c w_c e^{lse_c}`` over ``NC``
-    (2 to 8) classes in one pass (online rescaling; ``W`` holds ``log w``): zeros where no class has a key,
+    (2 to 8) classes in one pass (online rescaling; ``W`` holds ``log w``, ``P`` the log of each class's zero
+    padding keys, whose ``e^0`` each is taken out of the denominator): zeros where no class has a key,
     NaN where a log-sum-exp is NaN (a poisoned plan, non-finite input). Slots past ``NC`` are not read. The
     classes' ``o`` ``(B, HC, MQ, D)`` share the strides ``stride_c*`` (as SDPA returns them, e.g. of a
     transposed ``q``: no copy), their log-sum-exps ``(B, HC, MQ)`` the strides ``stride_l*`` (rows contiguous)."""
@@ -52,20 +58,20 @@ def combine_classes_kernel(
         m = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
         den = tl.zeros([BLOCK_S], dtype=tl.float32)
         acc = tl.zeros([BLOCK_S, DH], dtype=tl.float32)
-        m, den, acc = _online_class(O0, L0, W0, ro, rl, offs_d, ok, ok2, m, den, acc)
-        m, den, acc = _online_class(O1, L1, W1, ro, rl, offs_d, ok, ok2, m, den, acc)
+        m, den, acc = _online_class(O0, L0, W0, P0, ro, rl, offs_d, ok, ok2, m, den, acc)
+        m, den, acc = _online_class(O1, L1, W1, P1, ro, rl, offs_d, ok, ok2, m, den, acc)
         if NC > 2:
-            m, den, acc = _online_class(O2, L2, W2, ro, rl, offs_d, ok, ok2, m, den, acc)
+            m, den, acc = _online_class(O2, L2, W2, P2, ro, rl, offs_d, ok, ok2, m, den, acc)
         if NC > 3:
-            m, den, acc = _online_class(O3, L3, W3, ro, rl, offs_d, ok, ok2, m, den, acc)
+            m, den, acc = _online_class(O3, L3, W3, P3, ro, rl, offs_d, ok, ok2, m, den, acc)
         if NC > 4:
-            m, den, acc = _online_class(O4, L4, W4, ro, rl, offs_d, ok, ok2, m, den, acc)
+            m, den, acc = _online_class(O4, L4, W4, P4, ro, rl, offs_d, ok, ok2, m, den, acc)
         if NC > 5:
-            m, den, acc = _online_class(O5, L5, W5, ro, rl, offs_d, ok, ok2, m, den, acc)
+            m, den, acc = _online_class(O5, L5, W5, P5, ro, rl, offs_d, ok, ok2, m, den, acc)
         if NC > 6:
-            m, den, acc = _online_class(O6, L6, W6, ro, rl, offs_d, ok, ok2, m, den, acc)
+            m, den, acc = _online_class(O6, L6, W6, P6, ro, rl, offs_d, ok, ok2, m, den, acc)
         if NC > 7:
-            m, den, acc = _online_class(O7, L7, W7, ro, rl, offs_d, ok, ok2, m, den, acc)
+            m, den, acc = _online_class(O7, L7, W7, P7, ro, rl, offs_d, ok, ok2, m, den, acc)
         o = tl.where(den[:, None] > 0.0, acc / tl.where(den > 0.0, den, 1.0)[:, None], 0.0)
         o = o + (den - den)[:, None]  # 0, or NaN where a log-sum-exp was NaN
     o_base = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
