@@ -130,3 +130,29 @@ def test_merge_lists_jobs_that_never_finished(tools, tmp_path):
     assert merged["settings"]["not_run"] == {"svg": "started but not finished before the call's time limit",
                                              "fbc": "not started before the call's time limit"}
     assert [r["method"] for r in merged["rows"]] == ["channel"]
+
+
+def test_speed_claim_compares_svg_and_timeripple_timed_in_different_calls(tools, tmp_path):
+    """SVG timed in a later call than TimeRipple (no block holds both): the verdict compares the two, each
+    against the stock step of its own block, and says so; without any SVG timing it stays not measurable."""
+    md, _ = tools
+    run = tmp_path / "run"
+    _write(run, "main", _result([_row("channel", 0.5, 45.0)], [], [0.5]))
+    first, later = _e2e(), _e2e()
+    first[0]["rows"] = [r for r in first[0]["rows"] if r["label"] != "svg 70% flex"]
+    first[0]["call"] = "call 1"
+    later[0]["rows"] = [r for r in later[0]["rows"] if r["label"] in ("stock", "attention free", "svg 70% flex")]
+    later[0]["rows"][2]["ms"] = 450.0  # faster than token 75% pairs (600 ms) in the other call
+    later[0]["call"] = "call 2"
+    (tmp_path / "e2e.json").write_text(json.dumps(first + later))
+
+    def verdict():
+        out = md.render(run, tmp_path / "docs" / "results.md", tmp_path / "docs" / "eval_results.md",
+                        [tmp_path / "e2e.json"])
+        line = next(x for x in out.read_text().splitlines() if "highest speedup among the attention methods" in x)
+        return line.split(" | ")[1], line
+
+    got, line = verdict()
+    assert got == "**not supported**" and "each against the stock step timed in its own block" in line
+    (tmp_path / "e2e.json").write_text(json.dumps(first))
+    assert verdict()[0] == "**not measurable here**"
