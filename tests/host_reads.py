@@ -5,7 +5,9 @@ the GPU then waits for the host's next launch. On a CPU nothing waits, but the s
 code path (under ``TRITON_INTERPRET=1``), so counting them here checks the count a GPU would see.
 
 Counted: ``Tensor.tolist / item / cpu / numpy`` and ``bool / int / float / index`` of a tensor called from a
-frame in ``src/timeripple``, and the data-dependent ops (``nonzero``, ``masked_select``, ``unique*``,
+frame in ``src/timeripple``, a Python number written into a tensor by indexing (``t[i] = 0``: on CUDA a copy
+from pageable host memory, which waits for the stream; round 6 found one in the class layout), and the
+data-dependent ops (``nonzero``, ``masked_select``, ``unique*``,
 ``_local_scalar_dense``, ...) dispatched while such a frame is on the stack. Reads made by the Triton
 interpreter itself (its frames call these on the kernels' arguments) are not counted, nor those of the
 functions in ``HOST_SIDE``, which compute on CPU tensors built from values already on the host.
@@ -72,6 +74,16 @@ def count_host_reads():
 
     for name, orig in saved.items():
         setattr(torch.Tensor, name, patch(name, orig))
+    setitem = torch.Tensor.__setitem__
+
+    def write(self, index, value):
+        f = sys._getframe(1)
+        if _ours(f) and isinstance(value, (bool, int, float)):
+            reads[f"__setitem__ of a host number at {_where(f)}"] += 1
+        return setitem(self, index, value)
+
+    torch.Tensor.__setitem__ = write
+    saved["__setitem__"] = setitem
     try:
         with _DataDependent(reads):
             yield reads

@@ -230,8 +230,8 @@ class ClassLayout:
         # list of every class with demotion, and (``prepare``) the merged keys and values, in buffers of N
         # rows per head (a list never has more entries than tokens: each entry stands for >= 1 token).
         if known is None:
-            weights = torch.arange(MAX_CLASS + 2, device=q_src.device)
-            weights[-1] = 0
+            c = torch.arange(MAX_CLASS + 2, device=q_src.device)
+            weights = c * (c <= MAX_CLASS)  # the overflow slot counts no keys (no `weights[-1] = 0`: a host copy)
             tokens = (hist.long() * weights).sum(1)                     # (B*H,) unmasked keys covered
             hmax_d, hmin_d = hist.amax(0), hist.amin(0)
             self._tables = _demotion_tables(hmin_d, hmax_d, tokens.amax(), N)  # (sizes, offsets, slots, total, gaps)
