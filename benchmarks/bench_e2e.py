@@ -258,7 +258,7 @@ def run_model(name, args):
                   repeats=args.repeats, size_buckets=args.size_buckets, size_grid=args.size_grid)
     if args.loop:
         result["loop"] = real_loop(model, fw, sched, cfg_name, grid, text_len, setting=args.setting,
-                                   graphs=args.graphs, loop_targets=args.loop_targets)
+                                   graphs=args.graphs, loop_targets=args.loop_targets, repeats=args.loop_repeats)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -266,47 +266,81 @@ def run_model(name, args):
 
 
 def real_loop(model, fw, sched, cfg_name, grid, text_len, target=0.75, setting="budget", graphs=False,
-              loop_targets=None):
+              loop_targets=None, repeats=1):
     """A real 50-step loop (one call per step, scheduler.step on the latents): stock vs token pairs
     (``setting="fidelity"``: vs the README's setting; ``"bundled"``: vs the bundled config as a user gets it,
-    and with ``loop_targets`` also at those pair savings, pooled and per head)."""
+    and with ``loop_targets`` also at those pair savings, pooled and per head; ``"budget"``: with
+    ``loop_targets`` the pairs plan at those savings instead of ``target``).
+
+    ``repeats`` loops per row, one after the other with the same config installed: ``s`` is the median of
+    the loops after the first (a user's second video onwards), ``first_s`` the first (Triton compiles, cuDNN
+    plans met for the first time). Every step is also timed with CUDA events (no sync inside the loop):
+    ``step_ms`` per step of the last loop, so a gap between the loop and the composed per-step figure can be
+    placed on the steps that make it."""
     import timeripple
     from timeripple import detect, pairs
 
-    bq, bk = pairs.pair_budgets_for_pair_savings(target, grid, text_len=text_len)
-    cfg = timeripple.load_config(cfg_name, mode="channel").replace(mode="token", budget=bq, key_budget=bk, token_keys="pairs")
-    label = f"token {target:.0%} pairs"
-    if setting == "fidelity":
-        cfg, label = timeripple.load_config(cfg_name, mode="channel").replace(mode="token", pair_savings=target, **FIDELITY), \
-            f"fidelity {target:.0%}"
-    if setting == "bundled":
-        cfg = timeripple.load_config(cfg_name)  # as a user gets it: its own pair_savings
-        label = f"bundled default {cfg.pair_savings:.0%}"
-    if graphs:
-        cfg, label = cfg.replace(cuda_graph=True), label + ", cuda_graph"
-    runs = [("stock", None), (label, cfg)]
-    if setting == "bundled":
+    def pairs_cfg(p):
+        bq, bk = pairs.pair_budgets_for_pair_savings(p, grid, text_len=text_len)
+        return timeripple.load_config(cfg_name, mode="channel").replace(mode="token", budget=bq, key_budget=bk,
+                                                                        token_keys="pairs")
+
+    runs = [("stock", None)]
+    if setting == "budget":
+        runs += [(f"token {p:.1%} pairs", pairs_cfg(p)) for p in (loop_targets or [target])]
+    elif setting == "fidelity":
+        runs.append((f"fidelity {target:.0%}", timeripple.load_config(cfg_name, mode="channel").replace(
+            mode="token", pair_savings=target, **FIDELITY)))
+    else:  # bundled: as a user gets it, with its own pair_savings
+        cfg = timeripple.load_config(cfg_name)
+        runs.append((f"bundled default {cfg.pair_savings:.0%}", cfg))
         for p in loop_targets or ():
             runs += [(f"bundled {p:.1%}", cfg.replace(pair_savings=p)),
                      (f"bundled {p:.1%}, per head", cfg.replace(pair_savings=p, budget_scope="head"))]
+    if graphs:
+        runs = [(lb, c) if c is None else (lb + ", cuda_graph", c.replace(cuda_graph=True)) for lb, c in runs]
+    cuda = torch.cuda.is_available() and not SMOKE
     out = {}
     for label, c in runs:
         if c is not None:
             timeripple.apply_timeripple(model, c, scheduler=sched)
-        latents = fw["hidden_states"].clone()
-        sched.set_timesteps(50, device=latents.device)
-        _sync()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for t in sched.timesteps:
-                noise = model(**dict(fw, hidden_states=latents), timestep=t.expand(1), return_dict=False)[0]
-                latents = sched.step(noise, t, latents, return_dict=False)[0]
-        _sync()
-        out[label] = dict(s=time.perf_counter() - t0, finite=bool(torch.isfinite(latents).all()))
+        loops, step_ms = [], []
+        for _ in range(max(1, repeats)):
+            latents = fw["hidden_states"].clone()
+            sched.set_timesteps(50, device=latents.device)
+            events = []
+            _sync()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for t in sched.timesteps:
+                    if cuda:
+                        events.append(torch.cuda.Event(enable_timing=True))
+                        events[-1].record()
+                    noise = model(**dict(fw, hidden_states=latents), timestep=t.expand(1), return_dict=False)[0]
+                    latents = sched.step(noise, t, latents, return_dict=False)[0]
+            if cuda:
+                events.append(torch.cuda.Event(enable_timing=True))
+                events[-1].record()
+            _sync()
+            loops.append(time.perf_counter() - t0)
+            step_ms = [a.elapsed_time(b) for a, b in zip(events, events[1:])]
+        warm = loops[1:] or loops
+        out[label] = dict(s=statistics.median(warm), first_s=loops[0], loops_s=loops,
+                          finite=bool(torch.isfinite(latents).all()), step_ms=step_ms)
         if c is not None:
             out[label]["pair_savings"] = timeripple.get_stats(model).total_savings
             timeripple.remove_timeripple(model)
-        print(f"  loop {label}: {out[label]}", flush=True)
+        shown = {k: v for k, v in out[label].items() if k != "step_ms"}
+        if step_ms and c is not None:
+            dense = [i for i in range(len(step_ms)) if c.attention_kwargs(i, len(step_ms)) is None]
+            reuse = [i for i in range(len(step_ms)) if i not in dense]
+            shown["dense_steps_ms"] = round(statistics.mean(step_ms[i] for i in dense), 1)
+            shown["reuse_steps_ms"] = (round(statistics.median(step_ms[i] for i in reuse), 1),
+                                       round(min(step_ms[i] for i in reuse), 1), round(max(step_ms[i] for i in reuse), 1))
+            shown["first_reuse_ms"] = round(step_ms[reuse[0]], 1) if reuse else None
+        elif step_ms:
+            shown["steps_ms"] = (round(statistics.median(step_ms), 1), round(min(step_ms), 1), round(max(step_ms), 1))
+        print(f"  loop {label}: {shown}", flush=True)
     return out
 
 
@@ -367,6 +401,10 @@ def render(results):
         if "loop" in res:
             loop = res["loop"]
             (sl, s), *others = list(loop.items())
+            if len(s.get("loops_s", ())) > 1:
+                lines += ["", f"Each loop row: the median of {len(s['loops_s']) - 1} loop(s) after a first one "
+                          "with the same config (first loops: " + ", ".join(
+                              f"{lb} {r['first_s']:.1f} s" for lb, r in loop.items()) + ")."]
             lines += ["", f"Real 50-step loop (one call per step, FlowMatch Euler): {sl} {s['s']:.1f} s; " + "; ".join(
                 f"{tl} {t['s']:.1f} s: **{s['s'] / t['s']:.2f}x** (pair savings over the run "
                 f"{t.get('pair_savings', float('nan')):.1%}, counted; latents finite: {t['finite']})" for tl, t in others)
@@ -411,7 +449,11 @@ def main(argv=None):
                         help="class_attention.SIZE_BUCKETS for the token rows (0: off; default: the library's)")
     parser.add_argument("--loop-targets", nargs="*", type=float, default=[],
                         help="with --setting bundled: the loop also runs the bundled config at these pair "
-                             "savings, pooled and per head")
+                             "savings, pooled and per head; with --setting budget: the pairs plan at these "
+                             "savings (default: 0.75)")
+    parser.add_argument("--loop-repeats", type=int, default=1,
+                        help="loops per row of the real loop: the figure is the median after the first "
+                             "(the first, with its compiles and first cuDNN plans, is kept as first_s)")
     args = parser.parse_args(argv)
     global SMOKE
     SMOKE = args.smoke
