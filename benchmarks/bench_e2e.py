@@ -159,7 +159,8 @@ def variants(cfg_name, grid, text_len, setting="budget", targets=TARGETS, graphs
 
     ``setting``: ``"budget"`` (today's budget plans: chain and pairs, key-heavy), ``"fidelity"`` (the
     README's setting at each target, fused and, at 75%, the plain-torch scores; the pairs plan at 75% for
-    comparison) or ``"all"``. ``graphs``: also the rows with ``cuda_graph=True``."""
+    comparison) or ``"all"``. ``graphs``: also the rows with ``cuda_graph=True`` (the pairs rows in budget, the fidelity
+    rows and the 75% pairs row in fidelity)."""
     import timeripple
     from timeripple import detect, pairs
 
@@ -177,6 +178,8 @@ def variants(cfg_name, grid, text_len, setting="budget", targets=TARGETS, graphs
         if setting in ("budget", "all"):
             yield f"token {target:.1%} chain", base.replace(mode="token", budget=b), "reuse", None
             yield f"token {target:.1%} pairs", pairs_cfg, "reuse", None
+            if graphs:
+                yield f"token {target:.1%} pairs, cuda_graph", pairs_cfg.replace(cuda_graph=True), "reuse", None
         if setting in ("bundled", "fidelity", "all"):  # the bundled configs' plan at this target
             bundled = timeripple.load_config(cfg_name).replace(pair_savings=target)
             yield f"bundled {target:.1%} (pooled, key_share auto)", bundled, "reuse", None

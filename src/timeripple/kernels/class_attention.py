@@ -74,8 +74,11 @@ SIZE_GRID = 0
 # plan cache hits across steps and layers. A class's padding keys are zero vectors with zero values: each
 # adds exactly e^0 = 1 to the class's softmax denominator and nothing to its numerator, and the combine
 # subtracts that known count (exact up to the float32 rounding of the log-sum-exp). Costs at most 1/B of
-# the entries per class; a list that would outgrow its buffer (N rows a head) is not padded.
-SIZE_BUCKETS = 16
+# the entries per class; a list that would outgrow its buffer (N rows a head) is not padded. 8, measured
+# (BENCHMARKS.md round 6, real 50-step Wan2.1-1.3B loops on an H200): the first loop of a process, where
+# cuDNN builds a plan for every size it has not met, took 3.4 s more than the next with 16 buckets and
+# 0.4 s more with 8; the loops after it were equally fast (558 vs 559 ms a reuse step).
+SIZE_BUCKETS = 8
 BUCKET_MIN_STEP = 64
 _warned: set = set()
 
