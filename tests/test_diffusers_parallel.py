@@ -112,11 +112,9 @@ def _worker(rank, init_file, out_dir):
         torch.save(dict(stock=stock, single=single, dense_cp=dense_cp, ripple_cp=ripple_cp, ring_errors=ring_errors,
                         single_token=single_token, token_cp=token_cp, stock_cp_removed=stock_cp_removed),
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks done with every collective (diffusers leaves some of its own unwaited)
     finally:
-        try:
-            dist.barrier()  # every collective of both ranks done (diffusers leaves some of its own unwaited)
-        finally:
-            dist.destroy_process_group()
+        dist.destroy_process_group()
 
 
 def _peer(rank, init_file, out_dir):
